@@ -1,0 +1,245 @@
+"""The ``segdistill`` command line: train, eval, predict, profile, export, models, demo.
+
+Every command that takes a config also takes ``section.key=value`` overrides after it, e.g.::
+
+    segdistill train configs/camvid-cpu.yaml model.name=segformer_mitb0 train.iters=200
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from .errors import SegDistillError
+
+
+def parse_shape(text: str) -> tuple[int, ...]:
+    """``3x180x240`` -> (1, 3, 180, 240)."""
+    try:
+        dims = tuple(int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise SegDistillError(f"--input {text!r} must look like 3x180x240 (C x H x W)") from None
+    if len(dims) == 3:
+        dims = (1, *dims)
+    if len(dims) != 4:
+        raise SegDistillError(f"--input {text!r} must look like 3x180x240 (C x H x W)")
+    return dims
+
+
+def _write_json(obj, path):
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(json.dumps(obj, indent=2, default=float))
+    print(f"wrote {path}")
+
+
+def _model_or_checkpoint(spec: str, num_classes: int, width_mult: float):
+    """A registered model name (random weights) or a checkpoint path."""
+    from .engine.checkpoint import build_from_checkpoint
+    from .models import build_model, list_models
+
+    if spec in list_models():
+        return build_model(spec, num_classes, width_mult=width_mult).eval(), {}
+    return build_from_checkpoint(spec)
+
+
+# ---------------------------------------------------------------------------- commands
+def cmd_train(args):
+    from .config import load_config
+    from .engine import distributed as dist
+    from .engine.trainer import Trainer
+
+    cfg = load_config(args.config, args.overrides)
+    dist.setup_distributed()
+    try:
+        result = Trainer(cfg).train()
+    finally:
+        dist.cleanup()
+    if dist.is_main():
+        print(f"done: best val mIoU {100 * result['best_miou']:.2f}; checkpoints in {cfg.train.out_dir} (best.pt, last.pt)")
+
+
+def cmd_eval(args):
+    import torch
+
+    from .config import apply_overrides, from_dict, load_config
+    from .data import build_dataset
+    from .engine import distributed as dist
+    from .engine.checkpoint import build_from_checkpoint
+    from .engine.evaluate import evaluate
+    from .engine.metrics import format_table
+    from .errors import DataError
+
+    device = dist.setup_distributed()
+    model, meta = build_from_checkpoint(args.checkpoint)
+    if args.config:
+        cfg = load_config(args.config, args.overrides)
+    else:  # the run's own data and eval settings, recorded in the checkpoint
+        cfg = apply_overrides(from_dict(meta.get("config") or {}), args.overrides)
+    for flag in ("mode", "flip"):
+        if getattr(args, flag) is not None:
+            setattr(cfg.eval, flag, getattr(args, flag))
+    if args.scales:
+        cfg.eval.scales = args.scales
+    if args.dataset:
+        cfg.data.name = args.dataset
+    ds = build_dataset(cfg.data, args.split or cfg.data.val_split, train=False, root=args.root)
+    if ds.num_classes != model.num_classes:
+        raise DataError(
+            f"the checkpoint {args.checkpoint} predicts {model.num_classes} classes but dataset {cfg.data.name} "
+            f"({ds.root}) has {ds.num_classes}; evaluate it on the dataset it was trained for"
+        )
+    ds.validate()
+    model.to(device or torch.device("cpu"))
+    metrics = evaluate(model, ds, cfg.eval, device or torch.device("cpu"), ds.num_classes, cfg.data.ignore_index)
+    if dist.is_main():
+        print(format_table(metrics, ds.class_names))
+        if args.out:
+            _write_json({"checkpoint": str(args.checkpoint), "split": ds.split, "root": str(ds.root),
+                         "class_names": list(ds.class_names), "eval": vars(cfg.eval), **metrics}, args.out)
+    dist.cleanup()
+
+
+def cmd_predict(args):
+    from .engine.checkpoint import build_from_checkpoint
+    from .tools.predict import predict_paths
+
+    model, meta = build_from_checkpoint(args.checkpoint)
+    data = meta.get("data", {})
+    files = predict_paths(
+        model, args.inputs, args.out_dir, mean=data.get("mean", [0.485, 0.456, 0.406]), std=data.get("std", [0.229, 0.224, 0.225]),
+        palette=data.get("palette"), resize=data.get("resize"), ignore_index=data.get("ignore_index", 255),
+    )
+    print(f"wrote {len(files)} files to {args.out_dir}")
+
+
+def cmd_profile(args):
+    import torch
+
+    from .tools.profile import format_profile, profile_model
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    model, _ = _model_or_checkpoint(args.model, args.num_classes, args.width_mult)
+    result = profile_model(model, parse_shape(args.input), platforms=tuple(args.platforms), runs=args.runs, warmup=args.warmup)
+    result["model"] = args.model
+    print(format_profile(result))
+    if args.out:
+        _write_json(result, args.out)
+
+
+def cmd_export(args):
+    from .tools.export import export_onnx
+
+    model, _ = _model_or_checkpoint(args.model, args.num_classes, args.width_mult)
+    res = export_onnx(model, args.out, parse_shape(args.input), dynamic_batch=args.dynamic_batch)
+    print(f"exported {res['path']}: max |onnx - torch| = {res['max_abs_diff']:.3g}, argmax agreement {100 * res['argmax_agreement']:.2f}%")
+    if not res["ok"]:
+        raise SegDistillError(res.get("message", "ONNX output differs from PyTorch"))
+
+
+def cmd_models(args):
+    from tqdm import tqdm
+
+    from .models import build_model, count_parameters, list_models
+    from .tools.profile import count_flops
+
+    names = [n for n in list_models() if not args.filter or args.filter in n]
+    shape = parse_shape(args.input)
+    rows = []
+    for name in tqdm(names, desc="models", disable=not args.flops, leave=False):
+        model = build_model(name, args.num_classes, width_mult=args.width_mult).eval()
+        row = {"name": name, "params_m": count_parameters(model) / 1e6}
+        if args.flops:
+            row["gmacs"] = count_flops(model, shape)["macs"] / 1e9
+        rows.append(row)
+    head = f"{'model':<28}{'params (M)':>12}" + (f"{'GMACs @' + 'x'.join(map(str, shape[1:])):>22}" if args.flops else "")
+    print(head)
+    for r in rows:
+        print(f"{r['name']:<28}{r['params_m']:>12.2f}" + (f"{r['gmacs']:>22.2f}" if args.flops else ""))
+    if args.flops:
+        print("(MACs = multiply-adds counted once, from torch.utils.flop_counter; FLOPs = 2 x MACs)")
+
+
+def cmd_demo(args):
+    from .tools.demo import run_demo
+
+    run_demo(args.out_dir, fast=args.fast, overrides=args.overrides)
+
+
+# ---------------------------------------------------------------------------- parser
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="segdistill", description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("train", help="train a segmentation model from a YAML config")
+    s.add_argument("config")
+    s.add_argument("overrides", nargs="*", help="section.key=value")
+    s.set_defaults(fn=cmd_train)
+
+    s = sub.add_parser("eval", help="mIoU, per-class IoU and pixel accuracy of a checkpoint on any split")
+    s.add_argument("checkpoint")
+    s.add_argument("overrides", nargs="*", help="section.key=value (e.g. data.resize=[180,240])")
+    s.add_argument("--config", help="take data/eval settings from this config instead of the checkpoint's own")
+    s.add_argument("--dataset", help="dataset name (camvid, cityscapes, voc, ade20k, folder, synthetic)")
+    s.add_argument("--root", help="dataset folder")
+    s.add_argument("--split", help="split name (default: the config's val split)")
+    s.add_argument("--mode", choices=["whole", "slide"], default=None)
+    s.add_argument("--flip", action="store_true", default=None)
+    s.add_argument("--scales", type=float, nargs="+")
+    s.add_argument("--out", help="write the metrics as JSON here")
+    s.set_defaults(fn=cmd_eval)
+
+    s = sub.add_parser("predict", help="write colorized masks and overlays for images or folders")
+    s.add_argument("checkpoint")
+    s.add_argument("inputs", nargs="+")
+    s.add_argument("--out-dir", default="predictions")
+    s.set_defaults(fn=cmd_predict)
+
+    for name, fn, helptext in (
+        ("profile", cmd_profile, "parameters, FLOPs and latency on torch-cpu, onnxruntime-cpu (and CUDA)"),
+        ("export", cmd_export, "export to ONNX and check it against PyTorch"),
+    ):
+        s = sub.add_parser(name, help=helptext)
+        s.add_argument("model", help="a registered model name or a checkpoint path")
+        s.add_argument("--input", default="3x180x240", help="C x H x W (batch 1)")
+        s.add_argument("--num-classes", type=int, default=11, help="for a model name (a checkpoint knows its own)")
+        s.add_argument("--width-mult", type=float, default=1.0, help="for a model name")
+        s.set_defaults(fn=fn)
+        if name == "profile":
+            s.add_argument("--platforms", nargs="+", default=["torch-cpu", "onnxruntime-cpu", "torch-cuda"])
+            s.add_argument("--runs", type=int, default=50)
+            s.add_argument("--warmup", type=int, default=10)
+            s.add_argument("--threads", type=int)
+            s.add_argument("--out", help="write the profile as JSON here")
+        else:
+            s.add_argument("--out", default="model.onnx")
+            s.add_argument("--dynamic-batch", action="store_true")
+
+    s = sub.add_parser("models", help="list the registered models with parameters (and FLOPs)")
+    s.add_argument("--filter", help="only names containing this")
+    s.add_argument("--flops", action="store_true", help="also count FLOPs (slower)")
+    s.add_argument("--input", default="3x180x240")
+    s.add_argument("--num-classes", type=int, default=11)
+    s.add_argument("--width-mult", type=float, default=1.0)
+    s.set_defaults(fn=cmd_models)
+
+    s = sub.add_parser("demo", help="train, evaluate, profile and export on the built-in synthetic data, with a report")
+    s.add_argument("--out-dir", default="runs/demo")
+    s.add_argument("--fast", action="store_true", help="a much shorter run (for tests)")
+    s.add_argument("overrides", nargs="*", help="section.key=value applied to both demo runs")
+    s.set_defaults(fn=cmd_demo)
+    return p
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    try:
+        args.fn(args)
+    except SegDistillError as e:
+        print(f"segdistill {args.command}: error: {e}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

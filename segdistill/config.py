@@ -1,0 +1,212 @@
+"""Plain YAML configs mapped onto dataclasses.
+
+A config file holds any subset of the sections below; missing keys keep their defaults. Every key can be
+overridden on the command line as ``section.key=value`` (the value is parsed as YAML, so ``train.iters=100``,
+``data.crop_size=[180,240]`` and ``model.pretrained=null`` all work). Unknown keys are an error, never ignored.
+The resolved config is written beside each run as ``config.yaml``.
+"""
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from .errors import ConfigError
+
+
+@dataclass
+class DataConfig:
+    name: str = "synthetic"  # synthetic | camvid | cityscapes | voc | ade20k | folder
+    root: str = ""  # dataset folder in its standard layout
+    train_split: str = "train"
+    val_split: str = "val"
+    num_classes: int | None = None  # None: the dataset's own count
+    ignore_index: int = 255  # label value ignored in loss and metrics (after the dataset's own mapping)
+    resize: list[int] | None = None  # [H, W]: resize every image first (camvid-cpu: [180, 240])
+    crop_size: list[int] | None = None  # [H, W] training crop, padded with ignore when the image is smaller
+    scale_range: list[float] = field(default_factory=lambda: [1.0, 1.0])  # random scale [min, max] in training
+    flip: bool = True  # random horizontal flip in training
+    jitter: float = 0.0  # photometric jitter strength (0 = off)
+    mean: list[float] = field(default_factory=lambda: [0.485, 0.456, 0.406])
+    std: list[float] = field(default_factory=lambda: [0.229, 0.224, 0.225])
+    batch_size: int = 8
+    workers: int = 0
+    # synthetic data only
+    synthetic_size: list[int] = field(default_factory=lambda: [96, 128])  # [H, W]
+    synthetic_train: int = 64  # images in the train split
+    synthetic_val: int = 16
+    seed: int = 0  # data seed (synthetic scenes)
+
+
+@dataclass
+class ModelConfig:
+    name: str = "fcn_resnet18"
+    width_mult: float = 1.0
+    output_stride: int = 8
+    aux: bool = False  # auxiliary FCN head on stage 3
+    pretrained: str | None = None  # local path to a torchvision/ImageNet backbone state dict
+    sync_bn: bool = False
+
+
+@dataclass
+class OptimConfig:
+    name: str = "sgd"  # sgd | adamw
+    lr: float = 0.01
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    warmup_iters: int = 0
+    warmup_ratio: float = 0.1  # lr starts at lr * warmup_ratio and rises linearly
+    power: float = 0.9  # poly schedule exponent
+    min_lr: float = 0.0
+    clip_grad: float | None = None  # max gradient norm; None = no clipping
+
+
+@dataclass
+class LossConfig:
+    aux_weight: float = 0.4
+    ohem: bool = False
+    ohem_thresh: float = 0.7  # keep pixels whose true-class probability is below this ...
+    ohem_min_kept: int = 10000  # ... but at least this many per batch
+    class_weights: list[float] | None = None
+
+
+@dataclass
+class TrainConfig:
+    iters: int = 1000
+    val_interval: int = 200
+    ckpt_interval: int = 200
+    log_interval: int = 10
+    amp: str = "none"  # none | bf16 | fp16 (CUDA only; ignored with a warning on CPU)
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda
+    out_dir: str = "runs/default"
+    resume: str | None = None  # "auto" (out_dir/last.pt) or a checkpoint path
+    threads: int | None = None  # torch CPU threads; None = torch's default
+    progress: bool = True
+
+
+@dataclass
+class EvalConfig:
+    mode: str = "whole"  # whole | slide
+    crop_size: list[int] | None = None  # slide window [H, W]
+    stride: list[int] | None = None  # slide stride [H, W]; default 2/3 of the window
+    flip: bool = False
+    scales: list[float] = field(default_factory=lambda: [1.0])
+
+
+@dataclass
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+
+def _check_type(value, tp, where: str):
+    """Light type check so a typo like ``train.iters=ten`` fails early with the key's name."""
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if tp is typing.Any:
+        return value
+    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for a in args:
+            if a is type(None):
+                continue
+            try:
+                return _check_type(value, a, where)
+            except ConfigError as e:
+                errors.append(str(e))
+        raise ConfigError(errors[0] if errors else f"{where}: bad value {value!r}")
+    if origin is list:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where}: expected a list, got {value!r}")
+        return [_check_type(v, args[0], where) for v in value] if args else list(value)
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if tp in (int, float, str, bool) and not (isinstance(value, tp) and not (tp is int and isinstance(value, bool))):
+        raise ConfigError(f"{where}: expected {tp.__name__}, got {value!r}")
+    return value
+
+
+def _apply(obj, data: dict, prefix: str = ""):
+    hints = typing.get_type_hints(type(obj))
+    for key, value in data.items():
+        where = f"{prefix}{key}"
+        if key not in hints:
+            known = ", ".join(f.name for f in dataclasses.fields(obj))
+            raise ConfigError(f"unknown config key {where!r}; known keys here: {known}")
+        current = getattr(obj, key)
+        if dataclasses.is_dataclass(current):
+            if not isinstance(value, dict):
+                raise ConfigError(f"{where}: expected a mapping of keys, got {value!r}")
+            _apply(current, value, where + ".")
+        else:
+            setattr(obj, key, _check_type(value, hints[key], where))
+
+
+def parse_override(text: str) -> dict:
+    """``a.b=3`` -> ``{"a": {"b": 3}}`` (value parsed as YAML)."""
+    if "=" not in text:
+        raise ConfigError(f"override {text!r} must look like section.key=value")
+    key, raw = text.split("=", 1)
+    try:
+        value = yaml.safe_load(raw) if raw != "" else ""
+    except yaml.YAMLError as e:
+        raise ConfigError(f"override {text!r}: value is not valid YAML ({e})") from None
+    out: dict = {}
+    node = out
+    parts = key.strip().split(".")
+    for p in parts[:-1]:
+        node = node.setdefault(p, {})
+    node[parts[-1]] = value
+    return out
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None, cls=Config):
+    """Defaults, then the YAML file (if any), then ``key=value`` overrides, in that order."""
+    cfg = cls()
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file {p} not found; the shipped ones are in configs/")
+        try:
+            data = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"config file {p} is not valid YAML: {e}") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"config file {p} must hold a mapping of sections")
+        try:
+            _apply(cfg, data)
+        except ConfigError as e:
+            raise ConfigError(f"{p}: {e}") from None
+    return apply_overrides(cfg, overrides)
+
+
+def apply_overrides(cfg, overrides: list[str] | None):
+    for o in overrides or []:
+        _apply(cfg, parse_override(o))
+    return cfg
+
+
+def to_dict(cfg) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def save_config(cfg, path: str | Path):
+    Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+
+
+def from_dict(data: dict, cls=Config):
+    """Rebuild a config saved with :func:`to_dict` (e.g. the one recorded in a checkpoint)."""
+    cfg = cls()
+    _apply(cfg, data)
+    return cfg

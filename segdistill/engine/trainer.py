@@ -1,0 +1,387 @@
+"""The one trainer: iteration-based training of a segmentation model, with hooks for distillation and search.
+
+Read top to bottom: set-up (data, model, optimizer, schedule), then the loop (forward, named losses, backward,
+step, log, validate, checkpoint). Methods never get their own copy of this loop: they plug in through :class:`Hook`.
+
+Exact resume: a full checkpoint holds the model, optimizer, scheduler, grad scaler, every RNG state and the
+iteration. Data order and augmentation are pure functions of (seed, epoch, index), and the sampler can start
+mid-epoch, so a run killed at any moment and resumed from its last checkpoint repeats the never-stopped run's losses.
+"""
+from __future__ import annotations
+
+import json
+import math
+import random
+import time
+import warnings
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+from torch.utils.data import DataLoader, DistributedSampler
+
+from ..config import Config, save_config, to_dict
+from ..data import build_dataset
+from ..errors import ConfigError, DataError, DivergenceError
+from ..models import build_model
+from . import distributed as dist
+from .checkpoint import check_compatible, load_checkpoint, load_model_weights, model_meta, save_checkpoint
+from .evaluate import evaluate
+from .losses import SegLoss
+
+
+class Hook:
+    """Extension point. Distillation and search subclass this instead of copying the loop.
+
+    ``losses`` returns extra named loss terms for a batch (added to the total and logged); ``state_dict`` /
+    ``load_state_dict`` put the hook's own state (discriminators, architecture weights ...) into full checkpoints.
+    """
+
+    def on_train_start(self, trainer: "Trainer"):
+        pass
+
+    def losses(self, trainer: "Trainer", images, masks, out) -> dict[str, torch.Tensor]:
+        return {}
+
+    def after_step(self, trainer: "Trainer"):
+        pass
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict):
+        pass
+
+
+class ResumableSampler(DistributedSampler):
+    """DistributedSampler that can start part-way through an epoch (for exact resume)."""
+
+    def __init__(self, dataset, num_replicas, rank, seed):
+        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=True, seed=seed, drop_last=False)
+        self.start = 0
+
+    def set_position(self, epoch: int, start: int):
+        self.set_epoch(epoch)
+        self.start = start
+
+    def __iter__(self):
+        return iter(list(super().__iter__())[self.start:])
+
+    def __len__(self):
+        return self.num_samples - self.start
+
+
+def poly_lr_lambda(total_iters: int, warmup_iters: int, warmup_ratio: float, power: float, min_ratio: float):
+    """Linear warm-up from ``warmup_ratio`` to 1, then poly decay (1 - t/T)^power down to ``min_ratio``."""
+
+    def fn(it: int) -> float:
+        if it < warmup_iters:
+            return warmup_ratio + (1 - warmup_ratio) * it / warmup_iters
+        decay = (1 - min(it, total_iters) / total_iters) ** power
+        return (1 - min_ratio) * decay + min_ratio
+
+    return fn
+
+
+def build_optimizer(params, cfg) -> torch.optim.Optimizer:
+    """SGD or AdamW; biases and norm weights (1-d tensors) get no weight decay."""
+    decay, no_decay = [], []
+    for p in params:
+        if p.requires_grad:
+            (no_decay if p.ndim <= 1 else decay).append(p)
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    if cfg.name == "sgd":
+        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum)
+    if cfg.name == "adamw":
+        return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas))
+    raise ConfigError(f"optim.name must be sgd or adamw, not {cfg.name!r}")
+
+
+def rng_state() -> dict:
+    np_state = np.random.get_state()
+    state = {
+        "python": list(random.getstate()[1]),
+        "python_version": random.getstate()[0],
+        "python_gauss": random.getstate()[2],
+        "numpy_keys": torch.from_numpy(np_state[1].astype(np.int64)),
+        "numpy_pos": int(np_state[2]),
+        "numpy_gauss": [int(np_state[3]), float(np_state[4])],
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict):
+    random.setstate((state["python_version"], tuple(state["python"]), state["python_gauss"]))
+    np.random.set_state(("MT19937", state["numpy_keys"].numpy().astype(np.uint32), state["numpy_pos"], *state["numpy_gauss"]))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def seed_everything(seed: int):
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError("train.device is cuda but no GPU is visible; use train.device=cpu")
+    if name == "cuda" and dist.is_dist():
+        name = f"cuda:{dist.local_rank()}"
+    return torch.device(name)
+
+
+@dataclass
+class TrainState:
+    iteration: int = 0
+    best_miou: float = -1.0
+    history: list = field(default_factory=list)
+
+
+class Trainer:
+    def __init__(self, cfg: Config, hooks: list[Hook] | None = None):
+        self.cfg = cfg
+        self.hooks = list(hooks or [])
+        self.out_dir = Path(cfg.train.out_dir)
+        self.state = TrainState()
+        if cfg.train.threads:
+            torch.set_num_threads(cfg.train.threads)
+        self.device = resolve_device(cfg.train.device)
+        seed_everything(cfg.train.seed + dist.rank())
+
+        # ---- data: checked before any training starts
+        self.train_set = build_dataset(cfg.data, cfg.data.train_split, train=True)
+        self.val_set = build_dataset(cfg.data, cfg.data.val_split, train=False)
+        if dist.is_main():
+            self.train_set.validate()
+            self.val_set.validate()
+        self.num_classes = self.train_set.num_classes
+        per_rank = math.ceil(len(self.train_set) / dist.world_size())
+        if per_rank < cfg.data.batch_size:
+            raise DataError(
+                f"split {cfg.data.train_split!r} of {cfg.data.root or cfg.data.name} has {len(self.train_set)} images, "
+                f"fewer than one batch of {cfg.data.batch_size} per process; lower data.batch_size"
+            )
+        self.iters_per_epoch = per_rank // cfg.data.batch_size
+        self.sampler = ResumableSampler(self.train_set, dist.world_size(), dist.rank(), cfg.train.seed)
+
+        # ---- model, optimizer, schedule, precision
+        m = cfg.model
+        self.model = build_model(
+            m.name, self.num_classes, width_mult=m.width_mult, output_stride=m.output_stride, aux=m.aux, pretrained=m.pretrained
+        )
+        if m.sync_bn and dist.is_dist():
+            self.model = nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
+        self.model.to(self.device)
+        self.criterion = SegLoss(
+            cfg.data.ignore_index, cfg.loss.aux_weight, cfg.loss.ohem, cfg.loss.ohem_thresh, cfg.loss.ohem_min_kept, cfg.loss.class_weights
+        ).to(self.device)
+        self.ddp_model = (
+            nn.parallel.DistributedDataParallel(self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+            if dist.is_dist()
+            else self.model
+        )
+        self.optimizer = build_optimizer(self.trainable_parameters(), cfg.optim)
+        o = cfg.optim
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, poly_lr_lambda(cfg.train.iters, o.warmup_iters, o.warmup_ratio, o.power, o.min_lr / o.lr if o.lr else 0.0)
+        )
+        self.amp_dtype = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.train.amp, "bad")
+        if self.amp_dtype == "bad":
+            raise ConfigError(f"train.amp must be none, bf16 or fp16, not {cfg.train.amp!r}")
+        if self.amp_dtype is not None and self.device.type != "cuda":
+            warnings.warn(f"train.amp={cfg.train.amp} needs CUDA; training in fp32 on {self.device}")
+            self.amp_dtype = None
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
+
+        for h in self.hooks:
+            h.on_train_start(self)
+        if cfg.train.resume:
+            self.resume(self.out_dir / "last.pt" if cfg.train.resume == "auto" else Path(cfg.train.resume))
+
+    def trainable_parameters(self):
+        return list(self.model.parameters())
+
+    # ------------------------------------------------------------------ checkpoints
+    def meta(self) -> dict:
+        m = self.cfg.model
+        return {
+            "model": model_meta(self.model, width_mult=m.width_mult, output_stride=m.output_stride, aux=m.aux),
+            "iteration": self.state.iteration,
+            "config": to_dict(self.cfg),
+            "data": {
+                "mean": self.cfg.data.mean,
+                "std": self.cfg.data.std,
+                "resize": self.cfg.data.resize,
+                "class_names": list(self.train_set.class_names),
+                "palette": [list(map(int, c)) for c in self.train_set.palette],
+                "ignore_index": self.cfg.data.ignore_index,
+            },
+        }
+
+    def save(self, name: str, full: bool = True, metrics: dict | None = None):
+        if not dist.is_main():
+            return
+        state = {"meta": {**self.meta(), "metrics": metrics or {}}, "model": self.model.state_dict()}
+        if full:
+            state.update(
+                optimizer=self.optimizer.state_dict(),
+                scheduler=self.scheduler.state_dict(),
+                scaler=self.scaler.state_dict(),
+                rng=rng_state(),
+                trainer={"iteration": self.state.iteration, "best_miou": self.state.best_miou},
+                hooks=[h.state_dict() for h in self.hooks],
+            )
+        save_checkpoint(state, self.out_dir / name)
+
+    def resume(self, path: Path):
+        state = load_checkpoint(path, map_location=self.device)
+        if "optimizer" not in state:
+            raise DataError(f"{path} is a weights-only checkpoint; resume needs a full one (last.pt)")
+        check_compatible(state, path, self.cfg.model.name, self.num_classes)
+        load_model_weights(self.model, state, path)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        set_rng_state(state["rng"])
+        self.state.iteration = int(state["trainer"]["iteration"])
+        self.state.best_miou = float(state["trainer"]["best_miou"])
+        for h, s in zip(self.hooks, state.get("hooks", [])):
+            h.load_state_dict(s)
+        self._truncate_log(self.state.iteration)
+        if dist.is_main():
+            print(f"resumed from {path} at iteration {self.state.iteration}")
+
+    # ------------------------------------------------------------------ logging
+    def _truncate_log(self, iteration: int):
+        """Drop log lines written after the checkpoint we resume from, so the log reads as one run."""
+        log = self.out_dir / "metrics.jsonl"
+        if dist.is_main() and log.exists():
+            lines = [ln for ln in log.read_text().splitlines() if ln.strip() and json.loads(ln).get("iter", 0) <= iteration]
+            log.write_text("".join(ln + "\n" for ln in lines))
+
+    def log(self, record: dict):
+        if not dist.is_main():
+            return
+        with open(self.out_dir / "metrics.jsonl", "a") as f:
+            f.write(json.dumps(record) + "\n")
+        if self.tb is not None:
+            for k, v in record.items():
+                if k != "iter" and isinstance(v, (int, float)) and math.isfinite(v):
+                    self.tb.add_scalar(k, v, record["iter"])
+
+    # ------------------------------------------------------------------ the loop
+    def compute_losses(self, images, masks) -> dict[str, torch.Tensor]:
+        out = self.ddp_model(images)
+        losses = self.criterion(out, masks)
+        for h in self.hooks:
+            losses.update(h.losses(self, images, masks, out))
+        return losses
+
+    def train_step(self, batch) -> dict[str, float]:
+        images = batch["image"].to(self.device, non_blocking=True)
+        masks = batch["mask"].to(self.device, non_blocking=True)
+        self.model.train()
+        amp = torch.autocast("cuda", dtype=self.amp_dtype) if self.amp_dtype else nullcontext()
+        with amp:
+            losses = self.compute_losses(images, masks)
+            loss = sum(losses.values())
+        if not torch.isfinite(loss):
+            last = self.out_dir / "last.pt"
+            raise DivergenceError(
+                f"loss became {loss.item()} at iteration {self.state.iteration + 1} "
+                f"({', '.join(f'{k}={v.item():.4g}' for k, v in losses.items())}); "
+                f"the last good checkpoint is kept at {last if last.exists() else '(none written yet)'}. "
+                "Lower optim.lr, set optim.clip_grad, or use train.amp=bf16 instead of fp16, then resume with train.resume=auto"
+            )
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        if self.cfg.optim.clip_grad:
+            self.scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(self.trainable_parameters(), self.cfg.optim.clip_grad)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.scheduler.step()
+        return {"loss": loss.item(), **{k: v.item() for k, v in losses.items()}}
+
+    def validate(self) -> dict:
+        return evaluate(
+            self.model, self.val_set, self.cfg.eval, self.device, self.num_classes, self.cfg.data.ignore_index,
+            progress=False,
+        )
+
+    def loader(self, epoch: int, start_batch: int) -> DataLoader:
+        self.sampler.set_position(epoch, start_batch * self.cfg.data.batch_size)
+        self.train_set.set_epoch(epoch)
+        return DataLoader(
+            self.train_set,
+            batch_size=self.cfg.data.batch_size,
+            sampler=self.sampler,
+            num_workers=self.cfg.data.workers,
+            drop_last=True,
+            pin_memory=self.device.type == "cuda",
+            generator=torch.Generator().manual_seed(self.cfg.train.seed + epoch),  # keeps the global RNG untouched
+        )
+
+    def train(self) -> dict:
+        cfg = self.cfg.train
+        self.tb = None
+        if dist.is_main():
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            save_config(self.cfg, self.out_dir / "config.yaml")
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self.tb = SummaryWriter(str(self.out_dir / "tb"))
+            except ImportError:  # tensorboard is a dependency, but training must not hinge on it
+                warnings.warn("tensorboard is not installed; logging to metrics.jsonl only")
+        from tqdm import tqdm
+
+        bar = tqdm(
+            total=cfg.iters, initial=self.state.iteration, disable=not (cfg.progress and dist.is_main()),
+            desc=f"train {self.cfg.model.name}", dynamic_ncols=True,
+        )
+        metrics: dict = {}
+        t_last, n_last = time.perf_counter(), 0
+        while self.state.iteration < cfg.iters:
+            epoch, start = divmod(self.state.iteration, self.iters_per_epoch)
+            for batch in self.loader(epoch, start):
+                values = self.train_step(batch)
+                self.state.iteration += 1
+                it = self.state.iteration
+                n_last += batch["image"].shape[0] * dist.world_size()
+                for h in self.hooks:
+                    h.after_step(self)
+                if it % cfg.log_interval == 0 or it == cfg.iters:
+                    now = time.perf_counter()
+                    speed = n_last / max(now - t_last, 1e-9)
+                    t_last, n_last = now, 0
+                    lr = self.optimizer.param_groups[0]["lr"]
+                    self.log({"iter": it, "epoch": epoch, "lr": lr, "img_per_s": speed, **values})
+                    bar.set_postfix(loss=f"{values['loss']:.3f}", lr=f"{lr:.2e}", img_s=f"{speed:.1f}")
+                bar.update(1)
+                if it % cfg.val_interval == 0 or it == cfg.iters:
+                    metrics = self.validate()
+                    self.log({"iter": it, "val/miou": metrics["miou"], "val/pixel_acc": metrics["pixel_acc"]})
+                    if metrics["miou"] > self.state.best_miou:
+                        self.state.best_miou = metrics["miou"]
+                        self.save("best.pt", full=False, metrics=metrics)
+                    bar.write(f"iter {it}: val mIoU {100 * metrics['miou']:.2f} (best {100 * self.state.best_miou:.2f})")
+                if it % cfg.ckpt_interval == 0 or it == cfg.iters:
+                    self.save("last.pt", full=True, metrics=metrics)
+                if it >= cfg.iters:
+                    break
+        bar.close()
+        if self.tb is not None:
+            self.tb.close()
+        dist.barrier()
+        return {"iteration": self.state.iteration, "best_miou": self.state.best_miou, "last_metrics": metrics}

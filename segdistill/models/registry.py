@@ -1,0 +1,44 @@
+"""Build models by name, timm-style: ``build_model("deeplabv3plus_resnet50", num_classes=11)``.
+
+A model family registers a builder with :func:`register_model`. Each builder takes ``num_classes`` plus keyword
+options (``width_mult``, ``output_stride``, ``aux``, ``pretrained_backbone`` ...) and returns an ``nn.Module`` whose
+forward returns a :class:`segdistill.models.output.SegOutput`.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch.nn as nn
+
+from ..errors import ConfigError
+
+_REGISTRY: dict[str, Callable[..., nn.Module]] = {}
+
+
+def register_model(name: str):
+    def deco(fn: Callable[..., nn.Module]):
+        if name in _REGISTRY:
+            raise ValueError(f"model {name!r} is registered twice")
+        _REGISTRY[name] = fn
+        return fn
+
+    return deco
+
+
+def list_models() -> list[str]:
+    _import_zoo()
+    return sorted(_REGISTRY)
+
+
+def build_model(name: str, num_classes: int, **kwargs) -> nn.Module:
+    _import_zoo()
+    if name not in _REGISTRY:
+        raise ConfigError(f"unknown model {name!r}; `segdistill models` lists the {len(_REGISTRY)} known ones")
+    model = _REGISTRY[name](num_classes=num_classes, **kwargs)
+    model.model_name = name  # recorded in checkpoints so a mismatched load is caught
+    model.num_classes = num_classes
+    return model
+
+
+def _import_zoo():
+    from . import zoo  # noqa: F401  (registers every builder)
