@@ -233,7 +233,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None):
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    # overrides may also come after options (`eval ckpt --split val data.resize=null`)
+    late = [e for e in extra if "=" in e and not e.startswith("-")]
+    if hasattr(args, "overrides") and len(late) == len(extra):
+        args.overrides = list(args.overrides) + late
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         args.fn(args)
     except SegDistillError as e:

@@ -45,7 +45,7 @@ class DataConfig:
 class ModelConfig:
     name: str = "fcn_resnet18"
     width_mult: float = 1.0
-    output_stride: int = 8
+    output_stride: int | None = None  # None: the model's own default (8 for ResNet/MobileNet heads, 16 for LR-ASPP)
     aux: bool = False  # auxiliary FCN head on stage 3
     pretrained: str | None = None  # local path to a torchvision/ImageNet backbone state dict
     sync_bn: bool = False

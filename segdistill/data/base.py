@@ -21,6 +21,7 @@ from ..errors import DataError
 from .transforms import build_transforms
 
 _BAD = np.iinfo(np.int32).min  # marks raw values that are neither a class nor the void value
+IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 _PIL_ERRORS = (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError)
 
 
@@ -40,8 +41,10 @@ def read_mask(path) -> np.ndarray:
     """An HxW integer array of raw label values (palette PNGs give their indices), or DataError."""
     try:
         with Image.open(path) as im:
-            if im.mode in ("L", "P", "1", "I", "I;16", "I;16B", "I;16L"):
-                return np.asarray(im if im.mode != "1" else im.convert("L").point(lambda v: v // 255))
+            if im.mode == "1":
+                return np.asarray(im).astype(np.uint8)
+            if im.mode in ("L", "P", "I", "I;16", "I;16B", "I;16L"):
+                return np.asarray(im)
             if im.mode == "RGB":
                 rgb = np.asarray(im)
                 if (rgb[..., 0] == rgb[..., 1]).all() and (rgb[..., 0] == rgb[..., 2]).all():
@@ -194,6 +197,19 @@ class SegDataset(Dataset):
             raise _size_mismatch(image_path, image.shape[1::-1], mask_path, raw.shape[::-1])
         return image, self.map_labels(raw, mask_path), Path(image_path).stem
 
+    def pairs_by_stem(self, image_dir: Path, mask_dir: Path) -> list[tuple[str, str]]:
+        """Every image in ``image_dir`` with the PNG of the same stem in ``mask_dir``; both folders must exist."""
+        for d in (image_dir, mask_dir):
+            if not d.is_dir():
+                raise DataError(f"{self.NAME} split {self.split!r}: folder {d} not found; expected {self.LAYOUT}")
+        masks = {p.stem: p for p in mask_dir.iterdir() if p.suffix.lower() == ".png"}
+        pairs = []
+        for img in sorted(p for p in image_dir.iterdir() if p.suffix.lower() in IMAGE_EXTS):
+            if img.stem not in masks:
+                raise DataError(f"{self.NAME} image {img} has no mask {mask_dir / (img.stem + '.png')}")
+            pairs.append((str(img), str(masks[img.stem])))
+        return pairs
+
     def set_epoch(self, epoch: int):
         self.epoch = int(epoch)
 
@@ -218,7 +234,7 @@ class SegDataset(Dataset):
             try:
                 isize = image_size(image_path, verify=True)
                 raw = read_mask(mask_path) if check_labels else None
-                msize = raw.shape[::-1] if check_labels else image_size(mask_path)
+                msize = raw.shape[::-1] if check_labels else image_size(mask_path, verify=True)
                 if tuple(isize) != tuple(msize):
                     raise _size_mismatch(image_path, isize, mask_path, msize)
                 if check_labels:

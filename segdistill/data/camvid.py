@@ -18,8 +18,6 @@ from pathlib import Path
 from ..errors import DataError
 from .base import SegDataset, read_list
 
-IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
-
 
 class CamVid(SegDataset):
     NAME = "camvid"
@@ -47,17 +45,7 @@ class CamVid(SegDataset):
                     raise DataError(f"{list_file} line {n}: expected 'IMAGE_PATH LABEL_PATH', got {' '.join(row)!r}")
                 pairs.append((self._resolve(row[0]), self._resolve(row[1])))
             return pairs
-        image_dir, mask_dir = self.root / self.split, self.root / f"{self.split}annot"
-        if not image_dir.is_dir():
+        if not (self.root / self.split).is_dir():
             raise DataError(f"camvid split {self.split!r}: neither the list file {list_file} nor the folder "
-                            f"{image_dir} exists; expected {self.LAYOUT}")
-        if not mask_dir.is_dir():
-            raise DataError(f"camvid split {self.split!r}: label folder {mask_dir} not found (images are in "
-                            f"{image_dir}); expected {self.LAYOUT}")
-        masks = {p.stem: p for p in mask_dir.iterdir() if p.suffix.lower() in IMAGE_EXTS}
-        pairs = []
-        for img in sorted(p for p in image_dir.iterdir() if p.suffix.lower() in IMAGE_EXTS):
-            if img.stem not in masks:
-                raise DataError(f"camvid image {img} has no label map in {mask_dir} (expected {img.stem}.png)")
-            pairs.append((str(img), str(masks[img.stem])))
-        return pairs
+                            f"{self.root / self.split} exists; expected {self.LAYOUT}")
+        return self.pairs_by_stem(self.root / self.split, self.root / f"{self.split}annot")

@@ -155,6 +155,7 @@ class Normalize:
     """uint8 HxWx3 -> float32 (3,H,W) tensor ``(x/255 - mean) / std``; mask -> int64 (H,W) tensor."""
 
     def __init__(self, mean, std):
+        self.mean_std = (list(mean), list(std))
         self.mean = np.asarray(mean, np.float32)
         self.std = np.asarray(std, np.float32)
 
@@ -164,7 +165,7 @@ class Normalize:
         return img, torch.from_numpy(np.ascontiguousarray(mask, dtype=np.int64))
 
     def __repr__(self):
-        return f"Normalize(mean={self.mean.tolist()}, std={self.std.tolist()})"
+        return f"Normalize(mean={self.mean_std[0]}, std={self.mean_std[1]})"
 
 
 def _check_pair(value, key: str, kind):

@@ -100,7 +100,7 @@ def build_from_checkpoint(path: str | Path, map_location="cpu"):
         raise CheckpointError(f"checkpoint {path} does not record its model; it was not written by segdistill")
     model = build_model(
         m["name"], int(m["num_classes"]), width_mult=m.get("width_mult", 1.0),
-        output_stride=m.get("output_stride", 8), aux=m.get("aux", False),
+        output_stride=m.get("output_stride"), aux=m.get("aux", False),
     )
     load_model_weights(model, state, path)
     return model.eval(), meta

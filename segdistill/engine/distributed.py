@@ -30,6 +30,11 @@ def world_size() -> int:
     return dist.get_world_size() if is_dist() else 1
 
 
+def local_rank() -> int:
+    """This process's rank on its machine (torchrun's ``LOCAL_RANK``; 0 without torchrun): its GPU index."""
+    return int(os.environ.get("LOCAL_RANK", 0))
+
+
 def is_main() -> bool:
     """True on rank 0: the process that logs, draws progress bars and writes files."""
     return rank() == 0
@@ -65,8 +70,7 @@ def setup_distributed(backend: str | None = None) -> torch.device:
     with ``backend``, by default NCCL when CUDA is available and Gloo otherwise; each process uses GPU ``LOCAL_RANK``.
     """
     cuda = torch.cuda.is_available()
-    local_rank = int(os.environ.get("LOCAL_RANK", 0))
-    device = torch.device("cuda", local_rank) if cuda else torch.device("cpu")
+    device = torch.device("cuda", local_rank()) if cuda else torch.device("cpu")
     if cuda:
         torch.cuda.set_device(device)
     if int(os.environ.get("WORLD_SIZE", 1)) > 1 and not is_dist():

@@ -49,7 +49,7 @@ class ConfusionMatrix:
         """Add one batch: ``pred`` and ``target`` are integer tensors of the same shape (any shape)."""
         if pred.shape != target.shape:
             raise ValueError(f"prediction shape {tuple(pred.shape)} != target shape {tuple(target.shape)}")
-        pred, target = pred.reshape(-1).long(), target.reshape(-1).long()
+        pred, target = pred.reshape(-1).long(), target.reshape(-1).long().to(pred.device)
         keep = target != self.ignore_index
         pred, target = pred[keep], target[keep]
         self._check_range(target, "target")

@@ -215,7 +215,9 @@ class Trainer:
     def meta(self) -> dict:
         m = self.cfg.model
         return {
-            "model": model_meta(self.model, width_mult=m.width_mult, output_stride=m.output_stride, aux=m.aux),
+            "model": model_meta(
+                self.model, width_mult=m.width_mult, output_stride=getattr(self.model, "output_stride", m.output_stride), aux=m.aux
+            ),
             "iteration": self.state.iteration,
             "config": to_dict(self.cfg),
             "data": {
@@ -378,6 +380,8 @@ class Trainer:
                     bar.write(f"iter {it}: val mIoU {100 * metrics['miou']:.2f} (best {100 * self.state.best_miou:.2f})")
                 if it % cfg.ckpt_interval == 0 or it == cfg.iters:
                     self.save("last.pt", full=True, metrics=metrics)
+                if it % cfg.val_interval == 0 or it % cfg.ckpt_interval == 0:
+                    t_last, n_last = time.perf_counter(), 0  # img/s counts training only
                 if it >= cfg.iters:
                     break
         bar.close()

@@ -36,6 +36,11 @@ class ConvBNAct(nn.Sequential):
         self.out_channels = out_ch
 
 
+def sep_conv_bn_act(in_ch, out_ch, dilation=1) -> nn.Sequential:
+    """Depthwise-separable 3x3 conv (depthwise conv-BN-ReLU, then pointwise conv-BN-ReLU), as DeepLabV3+ uses."""
+    return nn.Sequential(ConvBNAct(in_ch, in_ch, 3, dilation=dilation, groups=in_ch), ConvBNAct(in_ch, out_ch, 1))
+
+
 class DropPath(nn.Module):
     """Stochastic depth per sample (Huang et al., "Deep Networks with Stochastic Depth", ECCV 2016).
 

@@ -34,6 +34,8 @@ def build_model(name: str, num_classes: int, **kwargs) -> nn.Module:
     _import_zoo()
     if name not in _REGISTRY:
         raise ConfigError(f"unknown model {name!r}; `segdistill models` lists the {len(_REGISTRY)} known ones")
+    if kwargs.get("output_stride", 0) is None:  # None means the model's own default
+        del kwargs["output_stride"]
     model = _REGISTRY[name](num_classes=num_classes, **kwargs)
     model.model_name = name  # recorded in checkpoints so a mismatched load is caught
     model.num_classes = num_classes

@@ -17,7 +17,8 @@ class Segmentor(nn.Module):
     * ``features``: the backbone's ``stem``? / ``stage1`` .. ``stage4`` and the head's ``pre_logits``,
     * ``aux_logits``: the auxiliary head's logits (on ``stage3``) in training mode only; ``None`` otherwise.
 
-    ``feature_channels`` / ``feature_strides`` describe every entry of ``features`` without a dry run.
+    ``feature_channels`` / ``feature_strides`` describe every entry of ``features`` without a dry run;
+    ``logits_stride`` is the stride of ``logits`` and ``output_stride`` that of ``stage4``.
     """
 
     def __init__(self, backbone: nn.Module, head: nn.Module, num_classes: int, aux: bool = False,
@@ -31,6 +32,7 @@ class Segmentor(nn.Module):
         self.feature_channels = {**backbone.feature_channels, "pre_logits": head.channels}
         self.feature_strides = {**backbone.feature_strides, "pre_logits": backbone.feature_strides[head.out_key]}
         self.logits_stride = self.feature_strides["pre_logits"]
+        self.output_stride = backbone.feature_strides["stage4"]
 
     def forward(self, x: torch.Tensor) -> SegOutput:
         feats = self.backbone(x)

@@ -64,6 +64,7 @@ def _export(deploy: DeployModel, example: torch.Tensor, path: str, opset: int | 
     axes = {"image": {0: "batch"}, "logits": {0: "batch"}} if dynamic_batch else None
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)  # shape checks: H, W are static in the trace
         torch.onnx.export(deploy, (example,), path, opset_version=opset or 17, dynamo=False,
                           dynamic_axes=axes, **names)
     return "torchscript"

@@ -14,6 +14,7 @@ Named outputs: ``stage1`` .. ``stage4`` (B, C_i, H/2^(i+1), W/2^(i+1)); there is
 """
 from __future__ import annotations
 
+import math
 from functools import partial
 
 import torch
@@ -116,6 +117,18 @@ class OverlapPatchEmbed(nn.Module):
         return self.norm(x.flatten(2).transpose(1, 2)), H, W
 
 
+def _init_mit(m: nn.Module) -> None:
+    """SegFormer's init: trunc-normal linears (``init_weights``), convs normal(0, sqrt(2 / fan_out)) with the
+    fan-out divided by groups (so the depthwise convs are not initialised near zero)."""
+    if isinstance(m, nn.Conv2d):
+        fan_out = m.kernel_size[0] * m.kernel_size[1] * m.out_channels // m.groups
+        nn.init.normal_(m.weight, 0.0, math.sqrt(2.0 / fan_out))
+        if m.bias is not None:
+            nn.init.zeros_(m.bias)
+    else:
+        init_weights(m)
+
+
 _SPECS = {
     "mit_b0": dict(embed_dims=(32, 64, 160, 256), depths=(2, 2, 2, 2)),
     "mit_b1": dict(embed_dims=(64, 128, 320, 512), depths=(2, 2, 2, 2)),
@@ -164,7 +177,7 @@ class MixVisionTransformer(nn.Module):
             prev = dims[i]
         self.feature_channels = {f"stage{i + 1}": dims[i] for i in range(4)}
         self.feature_strides = {"stage1": 4, "stage2": 8, "stage3": 16, "stage4": 32}
-        self.apply(init_weights)
+        self.apply(_init_mit)
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         B = x.shape[0]
