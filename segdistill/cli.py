@@ -51,11 +51,12 @@ def cmd_train(args):
 
     cfg = load_config(args.config, args.overrides)
     dist.setup_distributed()
+    main_rank = dist.is_main()
     try:
         result = Trainer(cfg).train()
     finally:
         dist.cleanup()
-    if dist.is_main():
+    if main_rank:
         print(f"done: best val mIoU {100 * result['best_miou']:.2f}; checkpoints in {cfg.train.out_dir} (best.pt, last.pt)")
 
 

@@ -177,3 +177,21 @@ def test_poly_schedule_with_warmup():
     f = poly_lr_lambda(100, 10, 0.1, 0.9, 0.0)
     assert f(0) == pytest.approx(0.1) and f(5) == pytest.approx(0.55)
     assert f(10) == pytest.approx((1 - 0.1) ** 0.9) and f(100) == 0.0
+
+
+def test_torchrun_two_gloo_processes_train(tmp_path):
+    """DDP training under torchrun on CPU: 2 gloo processes, one log, one set of checkpoints."""
+    cfg = tiny_cfg(tmp_path / "run", iters=4, val_interval=2, ckpt_interval=2, threads=1)
+    cfg.data.batch_size = 2
+    cfg.model.sync_bn = True  # GPU-only in torch: falls back to per-process BN with a warning on CPU
+    save_config(cfg, tmp_path / "cfg.yaml")
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "segdistill",
+         "train", str(tmp_path / "cfg.yaml")],
+        capture_output=True, text=True, timeout=240,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.count("done: best val mIoU") == 1  # printed by rank 0 only
+    assert sorted(losses_by_iter(tmp_path / "run")) == [1, 2, 3, 4]  # one line per iteration, not one per rank
+    state = load_checkpoint(tmp_path / "run" / "last.pt")
+    assert state["trainer"]["iteration"] == 4

@@ -180,7 +180,10 @@ class Trainer:
             m.name, self.num_classes, width_mult=m.width_mult, output_stride=m.output_stride, aux=m.aux, pretrained=m.pretrained
         )
         if m.sync_bn and dist.is_dist():
-            self.model = nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
+            if self.device.type == "cuda":
+                self.model = nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
+            else:
+                warnings.warn("model.sync_bn needs CUDA (torch's SyncBatchNorm is GPU-only); using per-process BatchNorm")
         self.model.to(self.device)
         self.criterion = SegLoss(
             cfg.data.ignore_index, cfg.loss.aux_weight, cfg.loss.ohem, cfg.loss.ohem_thresh, cfg.loss.ohem_min_kept, cfg.loss.class_weights
@@ -364,6 +367,9 @@ class Trainer:
                 for h in self.hooks:
                     h.after_step(self)
                 if it % cfg.log_interval == 0 or it == cfg.iters:
+                    if dist.is_dist():  # log the mean over ranks, not rank 0's share
+                        mean = dist.all_reduce_sum(torch.tensor(list(values.values()), dtype=torch.float64))
+                        values = dict(zip(values, (mean / dist.world_size()).tolist()))
                     now = time.perf_counter()
                     speed = n_last / max(now - t_last, 1e-9)
                     t_last, n_last = now, 0
@@ -377,7 +383,8 @@ class Trainer:
                     if metrics["miou"] > self.state.best_miou:
                         self.state.best_miou = metrics["miou"]
                         self.save("best.pt", full=False, metrics=metrics)
-                    bar.write(f"iter {it}: val mIoU {100 * metrics['miou']:.2f} (best {100 * self.state.best_miou:.2f})")
+                    if dist.is_main():
+                        bar.write(f"iter {it}: val mIoU {100 * metrics['miou']:.2f} (best {100 * self.state.best_miou:.2f})")
                 if it % cfg.ckpt_interval == 0 or it == cfg.iters:
                     self.save("last.pt", full=True, metrics=metrics)
                 if it % cfg.val_interval == 0 or it % cfg.ckpt_interval == 0:
