@@ -33,7 +33,7 @@ ROWS = {
     ]),
     "dlv3_r18_half": ("DeepLabV3-ResNet-18, half width, OS 8", ["model.name=deeplabv3_resnet18", "model.width_mult=0.5"]),
     "dlv3p_mbv2": ("DeepLabV3+-MobileNetV2, OS 16", ["model.name=deeplabv3plus_mobilenetv2", "model.output_stride=16"]),
-    "lraspp_mbv2": ("LR-ASPP (real-time head) on MobileNetV2, OS 16", ["model.name=lraspp_mobilenetv2"]),
+    "lraspp_mbv2": ("LR-ASPP (real-time head) on MobileNetV2, OS 8", ["model.name=lraspp_mobilenetv2"]),
     "segformer_b0": ("SegFormer-B0 (MiT-B0 + all-MLP head)", [
         "model.name=segformer_mitb0", "optim.name=adamw", "optim.lr=0.001", "optim.weight_decay=0.01",
     ]),

@@ -217,9 +217,9 @@ def build_parser() -> argparse.ArgumentParser:
             s.add_argument("--out", default="model.onnx")
             s.add_argument("--dynamic-batch", action="store_true")
 
-    s = sub.add_parser("models", help="list the registered models with parameters (and FLOPs)")
+    s = sub.add_parser("models", help="list the registered models with parameters and FLOPs")
     s.add_argument("--filter", help="only names containing this")
-    s.add_argument("--flops", action="store_true", help="also count FLOPs (slower)")
+    s.add_argument("--no-flops", dest="flops", action="store_false", help="parameters only (faster)")
     s.add_argument("--input", default="3x180x240")
     s.add_argument("--num-classes", type=int, default=11)
     s.add_argument("--width-mult", type=float, default=1.0)

@@ -58,9 +58,9 @@ def test_predict_profile_export_models(demo_dir, tmp_path, capsys):
     main(["export", "fcn_resnet18", "--width-mult", "0.25", "--input", "3x48x64", "--out", str(tmp_path / "m.onnx")])
     assert (tmp_path / "m.onnx").stat().st_size > 0
     capsys.readouterr()
-    main(["models", "--filter", "segformer"])
+    main(["models", "--filter", "segformer_mitb0", "--input", "3x64x64"])
     listed = capsys.readouterr().out
-    assert "segformer_mitb0" in listed and "resnet" not in listed
+    assert "segformer_mitb0" in listed and "resnet" not in listed and "GMACs" in listed
 
 
 @pytest.mark.parametrize(
