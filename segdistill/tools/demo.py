@@ -60,7 +60,7 @@ def run_demo(out_dir: str | Path = "runs/demo", fast: bool = False, overrides: l
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    iters = 6 if fast else 160
+    iters = 6 if fast else 400
     runs = {}
     for role, model in (("teacher", TEACHER), ("student", STUDENT)):
         cfg = apply_overrides(demo_config(out, role, model, iters, fast), overrides)
