@@ -61,8 +61,6 @@ def cmd_train(args):
 
 
 def cmd_eval(args):
-    import torch
-
     from .config import apply_overrides, from_dict, load_config
     from .data import build_dataset
     from .engine import distributed as dist
@@ -91,8 +89,8 @@ def cmd_eval(args):
             f"({ds.root}) has {ds.num_classes}; evaluate it on the dataset it was trained for"
         )
     ds.validate()
-    model.to(device or torch.device("cpu"))
-    metrics = evaluate(model, ds, cfg.eval, device or torch.device("cpu"), ds.num_classes, cfg.data.ignore_index)
+    model.to(device)
+    metrics = evaluate(model, ds, cfg.eval, device, ds.num_classes, cfg.data.ignore_index)
     if dist.is_main():
         print(format_table(metrics, ds.class_names))
         if args.out:
