@@ -26,14 +26,10 @@ import torch
 import torch.nn as nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from ..models.layers import count_parameters as count_params  # one counter for the project
 from .export import _deploy_copy, export_onnx, ort_session
 
 PLATFORMS = ("torch-cpu", "onnxruntime-cpu", "torch-cuda")
-
-
-def count_params(model: nn.Module, trainable_only: bool = False) -> int:
-    """Number of parameters (all, or only those with ``requires_grad``)."""
-    return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
 
 
 def count_inference_params(model: nn.Module, input_shape: Sequence[int] = (1, 3, 180, 240)) -> int:
