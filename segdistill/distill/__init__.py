@@ -1,8 +1,10 @@
 """Knowledge-distillation loss terms and weight schedules for segdistill.
 
-See ``/work/shared/docs/methods.md`` for the formulas. Every term is a small ``nn.Module`` taking
+See ``../shared/docs/methods.md`` for the formulas. Every term is a small ``nn.Module`` taking
 ``(student, teacher, ...)`` and detaching the teacher internally, so no gradient ever reaches it.
 """
+from .hetero import HeteroAKD, LogitProjector
+from .holistic import Discriminator, HolisticKD, gradient_penalty
 from .losses import ChannelWiseKD, InterClassSimilarityKD, PairwiseKD, PixelKD, inter_class_similarity
 from .schedules import ALW, WeightSchedule, alw_weights
 
@@ -11,6 +13,11 @@ __all__ = [
     "ChannelWiseKD",
     "PairwiseKD",
     "InterClassSimilarityKD",
+    "HeteroAKD",
+    "LogitProjector",
+    "HolisticKD",
+    "Discriminator",
+    "gradient_penalty",
     "inter_class_similarity",
     "WeightSchedule",
     "ALW",
