@@ -25,7 +25,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 
 from ..config import Config, save_config, to_dict
 from ..data import build_dataset
-from ..errors import ConfigError, DataError, DivergenceError
+from ..errors import CheckpointError, ConfigError, DataError, DivergenceError
 from ..models import build_model
 from . import distributed as dist
 from .checkpoint import check_compatible, load_checkpoint, load_model_weights, model_meta, save_checkpoint
@@ -102,10 +102,11 @@ def build_optimizer(params, cfg) -> torch.optim.Optimizer:
 
 def rng_state() -> dict:
     np_state = np.random.get_state()
+    py_version, py_state, py_gauss = random.getstate()
     state = {
-        "python": list(random.getstate()[1]),
-        "python_version": random.getstate()[0],
-        "python_gauss": random.getstate()[2],
+        "python": list(py_state),
+        "python_version": py_version,
+        "python_gauss": py_gauss,
         "numpy_keys": torch.from_numpy(np_state[1].astype(np.int64)),
         "numpy_pos": int(np_state[2]),
         "numpy_gauss": [int(np_state[3]), float(np_state[4])],
@@ -251,7 +252,7 @@ class Trainer:
     def resume(self, path: Path):
         state = load_checkpoint(path, map_location=self.device)
         if "optimizer" not in state:
-            raise DataError(f"{path} is a weights-only checkpoint; resume needs a full one (last.pt)")
+            raise CheckpointError(f"{path} is a weights-only checkpoint; resume needs a full one (last.pt)")
         check_compatible(state, path, self.cfg.model.name, self.num_classes)
         load_model_weights(self.model, state, path)
         self.optimizer.load_state_dict(state["optimizer"])
