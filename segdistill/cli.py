@@ -1,4 +1,4 @@
-"""The ``segdistill`` command line: train, eval, predict, profile, export, models, demo.
+"""The ``segdistill`` command line: train, distill, eval, predict, profile, export, models, demo.
 
 Every command that takes a config also takes ``section.key=value`` overrides after it, e.g.::
 
@@ -44,20 +44,37 @@ def _model_or_checkpoint(spec: str, num_classes: int, width_mult: float):
 
 
 # ---------------------------------------------------------------------------- commands
-def cmd_train(args):
+def cmd_train(args, distill: bool = False):
     from .config import load_config
     from .engine import distributed as dist
     from .engine.trainer import Trainer
+    from .errors import ConfigError
 
     cfg = load_config(args.config, args.overrides)
+    hooks = []
+    if distill:
+        from .distill.hook import DistillHook
+
+        if not cfg.distill.teacher:
+            raise ConfigError("segdistill distill needs a teacher: set distill.teacher=PATH/best.pt "
+                              "(or a model name with distill.teacher_weights=PATH)")
+        hooks.append(DistillHook(cfg))
+    elif cfg.distill.teacher:
+        raise ConfigError(f"{args.config or 'the config'} sets distill.teacher: run `segdistill distill` to distil, "
+                          "or set distill.teacher=null to train without a teacher")
     dist.setup_distributed()
     main_rank = dist.is_main()
     try:
-        result = Trainer(cfg).train()
+        result = Trainer(cfg, hooks).train()
     finally:
         dist.cleanup()
     if main_rank:
-        print(f"done: best val mIoU {100 * result['best_miou']:.2f}; checkpoints in {cfg.train.out_dir} (best.pt, last.pt)")
+        print(f"done: best val mIoU {100 * result['best_miou']:.2f}; checkpoints in {cfg.train.out_dir} "
+              "(best.pt: the student alone, for eval/profile/export; last.pt: the full run, to resume)")
+
+
+def cmd_distill(args):
+    cmd_train(args, distill=True)
 
 
 def cmd_eval(args):
@@ -175,6 +192,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("config")
     s.add_argument("overrides", nargs="*", help="section.key=value")
     s.set_defaults(fn=cmd_train)
+
+    s = sub.add_parser("distill", help="train a student from a teacher with any combination of KD terms",
+                       description="KD terms and their weights/schedules live under distill.* (see configs/kd-camvid-cpu.yaml); "
+                                   "distill.method=skd|aicsd|heteroakd picks a paper's combination.")
+    s.add_argument("config")
+    s.add_argument("overrides", nargs="*", help="section.key=value, e.g. distill.teacher=runs/t/best.pt distill.pixel.weight=1")
+    s.set_defaults(fn=cmd_distill)
 
     s = sub.add_parser("eval", help="mIoU, per-class IoU and pixel accuracy of a checkpoint on any split")
     s.add_argument("checkpoint")

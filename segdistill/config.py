@@ -99,6 +99,87 @@ class EvalConfig:
 
 
 @dataclass
+class KDTerm:
+    """One distillation term. ``weight`` 0 turns it off. The schedule scales the weight over training
+    progress a = iteration / train.iters: ``constant``; ``linear`` from ``weight * start`` to ``weight * end``;
+    ``alw`` (ICSD's adaptive loss weighting) ``weight * a`` with ``side: late`` or ``weight * (1 - a)`` with ``side: early``."""
+
+    weight: float = 0.0
+    schedule: str = "constant"  # constant | linear | alw
+    start: float = 1.0  # linear: factor on weight at the start ...
+    end: float = 1.0  # ... and at the end
+    side: str = "late"  # alw: late (grows with a) | early (fades as 1 - a)
+
+
+@dataclass
+class PixelTerm(KDTerm):
+    T: float = 1.0  # temperature (SKD: 1)
+
+
+@dataclass
+class CWDTerm(KDTerm):
+    T: float = 4.0  # CWD on logits: weight 3, T 4 in the paper
+
+
+@dataclass
+class FeatureTerm(KDTerm):
+    feature: str = "pre_logits"  # student feature name from the output contract (stem, stage1..4, pre_logits)
+    teacher_feature: str | None = None  # None: the same name on the teacher
+
+
+@dataclass
+class CWDFeatureTerm(FeatureTerm):
+    T: float = 4.0  # a 1x1 adapter maps student channels to the teacher's (training-only)
+
+
+@dataclass
+class PairwiseTerm(FeatureTerm):
+    patch: int = 2  # node pooling: max-pool patch (1 = every pixel is a node); SKD's best: 2
+
+
+@dataclass
+class HolisticTerm(KDTerm):
+    gp_weight: float = 10.0  # WGAN-GP penalty weight
+    condition_on_image: bool = False  # concatenate the (resized) image to the maps the discriminator scores
+    lr: float = 4.0e-4  # discriminator Adam learning rate (SKD: 4e-4, betas 0.9, 0.99)
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.99])
+    widths: list[int] = field(default_factory=lambda: [64, 128, 256, 512])
+
+
+@dataclass
+class ICSDTerm(KDTerm):
+    tau: float = 1.0
+
+
+@dataclass
+class HeteroTerm(KDTerm):
+    stages: list[str] = field(default_factory=lambda: ["stage3", "stage4"])  # projected into logits space
+    T: float = 1.0
+    weight_over: str = "space"  # KEM softmax over space | classes
+    logit_kd_weight: float = 1.0  # pixel KD on the final logits (times weight)
+    proj_ce_weight: float = 1.0  # CE that trains the projectors on detached features
+
+
+@dataclass
+class DistillConfig:
+    teacher: str | None = None  # a segdistill checkpoint path, or a registered model name (+ teacher_weights)
+    teacher_weights: str | None = None  # weights for a teacher given by name (segdistill checkpoint or raw state dict)
+    teacher_width_mult: float = 1.0  # these three only for a teacher given by name
+    teacher_output_stride: int | None = None
+    teacher_aux: bool = False
+    method: str | None = None  # preset: skd | aicsd | heteroakd | best (sets weights; keys you set win)
+    task: KDTerm = field(default_factory=lambda: KDTerm(weight=1.0))  # scales the task loss (CE + aux)
+    pixel: PixelTerm = field(default_factory=PixelTerm)
+    cwd: CWDTerm = field(default_factory=CWDTerm)
+    cwd_feat: CWDFeatureTerm = field(default_factory=CWDFeatureTerm)
+    pairwise: PairwiseTerm = field(default_factory=PairwiseTerm)
+    holistic: HolisticTerm = field(default_factory=HolisticTerm)
+    icsd: ICSDTerm = field(default_factory=ICSDTerm)
+    hetero: HeteroTerm = field(default_factory=HeteroTerm)
+    cache: str = "off"  # off | auto (<out_dir>/teacher_cache) | a folder: teacher logits computed once, logit terms only
+
+
+@dataclass
 class Config:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -106,6 +187,7 @@ class Config:
     loss: LossConfig = field(default_factory=LossConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
 
 
 def _check_type(value, tp, where: str):
@@ -171,24 +253,55 @@ def parse_override(text: str) -> dict:
     return out
 
 
+# Distillation presets: the combination each paper used, named by one key (``distill.method``). A preset only
+# sets defaults: keys in the YAML file or on the command line still win.
+DISTILL_PRESETS: dict[str, dict] = {
+    # SKD (Liu et al. CVPR 2019): pixel-wise KD (T 1, weight 10) + pair-wise (2x2 nodes, weight 1) + holistic (l_ho 0.1)
+    "skd": {"pixel": {"weight": 10.0, "T": 1.0}, "pairwise": {"weight": 1.0, "patch": 2}, "holistic": {"weight": 0.1}},
+    # AICSD (seed 004): a * (CE + 9500 ICSD) + (1 - a) * 10 pixel KD, a = training progress
+    "aicsd": {
+        "task": {"schedule": "alw", "side": "late"},
+        "icsd": {"weight": 9500.0, "schedule": "alw", "side": "late"},
+        "pixel": {"weight": 10.0, "schedule": "alw", "side": "early"},
+    },
+    # HeteroAKD (AAAI 2025, seed 003): last two stages projected into logits space, KMM + KEM, plus logit KD
+    "heteroakd": {"hetero": {"weight": 1.0}},
+}
+
+
+def _read_yaml(p: Path) -> dict:
+    if not p.is_file():
+        raise ConfigError(f"config file {p} not found; the shipped ones are in configs/")
+    try:
+        data = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"config file {p} is not valid YAML: {e}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {p} must hold a mapping of sections")
+    return data
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None, cls=Config):
-    """Defaults, then the YAML file (if any), then ``key=value`` overrides, in that order."""
+    """Defaults, then the ``distill.method`` preset (if any), then the YAML file, then ``key=value`` overrides."""
+    data = _read_yaml(Path(path)) if path is not None else {}
+    layers = [(f"{path}: ", data)] + [("", parse_override(o)) for o in overrides or []]
     cfg = cls()
-    if path is not None:
-        p = Path(path)
-        if not p.is_file():
-            raise ConfigError(f"config file {p} not found; the shipped ones are in configs/")
+    method = None
+    for _, layer in layers:  # the last layer that names a method wins
+        section = layer.get("distill")
+        if isinstance(section, dict) and "method" in section:
+            method = section["method"]
+    if method is not None and hasattr(cfg, "distill"):
+        if method not in DISTILL_PRESETS:
+            raise ConfigError(f"distill.method={method!r} is not a preset; choose one of {', '.join(DISTILL_PRESETS)} "
+                              "or leave it null and set the term weights yourself")
+        _apply(cfg, {"distill": DISTILL_PRESETS[method]})
+    for prefix, layer in layers:
         try:
-            data = yaml.safe_load(p.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise ConfigError(f"config file {p} is not valid YAML: {e}") from None
-        if not isinstance(data, dict):
-            raise ConfigError(f"config file {p} must hold a mapping of sections")
-        try:
-            _apply(cfg, data)
+            _apply(cfg, layer)
         except ConfigError as e:
-            raise ConfigError(f"{p}: {e}") from None
-    return apply_overrides(cfg, overrides)
+            raise ConfigError(f"{prefix}{e}") from None
+    return cfg
 
 
 def apply_overrides(cfg, overrides: list[str] | None):

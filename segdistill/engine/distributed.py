@@ -56,6 +56,25 @@ def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
     return tensor
 
 
+def average_gradients(parameters) -> None:
+    """Average the gradients of ``parameters`` over ranks (for modules outside DDP: adapters, projectors,
+    discriminators). A parameter without a gradient on this rank counts as a zero gradient; a no-op in one process."""
+    if not is_dist():
+        return
+    params = [p for p in parameters if p.requires_grad]
+    if not params:
+        return
+    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    all_reduce_sum(flat)
+    flat /= world_size()
+    offset = 0
+    for p in params:
+        n = p.numel()
+        p.grad = flat[offset:offset + n].view_as(p).clone()
+        offset += n
+
+
 def barrier() -> None:
     """Wait for every rank; a no-op in a single process."""
     if is_dist():

@@ -36,18 +36,35 @@ from .losses import SegLoss
 class Hook:
     """Extension point. Distillation and search subclass this instead of copying the loop.
 
-    ``losses`` returns extra named loss terms for a batch (added to the total and logged); ``state_dict`` /
-    ``load_state_dict`` put the hook's own state (discriminators, architecture weights ...) into full checkpoints.
+    In call order: ``setup`` (model built and on its device, optimizer not yet: build training-only modules
+    here and return their parameters from ``parameters`` so the main optimizer steps them); ``on_train_start``;
+    then per iteration ``task_weight`` (a factor on the task loss), ``losses`` (extra named loss terms, added to
+    the total and logged; the whole batch dict is ``trainer.batch``), ``before_step`` (after backward, before the
+    optimizer step) and ``after_step`` (may return extra values to log, e.g. a discriminator's loss).
+    ``state_dict`` / ``load_state_dict`` put the hook's own state (discriminators, architecture weights ...) into
+    full checkpoints.
     """
+
+    def setup(self, trainer: "Trainer"):
+        pass
+
+    def parameters(self) -> list:
+        return []
 
     def on_train_start(self, trainer: "Trainer"):
         pass
 
+    def task_weight(self, trainer: "Trainer") -> float:
+        return 1.0
+
     def losses(self, trainer: "Trainer", images, masks, out) -> dict[str, torch.Tensor]:
         return {}
 
-    def after_step(self, trainer: "Trainer"):
+    def before_step(self, trainer: "Trainer"):
         pass
+
+    def after_step(self, trainer: "Trainer") -> dict | None:
+        return None
 
     def state_dict(self) -> dict:
         return {}
@@ -194,6 +211,8 @@ class Trainer:
             if dist.is_dist()
             else self.model
         )
+        for h in self.hooks:
+            h.setup(self)
         self.optimizer = build_optimizer(self.trainable_parameters(), cfg.optim)
         o = cfg.optim
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -213,7 +232,13 @@ class Trainer:
             self.resume(self.out_dir / "last.pt" if cfg.train.resume == "auto" else Path(cfg.train.resume))
 
     def trainable_parameters(self):
-        return list(self.model.parameters())
+        """The model's parameters plus the hooks' training-only ones (adapters, projectors ...)."""
+        return list(self.model.parameters()) + [p for h in self.hooks for p in h.parameters()]
+
+    @property
+    def progress(self) -> float:
+        """Training progress in [0, 1]: iterations done / train.iters."""
+        return self.state.iteration / max(1, self.cfg.train.iters)
 
     # ------------------------------------------------------------------ checkpoints
     def meta(self) -> dict:
@@ -289,11 +314,15 @@ class Trainer:
     def compute_losses(self, images, masks) -> dict[str, torch.Tensor]:
         out = self.ddp_model(images)
         losses = self.criterion(out, masks)
+        w = math.prod(h.task_weight(self) for h in self.hooks)
+        if w != 1.0:
+            losses = {k: w * v for k, v in losses.items()}
         for h in self.hooks:
             losses.update(h.losses(self, images, masks, out))
         return losses
 
     def train_step(self, batch) -> dict[str, float]:
+        self.batch = batch
         images = batch["image"].to(self.device, non_blocking=True)
         masks = batch["mask"].to(self.device, non_blocking=True)
         self.model.train()
@@ -311,6 +340,8 @@ class Trainer:
             )
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
+        for h in self.hooks:
+            h.before_step(self)
         if self.cfg.optim.clip_grad:
             self.scaler.unscale_(self.optimizer)
             torch.nn.utils.clip_grad_norm_(self.trainable_parameters(), self.cfg.optim.clip_grad)
@@ -366,7 +397,7 @@ class Trainer:
                 it = self.state.iteration
                 n_last += batch["image"].shape[0] * dist.world_size()
                 for h in self.hooks:
-                    h.after_step(self)
+                    values.update(h.after_step(self) or {})
                 if it % cfg.log_interval == 0 or it == cfg.iters:
                     if dist.is_dist():  # log the mean over ranks, not rank 0's share
                         mean = dist.all_reduce_sum(torch.tensor(list(values.values()), dtype=torch.float64))

@@ -37,9 +37,12 @@ def build_backbone(arch: str, width_mult: float = 1.0, output_stride: int = 32, 
     raise ConfigError(f"unknown backbone {arch!r}")
 
 
-def _read_state_dict(path: Path) -> dict:
+def read_state_dict(path: Path, what: str = "backbone weights") -> dict:
+    """A name -> tensor dict from a .pt/.pth (loaded with weights_only) or .safetensors file, unwrapping
+    ``{"state_dict": ...}`` / ``{"model": ...}``; clear errors naming ``path`` otherwise."""
+    path = Path(path)
     if not path.is_file():
-        raise CheckpointError(f"backbone weights file {path} does not exist; give the local path of a state dict")
+        raise CheckpointError(f"{what} file {path} does not exist; give the local path of a state dict")
     try:
         if path.suffix == ".safetensors":
             from safetensors.torch import load_file
@@ -48,14 +51,14 @@ def _read_state_dict(path: Path) -> dict:
         else:
             state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001  (any unreadable file becomes one clear error)
-        raise CheckpointError(f"could not read backbone weights {path}: {type(e).__name__}: {str(e)[:300]}") from None
+        raise CheckpointError(f"could not read {what} {path}: {type(e).__name__}: {str(e)[:300]}") from None
     for key in ("state_dict", "model"):
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]
             break
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise CheckpointError(
-            f"backbone weights {path} hold no state dict (expected name -> tensor, or {{'state_dict'|'model': ...}})"
+            f"{what} {path} hold no state dict (expected name -> tensor, or {{'state_dict'|'model': ...}})"
         )
     return state
 
@@ -91,7 +94,7 @@ def load_backbone_weights(backbone: nn.Module, path: str | Path) -> dict:
             f"backbone weights {path} are for width_mult=1.0 but this backbone has width_mult={width:g}; "
             "set width_mult=1.0 or train without pretrained weights"
         )
-    raw = _read_state_dict(path)
+    raw = read_state_dict(path)
     state = _clean_keys(raw)
     own = backbone.state_dict()
     missing = [k for k in own if k not in state and not k.endswith("num_batches_tracked")]
