@@ -176,7 +176,7 @@ class DistillConfig:
     holistic: HolisticTerm = field(default_factory=HolisticTerm)
     icsd: ICSDTerm = field(default_factory=ICSDTerm)
     hetero: HeteroTerm = field(default_factory=HeteroTerm)
-    cache: str = "off"  # off | auto (<out_dir>/teacher_cache) | a folder: teacher logits computed once, logit terms only
+    cache: str | bool | None = None  # null/off | auto (<out_dir>/teacher_cache) | a folder: teacher logits once, logit terms only
 
 
 @dataclass

@@ -18,14 +18,16 @@ def demo_dir(tmp_path_factory):
 def test_demo_writes_report_plots_and_onnx(demo_dir):
     for name in ("report.md", "summary.json", "student.onnx", "teacher_curves.png", "student_curves.png",
                  "teacher_predictions.png", "student_predictions.png", "teacher/best.pt", "student/last.pt",
-                 "student/config.yaml", "student/metrics.jsonl"):
+                 "student/config.yaml", "student/metrics.jsonl", "distilled/best.pt", "distilled_predictions.png",
+                 "distilled_kd_terms.png"):
         assert (demo_dir / name).exists(), name
     summary = json.loads((demo_dir / "summary.json").read_text())
-    assert 0.0 <= summary["student"]["miou"] <= 1.0
+    assert 0.0 <= summary["student"]["miou"] <= 1.0 and 0.0 <= summary["distilled"]["miou"] <= 1.0
+    assert "kd_pixel" in (demo_dir / "distilled" / "metrics.jsonl").read_text()
     assert summary["export"]["max_abs_diff"] < 1e-3
     assert summary["profile"]["latency"]["torch-cpu"]["runs"] >= 50
     report = (demo_dir / "report.md").read_text()
-    assert "mIoU" in report and "student_predictions.png" in report
+    assert "mIoU" in report and "student_predictions.png" in report and "without it" in report
 
 
 def test_eval_matches_demo_and_writes_json(demo_dir, tmp_path, capsys):

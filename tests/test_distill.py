@@ -243,3 +243,18 @@ def test_cli_distill_and_torchrun(tmp_path, teacher_ckpt):
     assert p.returncode == 0, p.stderr[-3000:]
     assert p.stdout.count("done: best val mIoU") == 1
     assert [r["iter"] for r in logged(tmp_path / "run")] == [1, 2]
+
+
+def test_cached_teacher_gives_the_online_losses_without_augmentation(tmp_path, teacher_ckpt):
+    """With no random geometry the cached logits are the online teacher's (to fp16), so every logit term agrees."""
+    runs = {}
+    for mode in ("off", "auto"):
+        cfg = tiny_cfg(tmp_path / mode, iters=2, pixel=1.0, cwd=1.0, icsd=100.0)
+        cfg.data.scale_range, cfg.data.flip, cfg.data.jitter = [1.0, 1.0], False, 0.0
+        cfg.distill.cache = mode
+        distill(cfg, teacher_ckpt)
+        runs[mode] = logged(tmp_path / mode)
+    assert (tmp_path / "auto" / "teacher_cache").is_dir()
+    for a, b in zip(runs["off"], runs["auto"]):
+        for k in ("kd_pixel", "kd_cwd", "kd_icsd"):
+            assert b[k] == pytest.approx(a[k], rel=1e-2, abs=1e-4), k

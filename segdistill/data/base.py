@@ -5,7 +5,14 @@ how its raw mask values map to training ids (``VOID`` and ``OFFSET``, or ``label
 rest: reading with PIL, the label mapping (the dataset's void -> ``cfg.ignore_index``; any other unknown value
 is an error), the transforms, and ``validate()``.
 
-``ds[i]`` is ``{"image": float32 (3,H,W) normalised, "mask": int64 (H,W), "name": image file stem}``.
+``ds[i]`` is ``{"image": float32 (3,H,W) normalised, "mask": int64 (H,W), "name": image file stem,
+"index": i, "geom": float32 (9,)}``. ``geom`` (fields ``GEOM_FIELDS``) says how the sample was made from its
+*base image* (the image after the deterministic ``data.resize``, before any random transform):
+``[base_h, base_w, scaled_h, scaled_w, y0, x0, flip, out_h, out_w]`` = base size, size after the random
+scale (= base size if none), crop offset in the scaled image padded at the bottom/right (0, 0 if no crop),
+horizontal flip (1.0 or 0.0, applied after the crop) and the final size. Eval items have the identity
+geometry; with a custom transform that does not record geometry it is all NaN. ``ds.base_item(i)`` gives
+the normalised base image itself (what the offline teacher cache runs the teacher on).
 Random augmentation of sample ``i`` in epoch ``e`` uses ``np.random.default_rng([cfg.seed, e, i])``, so it
 does not depend on DataLoader workers or on where a run resumed; call ``ds.set_epoch(e)`` every epoch.
 """
@@ -14,12 +21,14 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
 from ..errors import DataError
 from .transforms import build_transforms
 
+GEOM_FIELDS = ("base_h", "base_w", "scaled_h", "scaled_w", "y0", "x0", "flip", "out_h", "out_w")
 _BAD = np.iinfo(np.int32).min  # marks raw values that are neither a class nor the void value
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 _PIL_ERRORS = (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError)
@@ -97,6 +106,15 @@ def _allowed(lut: np.ndarray) -> str:
     return ", ".join(runs)
 
 
+def geom_tensor(geom: dict | None) -> torch.Tensor:
+    """The (9,) float32 ``geom`` entry of a dataset item from a geometry record of ``transforms.Compose``
+    (all NaN when there is none or it is not in the supported order)."""
+    if not geom or not geom.get("valid", False):
+        return torch.full((len(GEOM_FIELDS),), float("nan"))
+    values = [*geom["base"], *geom["scaled"], *geom["offset"], 1.0 if geom["flip"] else 0.0, *geom["out"]]
+    return torch.tensor(values, dtype=torch.float32)
+
+
 def _size_mismatch(image_path, isize, mask_path, msize) -> DataError:
     return DataError(f"mask {mask_path} is {msize[0]}x{msize[1]} but its image {image_path} is "
                      f"{isize[0]}x{isize[1]} (WxH); a mask must have its image's size: re-export it or "
@@ -130,6 +148,7 @@ class SegDataset(Dataset):
         fits_uint8 = 0 <= self.ignore_index <= 255 and self.num_classes <= 256
         self.mask_dtype = np.uint8 if fits_uint8 else np.int32
         self.transform = transform if transform is not None else build_transforms(cfg, train)
+        self.base_transform = build_transforms(cfg, train=False)  # data.resize (if set) -> normalise
         self._luts: dict = {}
         self.pairs: list[tuple[str, str]] = self.find_pairs()
         if len(self) == 0:
@@ -223,8 +242,34 @@ class SegDataset(Dataset):
         i = int(i) % n
         image, mask, name = self.load(i)
         rng = np.random.default_rng([self.seed, self.epoch, i])
-        image, mask = self.transform(image, mask, rng)
-        return {"image": image, "mask": mask, "name": name}
+        geom: dict = {}
+        if getattr(self.transform, "records_geometry", False):
+            image, mask = self.transform(image, mask, rng, geom=geom)
+        else:
+            image, mask = self.transform(image, mask, rng)
+        return {"image": image, "mask": mask, "name": name, "index": i, "geom": geom_tensor(geom)}
+
+    def base_item(self, i: int) -> dict:
+        """Sample ``i`` as its normalised *base image*: ``data.resize`` only, no random transform, whatever
+        ``train`` is. Same keys as ``ds[i]``; ``geom`` is the identity."""
+        n = len(self)
+        if not -n <= i < n:
+            raise IndexError(f"index {i} out of range for {n} samples")
+        i = int(i) % n
+        image, mask, name = self.load(i)
+        geom: dict = {}
+        image, mask = self.base_transform(image, mask, None, geom=geom)
+        return {"image": image, "mask": mask, "name": name, "index": i, "geom": geom_tensor(geom)}
+
+    def base_size(self, i: int) -> tuple[int, int]:
+        """(H, W) of base image ``i``: ``data.resize`` when set, else read from the image file's header
+        (datasets without files, such as the synthetic one, make the image)."""
+        if self.cfg.resize:
+            return int(self.cfg.resize[0]), int(self.cfg.resize[1])
+        if self.pairs:
+            w, h = image_size(self.pairs[int(i) % len(self)][0])
+            return int(h), int(w)
+        return tuple(int(v) for v in self.load(int(i) % len(self))[0].shape[:2])
 
     def validate(self, check_labels: bool = True, max_report: int = 10):
         """Check every pair before training: both files readable, same size, and (``check_labels``) only

@@ -7,6 +7,15 @@ draw only from that ``rng``, never from global random state, so a sample is repr
 DataLoader worker or resume point. ``Normalize`` comes last and turns the pair into torch tensors.
 
 Masks are only ever resized with nearest neighbour, so no new label values appear.
+
+Geometry record. The geometric transforms (``Resize``, ``RandomScale``, ``RandomCrop``, ``RandomFlip``; they
+have ``geometric = True`` and a ``stage``) also accept ``geom=``, a dict that ``Compose`` hands them to record
+what they did, without changing any random draw: ``base`` (H, W) after ``Resize`` (the raw size if none),
+``scaled`` (H, W) after ``RandomScale`` (= ``base`` if none), ``offset`` (y0, x0) of the crop in the scaled
+(and bottom/right padded) image, ``flip`` (applied after the crop) and, set by ``Compose``, ``out`` (H, W).
+The offline teacher cache (``segdistill.distill.cache``) replays this geometry on maps computed from the
+base image. The record is only meaningful in the order resize -> scale -> crop -> flip (each at most
+once); ``Compose`` sets ``geom["valid"] = False`` otherwise.
 """
 from __future__ import annotations
 
@@ -42,13 +51,37 @@ def _need_rng(rng):
     return rng
 
 
+def new_geometry(h: int, w: int) -> dict:
+    """The identity geometry record of an ``h x w`` image (see the module docstring)."""
+    return {"base": (int(h), int(w)), "scaled": (int(h), int(w)), "offset": (0, 0), "flip": False,
+            "out": (int(h), int(w)), "valid": True}
+
+
 class Compose:
+    """Applies the transforms in order. With ``geom`` (a dict, normally empty), also records the geometry
+    of the geometric transforms into it (keys as in :func:`new_geometry`)."""
+
+    records_geometry = True
+
     def __init__(self, transforms):
         self.transforms = list(transforms)
 
-    def __call__(self, image, mask, rng=None):
+    def __call__(self, image, mask, rng=None, geom=None):
+        if geom is None:
+            for t in self.transforms:
+                image, mask = t(image, mask, rng)
+            return image, mask
+        geom.update(new_geometry(*mask.shape[:2]))
+        stage = -1
         for t in self.transforms:
-            image, mask = t(image, mask, rng)
+            if getattr(t, "geometric", False):
+                if t.stage <= stage:  # out of the order resize -> scale -> crop -> flip, or repeated
+                    geom["valid"] = False
+                stage = t.stage
+                image, mask = t(image, mask, rng, geom=geom)
+            else:
+                image, mask = t(image, mask, rng)
+        geom["out"] = tuple(int(v) for v in mask.shape[-2:])
         return image, mask
 
     def __repr__(self):
@@ -58,10 +91,14 @@ class Compose:
 class Resize:
     """Resize to a fixed ``[H, W]`` (bilinear image, nearest mask)."""
 
+    geometric, stage = True, 0
+
     def __init__(self, size):
         self.size = (int(size[0]), int(size[1]))
 
-    def __call__(self, image, mask, rng=None):
+    def __call__(self, image, mask, rng=None, geom=None):
+        if geom is not None:
+            geom["base"] = geom["scaled"] = self.size
         return resize_image(image, self.size), resize_mask(mask, self.size)
 
     def __repr__(self):
@@ -71,13 +108,17 @@ class Resize:
 class RandomScale:
     """Scale both by one factor drawn uniformly from ``scale_range = [min, max]``."""
 
+    geometric, stage = True, 1
+
     def __init__(self, scale_range):
         self.lo, self.hi = float(scale_range[0]), float(scale_range[1])
 
-    def __call__(self, image, mask, rng=None):
+    def __call__(self, image, mask, rng=None, geom=None):
         s = _need_rng(rng).uniform(self.lo, self.hi)
         h, w = mask.shape
         size = (max(1, round(h * s)), max(1, round(w * s)))
+        if geom is not None:
+            geom["scaled"] = (int(size[0]), int(size[1]))
         return resize_image(image, size), resize_mask(mask, size)
 
     def __repr__(self):
@@ -88,12 +129,14 @@ class RandomCrop:
     """Random ``[H, W]`` crop. A smaller image is first padded at the bottom/right: the image with
     ``pad_color`` (the normalisation mean, so it becomes 0 after ``Normalize``), the mask with ``ignore_index``."""
 
+    geometric, stage = True, 2
+
     def __init__(self, crop_size, ignore_index: int = 255, pad_color=(0, 0, 0)):
         self.size = (int(crop_size[0]), int(crop_size[1]))
         self.ignore_index = int(ignore_index)
         self.pad_color = np.asarray(pad_color, dtype=np.uint8)
 
-    def __call__(self, image, mask, rng=None):
+    def __call__(self, image, mask, rng=None, geom=None):
         ch, cw = self.size
         h, w = mask.shape
         if h < ch or w < cw:
@@ -107,6 +150,8 @@ class RandomCrop:
         rng = _need_rng(rng)
         y0 = int(rng.integers(0, h - ch + 1))
         x0 = int(rng.integers(0, w - cw + 1))
+        if geom is not None:
+            geom["offset"] = (y0, x0)
         return image[y0:y0 + ch, x0:x0 + cw], mask[y0:y0 + ch, x0:x0 + cw]
 
     def __repr__(self):
@@ -116,11 +161,15 @@ class RandomCrop:
 class RandomFlip:
     """Horizontal flip of both with probability ``p``."""
 
+    geometric, stage = True, 3
+
     def __init__(self, p: float = 0.5):
         self.p = float(p)
 
-    def __call__(self, image, mask, rng=None):
+    def __call__(self, image, mask, rng=None, geom=None):
         if _need_rng(rng).random() < self.p:
+            if geom is not None:
+                geom["flip"] = True
             return image[:, ::-1], mask[:, ::-1]
         return image, mask
 

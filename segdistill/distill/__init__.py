@@ -3,12 +3,15 @@
 See ``../shared/docs/methods.md`` for the formulas. Every term is a small ``nn.Module`` taking
 ``(student, teacher, ...)`` and detaching the teacher internally, so no gradient ever reaches it.
 """
+from .distiller import Distiller, load_teacher
 from .hetero import HeteroAKD, LogitProjector
 from .holistic import Discriminator, HolisticKD, gradient_penalty
 from .losses import ChannelWiseKD, InterClassSimilarityKD, PairwiseKD, PixelKD, inter_class_similarity
 from .schedules import ALW, WeightSchedule, alw_weights
 
 __all__ = [
+    "Distiller",
+    "load_teacher",
     "PixelKD",
     "ChannelWiseKD",
     "PairwiseKD",

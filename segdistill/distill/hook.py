@@ -31,7 +31,7 @@ class DistillHook(Hook):
         teacher, self.teacher_desc = load_teacher(d, trainer.num_classes, trainer.train_set.class_names)
         self.distiller = Distiller(trainer.model, teacher, d, trainer.num_classes, self.cfg.data.ignore_index)
         self.distiller.to(trainer.device)
-        if d.cache != "off":
+        if d.cache not in (None, False, "off"):
             self._open_cache(trainer)
         if dist.is_main():
             terms = ", ".join(f"{n} x{getattr(d, n).weight:g} ({getattr(d, n).schedule})" for n in self.distiller.active)
