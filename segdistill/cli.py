@@ -252,6 +252,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--fast", action="store_true", help="a much shorter run (for tests)")
     s.add_argument("overrides", nargs="*", help="section.key=value applied to both demo runs")
     s.set_defaults(fn=cmd_demo)
+
+    from .latency.cli import add_commands as add_latency_commands  # lut build/blocks/show, latency predict/fit/report
+
+    add_latency_commands(sub)
     return p
 
 

@@ -19,3 +19,7 @@ class CheckpointError(SegDistillError):
 
 class DivergenceError(SegDistillError):
     """The training loss became NaN or infinite."""
+
+
+class LatencyError(SegDistillError):
+    """A latency table, block key or platform is wrong or missing (``segdistill lut``, ``segdistill latency``)."""

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import copy
 import os
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +15,7 @@ import torch
 import torch.nn as nn
 
 from ..errors import SegDistillError
+from ..latency.standalone import export_onnx_file, ort_session  # noqa: F401  (ort_session re-exported)
 from ..models.output import SegOutput, upsample_logits
 
 
@@ -52,34 +52,9 @@ def _deploy_copy(model: nn.Module) -> DeployModel:
 
 
 def _export(deploy: DeployModel, example: torch.Tensor, path: str, opset: int | None, dynamic_batch: bool) -> str:
-    """torch.onnx.export with the dynamo exporter, falling back to the TorchScript one; returns which was used."""
-    names = dict(input_names=["image"], output_names=["logits"])
-    try:
-        dynamic = {"image": {0: torch.export.Dim("batch")}} if dynamic_batch else None
-        torch.onnx.export(deploy, (example,), path, opset_version=opset, dynamo=True, external_data=False,
-                          dynamic_shapes=dynamic, verbose=False, **names)
-        return "dynamo"
-    except Exception as e:  # noqa: BLE001 - any exporter failure: try the other exporter
-        warnings.warn(f"dynamo ONNX export failed ({type(e).__name__}: {e}); retrying with dynamo=False")
-    axes = {"image": {0: "batch"}, "logits": {0: "batch"}} if dynamic_batch else None
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)
-        warnings.simplefilter("ignore", torch.jit.TracerWarning)  # shape checks: H, W are static in the trace
-        torch.onnx.export(deploy, (example,), path, opset_version=opset or 17, dynamo=False,
-                          dynamic_axes=axes, **names)
-    return "torchscript"
-
-
-def ort_session(path: str | os.PathLike, threads: int | None = None):
-    """An onnxruntime CPU InferenceSession; ``threads`` sets intra-op threads (None: onnxruntime's default)."""
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    if threads:
-        opts.intra_op_num_threads = int(threads)
-        opts.inter_op_num_threads = 1
-    opts.log_severity_level = 3
-    return ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
+    """torch.onnx.export with the dynamo exporter, falling back to the TorchScript one; returns which was used
+    (the ONNX Runtime latency platform exports its blocks with the same function)."""
+    return export_onnx_file(deploy, (example,), path, "auto", ["image"], ["logits"], opset, dynamic_batch)
 
 
 def compare_onnx(deploy: DeployModel, path: str | os.PathLike, inputs: list[torch.Tensor]) -> dict:

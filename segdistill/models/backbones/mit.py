@@ -179,16 +179,18 @@ class MixVisionTransformer(nn.Module):
         self.feature_strides = {"stage1": 4, "stage2": 8, "stage3": 16, "stage4": 32}
         self.apply(_init_mit)
 
+    def stage(self, i: int, x: torch.Tensor) -> torch.Tensor:
+        """Stage ``i`` (1..4): patch embedding, transformer blocks, norm; (B, C, H, W) map in and out."""
+        x, H, W = getattr(self, f"patch_embed{i}")(x)
+        for blk in getattr(self, f"block{i}"):
+            x = blk(x, H, W)
+        x = getattr(self, f"norm{i}")(x)
+        return x.reshape(x.shape[0], H, W, -1).permute(0, 3, 1, 2).contiguous()
+
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        B = x.shape[0]
         out = {}
         for i in range(1, 5):
-            x, H, W = getattr(self, f"patch_embed{i}")(x)
-            for blk in getattr(self, f"block{i}"):
-                x = blk(x, H, W)
-            x = getattr(self, f"norm{i}")(x)
-            x = x.reshape(B, H, W, -1).permute(0, 3, 1, 2).contiguous()
-            out[f"stage{i}"] = x
+            x = out[f"stage{i}"] = self.stage(i, x)
         return out
 
 

@@ -1,0 +1,302 @@
+"""``segdistill lut ...`` and ``segdistill latency ...``: build tables, predict, fit the correction, report accuracy.
+
+    segdistill lut build --platform torch-cpu --input 3x180x240 --model lraspp_mobilenetv2 --out lut.json
+    segdistill lut build --platform onnxruntime-cpu --space mbv2-chain --out lut-ort.json
+    segdistill lut blocks --model all --input 3x180x240 --out blocks.json   # for a table built on another device
+    segdistill lut show lut.json
+    segdistill latency predict --lut lut.json --model lraspp_mobilenetv2
+    segdistill latency fit --lut lut.json --nets 30
+    segdistill latency report --platforms torch-cpu onnxruntime-cpu --inputs 3x180x240 3x360x480 --out-dir DIR
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from collections import Counter
+from contextlib import contextmanager
+from pathlib import Path
+
+from ..errors import LatencyError
+
+
+def _shape(text: str):
+    from ..cli import parse_shape
+
+    return parse_shape(text)
+
+
+@contextmanager
+def _exporter(name: str | None):
+    """Set the ONNX exporter of the onnxruntime-cpu platform (inherited by isolated measurement processes)."""
+    old = os.environ.get("SEGDISTILL_ONNX_EXPORTER")
+    if name:
+        os.environ["SEGDISTILL_ONNX_EXPORTER"] = name
+    try:
+        yield
+    finally:
+        if name:
+            if old is None:
+                os.environ.pop("SEGDISTILL_ONNX_EXPORTER", None)
+            else:
+                os.environ["SEGDISTILL_ONNX_EXPORTER"] = old
+
+
+def _model_names(names: list[str]) -> list[str]:
+    from ..models import list_models
+
+    known = list_models()
+    out = []
+    for n in names or []:
+        if n == "all":
+            out += known
+        elif n not in known:
+            raise LatencyError(f"unknown model {n!r}; `segdistill models` lists the {len(known)} known ones")
+        else:
+            out.append(n)
+    return list(dict.fromkeys(out))
+
+
+def _groups(args):
+    """(description, keys) for every model, space and random-network set asked for, at every input."""
+    from .network import sample_networks
+    from .spaces import build_space
+    from .zoo import _decomposition_of, model_spec
+
+    models = _model_names(args.model)
+    if not (models or args.space or args.nets):
+        raise LatencyError("say what to measure: --model NAME (or all), --space NAME and/or --nets N")
+    for shape in [_shape(s) for s in args.input or ["3x180x240"]]:
+        size = "x".join(map(str, shape))
+        for name in models:
+            spec = model_spec(name, args.num_classes, args.width_mult, args.output_stride, shape[-2:])
+            yield f"model {name} (width {args.width_mult:g}) @ {size}", _decomposition_of(spec).net.keys()
+        for space in args.space or []:
+            yield f"space {space} @ {size}", build_space(space, shape, args.num_classes).keys()
+        if args.nets:
+            nets = sample_networks(args.nets, shape, args.seed, args.num_classes)
+            yield f"{args.nets} random networks (seed {args.seed}) @ {size}", [k for n in nets for k in n.keys()]
+
+
+def cmd_lut_build(args):
+    from . import standalone as core
+    from .lut import LatencyTable
+
+    import torch
+
+    for p in args.plugin:
+        core.load_plugin(p)
+    args.threads = args.threads or torch.get_num_threads()
+    timing = {"warmup": args.warmup, "min_runs": args.runs, "min_time": args.min_time}
+    with _exporter(args.exporter):
+        if Path(args.out).is_file():
+            table = LatencyTable.load(args.out)
+            if (table.platform, table.threads) != (args.platform, args.threads):
+                raise LatencyError(f"{args.out} is a {table.platform} table with {table.threads} threads, not "
+                                   f"{args.platform} with {args.threads}; choose another --out")
+        else:
+            table = LatencyTable.new(args.platform, args.threads, timing)
+            table.path = Path(args.out)
+        total = 0
+        for what, keys in _groups(args):
+            done = table.ensure(keys, progress=not args.quiet, isolate=args.isolate)
+            table.note_built_for(what)
+            table.save()
+            total += len(done)
+            print(f"{what}: {len(set(keys))} keys, {len(done)} measured")
+    print(f"wrote {args.out}: {len(table)} entries ({total} new) on {table.platform}, {table.threads} threads")
+
+
+def cmd_lut_blocks(args):
+    from . import standalone as core
+
+    keys, built_for = [], []
+    for what, ks in _groups(args):
+        keys += ks
+        built_for.append(what)
+    keys = list(dict.fromkeys(keys))
+    core.write_json_atomic({"format": core.BLOCKS_FORMAT, "version": 1, "built_for": built_for, "keys": keys}, args.out)
+    fixed = sum(k.startswith(core.FIXED_PREFIX) for k in keys)
+    print(f"wrote {args.out}: {len(keys)} keys ({fixed} fixed parts of zoo models). On the device: python "
+          f"segdistill/latency/standalone.py --blocks {Path(args.out).name} --platform PLATFORM --threads N "
+          "--out lut.json")
+
+
+def cmd_lut_show(args):
+    from .lut import LatencyTable
+
+    table = LatencyTable.load(args.table)
+    print(table.summary())
+    kinds = Counter("fixed" if k.startswith("fixed:") else k.split(":")[0] for k in table.entries)
+    print("entries by kind: " + ", ".join(f"{k} {n}" for k, n in kinds.most_common()))
+    for what in table.data.get("built_for", []):
+        print(f"  built for {what}")
+    if table.correction:
+        c = table.correction
+        print(f"correction {c['model']} {c['coef']} (CV MAPE {c.get('cv_mape')})")
+
+
+def cmd_latency_predict(args):
+    from .lut import LatencyTable
+    from .predictor import LatencyPredictor
+    from .zoo import _decomposition_of, model_spec
+
+    table = LatencyTable.load(args.lut)
+    predictor = LatencyPredictor(table, measure=not args.no_measure, progress=True)
+    before = len(table)
+    results = []
+    for name in _model_names(args.model):
+        for text in args.input or ["3x180x240"]:
+            shape = _shape(text)
+            spec = model_spec(name, args.num_classes, args.width_mult, args.output_stride, shape[-2:])
+            net = _decomposition_of(spec).net
+            p = predictor.predict(net)
+            results.append({"model": name, "input": list(shape), **{k: v for k, v in p.items() if k != "entries"},
+                            "entries": [[k, ms] for k, ms in p["entries"]]})
+            print(f"{name} @ {'x'.join(map(str, shape))} on {table.platform} ({table.threads} threads): "
+                  f"{p['predicted_ms']:.3f} ms predicted (correction {p['correction']}; raw sum {p['raw_ms']:.3f} ms = "
+                  f"{p['blocks_ms']:.3f} library blocks + {p['fixed_ms']:.3f} fixed parts, {p['n_blocks']} nodes)")
+    if len(table) > before:
+        table.save()
+        print(f"added {len(table) - before} on-demand measurements to {args.lut}")
+    if args.out:
+        Path(args.out).write_text(json.dumps(results, indent=1))
+        print(f"wrote {args.out}")
+
+
+def cmd_latency_fit(args):
+    from .lut import LatencyTable
+    from .network import sample_networks
+    from .predictor import LatencyPredictor, select_correction
+    from .report import ReportConfig, _NetTimer
+    from . import standalone as core
+
+    table = LatencyTable.load(args.lut)
+    why = table.local_problem()
+    if why:
+        raise LatencyError(f"fitting measures networks on the table's device, but {why}; fit there")
+    predictor = LatencyPredictor(table, measure=True, progress=True)
+    cfg = ReportConfig(threads=table.threads, repeats=1, net_timing={"warmup": args.warmup, "min_runs": args.runs,
+                                                                      "min_time": args.min_time})
+    feats, y = [], []
+    with _exporter(args.exporter):
+        for text in args.input or ["3x180x240"]:
+            nets = sample_networks(args.nets, _shape(text), args.seed, args.num_classes)
+            measured = _NetTimer(cfg, table.platform).round_robin(nets, lambda it, d: core._progress(it, d, True))
+            for net in nets:
+                feats.append(predictor.breakdown(net)["features"])
+                y.append(measured[net.name][0])
+    table.correction = select_correction(feats, y)
+    table.save()
+    c = table.correction
+    print(f"correction {c['model']} {c['coef']} fitted on {len(y)} networks; CV MAPE: "
+          + ", ".join(f"{m} {v:.2f}%" for m, v in c["cv_mape"].items()) + f"; saved in {args.lut}")
+
+
+def cmd_latency_report(args):
+    from . import standalone as core
+    from .report import ReportConfig, run_report
+
+    for p in args.plugin:
+        core.load_plugin(p)
+    given = dict(platforms=args.platforms, inputs=[_shape(s) for s in args.inputs] if args.inputs else None,
+                 nets=args.nets, repeats=args.repeats, threads=args.threads, seed=args.seed, zoo=args.zoo,
+                 zoo_width=args.zoo_width, exporter=args.exporter, out_dir=args.out_dir, isolate=args.isolate or None)
+    if args.quick:
+        cfg = ReportConfig.quick(**given)
+    else:
+        cfg = ReportConfig(**{k: v for k, v in given.items() if v is not None})
+        for timing, field, value in ((cfg.net_timing, "min_runs", args.net_runs),
+                                     (cfg.block_timing, "min_runs", args.block_runs),
+                                     (cfg.net_timing, "min_time", args.net_min_time),
+                                     (cfg.block_timing, "min_time", args.block_min_time)):
+            if value is not None:
+                timing[field] = value
+    with _exporter(cfg.exporter):
+        run_report(cfg)
+
+
+# ---------------------------------------------------------------------------- parser
+def _selection(s: argparse.ArgumentParser) -> None:
+    s.add_argument("--input", action="append", help="C x H x W, repeatable (default 3x180x240)")
+    s.add_argument("--model", action="append", help="a registered model, repeatable, or `all`")
+    s.add_argument("--space", action="append", help="a search space (mbv2-chain), repeatable")
+    s.add_argument("--nets", type=int, default=0, help="also the blocks of N random networks (the report's sampler)")
+    s.add_argument("--seed", type=int, default=0, help="seed of the random networks")
+    _model_options(s)
+
+
+def _model_options(s: argparse.ArgumentParser) -> None:
+    s.add_argument("--num-classes", type=int, default=11)
+    s.add_argument("--width-mult", type=float, default=1.0)
+    s.add_argument("--output-stride", type=int, default=None, help="default: the model's own")
+
+
+def _measure_options(s: argparse.ArgumentParser, runs: int = 50, min_time: float = 0.5, warmup: int = 10) -> None:
+    s.add_argument("--warmup", type=int, default=warmup)
+    s.add_argument("--runs", type=int, default=runs, help="minimum timed runs per measurement")
+    s.add_argument("--min-time", type=float, default=min_time, help="minimum seconds of timed runs per measurement")
+    s.add_argument("--exporter", choices=["auto", "dynamo", "torchscript"], default=None,
+                   help="ONNX exporter for onnxruntime-cpu (default auto: dynamo, TorchScript as fallback)")
+
+
+def add_commands(sub) -> None:
+    """Register ``lut`` and ``latency`` on the segdistill argparse sub-parsers."""
+    lut = sub.add_parser("lut", help="latency lookup tables: build, list the blocks for another device, show")
+    lsub = lut.add_subparsers(dest="lut_command", required=True)
+    s = lsub.add_parser("build", help="measure every block a model, space or random-network set uses into a table")
+    s.add_argument("--platform", required=True,
+                   help="torch-cpu, onnxruntime-cpu, torch-cuda, torch-cuda-fp16, or a plug-in's")
+    s.add_argument("--out", required=True, help="the table (an existing one is extended)")
+    s.add_argument("--threads", type=int, help="CPU threads, fixed and recorded (default: torch's current count)")
+    s.add_argument("--isolate", action="store_true", help="each measurement in its own process")
+    s.add_argument("--plugin", action="append", default=[], help="a .py file or module registering a Platform")
+    s.add_argument("--quiet", action="store_true", help="no progress bars")
+    _selection(s)
+    _measure_options(s)
+    s.set_defaults(fn=cmd_lut_build)
+    s = lsub.add_parser("blocks", help="write the keys a model/space uses, for `standalone.py` on another device")
+    s.add_argument("--out", required=True)
+    _selection(s)
+    s.set_defaults(fn=cmd_lut_blocks)
+    s = lsub.add_parser("show", help="a table's platform, device, versions, entries and correction")
+    s.add_argument("table")
+    s.set_defaults(fn=cmd_lut_show)
+
+    lat = sub.add_parser("latency", help="predict latency from a table, fit its correction, report its accuracy")
+    lsub = lat.add_subparsers(dest="latency_command", required=True)
+    s = lsub.add_parser("predict", help="predicted latency of a model: sum of its blocks and fixed parts, corrected")
+    s.add_argument("--lut", required=True)
+    s.add_argument("--model", action="append", required=True, help="a registered model, repeatable, or `all`")
+    s.add_argument("--input", action="append", help="C x H x W, repeatable (default 3x180x240)")
+    s.add_argument("--no-measure", action="store_true", help="never measure missing blocks (error instead)")
+    s.add_argument("--out", help="write predictions with per-block entries as JSON here")
+    _model_options(s)
+    s.set_defaults(fn=cmd_latency_predict)
+    s = lsub.add_parser("fit", help="measure random networks whole and fit the table's correction")
+    s.add_argument("--lut", required=True)
+    s.add_argument("--nets", type=int, default=30)
+    s.add_argument("--input", action="append", help="C x H x W, repeatable (default 3x180x240)")
+    s.add_argument("--seed", type=int, default=1, help="seed of the random networks (the report uses 0)")
+    s.add_argument("--num-classes", type=int, default=11)
+    _measure_options(s, runs=20, min_time=1.0, warmup=5)
+    s.set_defaults(fn=cmd_latency_fit)
+    s = lsub.add_parser("report", help="accuracy of the predictor on random networks and the zoo, per platform")
+    s.add_argument("--platforms", "--platform", nargs="+", dest="platforms", help="default: torch-cpu onnxruntime-cpu")
+    s.add_argument("--inputs", nargs="+", help="C x H x W (default: 3x180x240 3x360x480)")
+    s.add_argument("--nets", type=int, help="random networks per input (default 50)")
+    s.add_argument("--repeats", type=int, help="measurements of each network, for the noise estimate (default 3)")
+    s.add_argument("--threads", type=int, help="CPU threads (default 2)")
+    s.add_argument("--seed", type=int, help="seed of the random networks (default 0)")
+    s.add_argument("--zoo", nargs="*", help="zoo models (default: all registered; none with an empty list)")
+    s.add_argument("--zoo-width", type=float, help="width multiplier of the zoo models (default 1.0)")
+    s.add_argument("--net-runs", type=int, help="minimum timed runs per network measurement (default 20)")
+    s.add_argument("--block-runs", type=int, help="minimum timed runs per block (default 50)")
+    s.add_argument("--net-min-time", type=float, help="minimum seconds per network measurement (default 1.0)")
+    s.add_argument("--block-min-time", type=float, help="minimum seconds per block (default 0.5)")
+    s.add_argument("--exporter", choices=["auto", "dynamo", "torchscript"], help="ONNX exporter (default auto)")
+    s.add_argument("--isolate", action="store_true", help="each measurement in its own process")
+    s.add_argument("--plugin", action="append", default=[], help="a .py file or module registering a Platform")
+    s.add_argument("--out-dir", help="default benchmarks/latency (quick: runs/latency-quick)")
+    s.add_argument("--quick", action="store_true", help="a tiny smoke run (1-2 minutes)")
+    s.set_defaults(fn=cmd_latency_report)
