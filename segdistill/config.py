@@ -167,7 +167,7 @@ class DistillConfig:
     teacher_width_mult: float = 1.0  # these three only for a teacher given by name
     teacher_output_stride: int | None = None
     teacher_aux: bool = False
-    method: str | None = None  # preset: skd | aicsd | heteroakd | best (sets weights; keys you set win)
+    method: str | None = None  # preset: skd | aicsd | heteroakd (sets defaults; keys you set win)
     task: KDTerm = field(default_factory=lambda: KDTerm(weight=1.0))  # scales the task loss (CE + aux)
     pixel: PixelTerm = field(default_factory=PixelTerm)
     cwd: CWDTerm = field(default_factory=CWDTerm)
