@@ -29,8 +29,8 @@ from .profile import format_profile, profile_model
 # (name, width, output stride): a DeepLabV3+ teacher and a light real-time student, sized for 2 CPU cores
 TEACHER = ("deeplabv3plus_resnet18", 0.5, 16)
 STUDENT = ("lraspp_mobilenetv2", 0.5, 16)
-# the distilled student's KD terms (distill.* keys): pixel-wise KD and CWD on logits, both read from the teacher cache
-DEMO_KD = ["distill.pixel.weight=1", "distill.cwd.weight=3", "distill.cache=auto"]
+# the distilled student's KD terms (distill.* keys): pixel-wise KD (SKD's weight 10) and CWD on logits, from the teacher cache
+DEMO_KD = ["distill.pixel.weight=10", "distill.cwd.weight=3", "distill.cache=auto"]
 
 
 def demo_config(out_dir: Path, role: str, model: tuple[str, float, int], iters: int, fast: bool) -> Config:
