@@ -49,6 +49,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..engine.checkpoint import state_fingerprint
 from ..errors import DataError
 
 __all__ = ["TeacherCache", "cache_key", "replay_geometry", "FORMAT", "VERSION"]
@@ -168,10 +169,7 @@ def cache_key(teacher: nn.Module, dataset, base_size, extra: dict | None = None)
               "teacher_repr": repr(teacher), "base_size": [int(base_size[0]), int(base_size[1])],
               "data": data_description(dataset), "files": _file_list(dataset), "extra": extra or {}}
     h.update(json.dumps(header, sort_keys=True, default=str).encode())
-    for name, t in teacher.state_dict().items():
-        t = t.detach().cpu().contiguous()
-        h.update(f"\n{name}:{t.dtype}:{tuple(t.shape)}\n".encode())
-        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    h.update(state_fingerprint(teacher).encode())
     return h.hexdigest()
 
 

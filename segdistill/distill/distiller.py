@@ -18,7 +18,6 @@ similarity, logits). :class:`DistillHook` plugs the Distiller into the one :clas
 """
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 import torch
@@ -27,13 +26,13 @@ import torch.nn.functional as F
 
 from ..config import DistillConfig, KDTerm
 from ..engine import distributed as dist
-from ..engine.checkpoint import build_from_checkpoint, load_checkpoint
+from ..engine.checkpoint import build_from_checkpoint, load_checkpoint, state_fingerprint
 from ..errors import CheckpointError, ConfigError
 from ..models import SegOutput, build_model, list_models
 from ..models.backbones import read_state_dict
 from .hetero import HeteroAKD, LogitProjector
 from .holistic import Discriminator, HolisticKD
-from .losses import ChannelWiseKD, InterClassSimilarityKD, PairwiseKD, PixelKD
+from .losses import ChannelWiseKD, InterClassSimilarityKD, PairwiseKD, PixelKD, _match_target
 from .schedules import WeightSchedule
 
 #: Terms that need only the teacher's logits (so they can read them from the teacher-output cache).
@@ -50,20 +49,6 @@ def schedule_of(term: KDTerm) -> WeightSchedule:
                               end=term.weight * term.end, side=term.side)
     except ValueError as e:
         raise ConfigError(f"distill term schedule: {e}") from None
-
-
-def fingerprint(module: nn.Module) -> str:
-    """sha256 of a module's state dict (names, shapes, values): identifies a teacher's weights. The auxiliary
-    head is left out: it plays no part in the teacher's eval-mode outputs."""
-    h = hashlib.sha256()
-    for k, v in module.state_dict().items():
-        if k.startswith("aux_head."):
-            continue
-        h.update(k.encode())
-        t = v.detach().cpu().contiguous()
-        h.update(str((t.dtype, tuple(t.shape))).encode())
-        h.update(t.view(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-    return h.hexdigest()
 
 
 def freeze(model: nn.Module) -> nn.Module:
@@ -117,7 +102,7 @@ def load_teacher(cfg: DistillConfig, num_classes: int, class_names=None) -> tupl
         teacher, meta = build_from_checkpoint(path)
         _check_classes(path, int(meta["model"]["num_classes"]), num_classes, meta, class_names)
         desc = {"teacher": meta["model"]["name"], "weights": str(path)}
-    desc["fingerprint"] = fingerprint(teacher)
+    desc["fingerprint"] = state_fingerprint(teacher, skip_prefixes=("aux_head.",))  # aux head: no part in eval outputs
     return freeze(teacher), desc
 
 
@@ -302,8 +287,7 @@ def _d_input(z: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
 
 
 def _ce(logits, masks, ignore_index):
-    if tuple(masks.shape[-2:]) != tuple(logits.shape[-2:]):
-        masks = F.interpolate(masks[:, None].float(), size=logits.shape[-2:], mode="nearest")[:, 0].long()
+    masks = _match_target(masks, logits)
     if not (masks != ignore_index).any():
         return logits.sum() * 0.0
     return F.cross_entropy(logits, masks, ignore_index=ignore_index)

@@ -11,16 +11,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .losses import PixelKD, _match_size
+from .losses import PixelKD, _match_size, _match_target
 
 __all__ = ["LogitProjector", "reliability", "HeteroAKD"]
-
-
-def _match_target(target: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
-    """Nearest resize of labels (B, h, w) to ``ref``'s spatial size (as PixelKD does)."""
-    if tuple(target.shape[-2:]) == tuple(ref.shape[-2:]):
-        return target
-    return F.interpolate(target[:, None].float(), size=ref.shape[-2:], mode="nearest")[:, 0].long()
 
 
 class LogitProjector(nn.Module):

@@ -47,13 +47,13 @@ class DistillHook(Hook):
             raise ConfigError(f"distill.cache keeps the teacher's logits only, but {', '.join(feature_terms)} need its "
                               "features: set distill.cache=off for these terms")
         folder = Path(self.cfg.train.out_dir) / "teacher_cache" if d.cache == "auto" else Path(d.cache)
-        if dist.is_main():
-            self.cache = TeacherCache.build_or_load(self.distiller.teacher, trainer.train_set, folder, device=trainer.device,
-                                                    batch_size=self.cfg.data.batch_size, progress=self.cfg.train.progress)
-        dist.barrier()
-        if not dist.is_main():
-            self.cache = TeacherCache.build_or_load(self.distiller.teacher, trainer.train_set, folder, device=trainer.device,
-                                                    batch_size=self.cfg.data.batch_size, progress=False)
+        for building in (True, False):  # rank 0 builds (or finds) the cache, then the other ranks load it
+            if dist.is_main() == building:
+                self.cache = TeacherCache.build_or_load(
+                    self.distiller.teacher, trainer.train_set, folder, device=trainer.device,
+                    batch_size=self.cfg.data.batch_size, progress=building and self.cfg.train.progress)
+            if building:
+                dist.barrier()
 
     def parameters(self):
         return list(self.distiller.parts.parameters())

@@ -22,6 +22,13 @@ def _match_size(t: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
     return F.interpolate(t, size=ref.shape[-2:], mode="bilinear", align_corners=False)
 
 
+def _match_target(target: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
+    """Nearest resize of labels (B, h, w) to ``ref``'s spatial size; no-op when equal."""
+    if tuple(target.shape[-2:]) == tuple(ref.shape[-2:]):
+        return target
+    return F.interpolate(target[:, None].float(), size=ref.shape[-2:], mode="nearest")[:, 0].long()
+
+
 class PixelKD(nn.Module):
     """Pixel-wise knowledge distillation (Hinton et al. 2015, applied per pixel as in
     Liu et al., "Structured Knowledge Distillation for Semantic Segmentation", CVPR 2019).
@@ -51,8 +58,7 @@ class PixelKD(nn.Module):
         kl = (log_p_t.exp() * (log_p_t - log_p_s)).sum(dim=1)  # (B, H, W)
         if target is None:
             return T * T * kl.mean()
-        if tuple(target.shape[-2:]) != tuple(z_s.shape[-2:]):
-            target = F.interpolate(target[:, None].float(), size=z_s.shape[-2:], mode="nearest")[:, 0].long()
+        target = _match_target(target, z_s)
         valid = target != self.ignore_index
         n = valid.sum()
         if n == 0:

@@ -13,6 +13,7 @@ mid-write leaves the previous checkpoint intact.
 """
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 
@@ -105,3 +106,15 @@ def build_from_checkpoint(path: str | Path, map_location="cpu"):
     load_model_weights(model, state, path)
     return model.eval(), meta
 
+
+def state_fingerprint(module, skip_prefixes: tuple[str, ...] = ()) -> str:
+    """sha256 (hex) of a module's state dict: every tensor's name, dtype, shape and bytes, except keys starting
+    with ``skip_prefixes``. Identifies weights (a teacher for resume checks, the teacher cache's key)."""
+    h = hashlib.sha256()
+    for name, t in module.state_dict().items():
+        if name.startswith(skip_prefixes):
+            continue
+        t = t.detach().cpu().contiguous()
+        h.update(f"\n{name}:{t.dtype}:{tuple(t.shape)}\n".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
