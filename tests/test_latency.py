@@ -18,7 +18,8 @@ from segdistill.latency import standalone as core
 from segdistill.latency.lut import LatencyTable, MissingBlocksError
 from segdistill.latency.network import ChainNet, NetSpec, Node, sample_networks
 from segdistill.latency.predictor import LatencyPredictor, apply_correction, select_correction
-from segdistill.latency.report import ReportConfig, _evaluate, _scatter, accuracy, format_markdown, noise, spearman
+from segdistill.latency.report import (ReportConfig, _evaluate, _scatter, accuracy, format_markdown, noise,
+                                      refit_report, run_report, spearman)
 from segdistill.latency.spaces import build_space
 from segdistill.latency.standalone import BlockKey
 from segdistill.latency.zoo import decompose_model
@@ -101,6 +102,7 @@ def test_table_round_trip(tmp_path):
     for field in ("device", "versions", "date", "timing", "platform_info"):
         assert loaded.data[field]
     assert loaded.data["versions"]["torch"] == torch.__version__
+    assert loaded.data["platform_info"]["malloc"] == core.steady_malloc()  # how the allocator was set is recorded
     for key in net.keys():
         e = loaded.entries[key]
         assert e["runs"] >= 3 and 0 < e["min_ms"] <= e["median_ms"] <= e["p90_ms"]
@@ -280,6 +282,39 @@ def test_report_statistics_and_outputs(tmp_path):
     md = format_markdown({"config": vars(cfg), "device": core.machine_info(), "versions": core.library_versions(),
                           "date": "today", "platforms": {"torch-cpu": res, "torch-cuda": {"skipped": "no GPU"}}})
     assert "| 3x16x16 | random | 12 | 100.0%" in md and "Skipped: no GPU" in md and "| z | 3x16x16 |" in md
+
+
+def test_steady_malloc_is_recorded_and_can_be_turned_off(monkeypatch):
+    import platform as pyplatform
+
+    first = core.steady_malloc()
+    if sys.platform.startswith("linux") and pyplatform.libc_ver()[0] == "glibc":
+        assert first.startswith("glibc steady")
+    assert core.steady_malloc() == first  # idempotent
+    monkeypatch.setenv("SEGDISTILL_MALLOC", "default")
+    assert core.steady_malloc().startswith("default")
+
+
+def test_report_runs_and_refits_from_its_saved_measurements(tmp_path):
+    tiny = {"warmup": 1, "min_runs": 2, "min_time": 0.0}
+    cfg = ReportConfig(platforms=["torch-cpu"], inputs=[(1, 3, 32, 48)], nets=7, repeats=2, threads=1,
+                       zoo=["lraspp_mobilenetv2"], zoo_width=0.25, block_timing=tiny, net_timing=tiny,
+                       out_dir=str(tmp_path))
+    first = run_report(cfg, progress=False, log=lambda *_: None)
+    rows = first["platforms"]["torch-cpu"]["rows"]
+    assert [r["kind"] for r in rows] == ["random"] * 7 + ["zoo"] and all(len(r["repeats_ms"]) == 2 for r in rows)
+    assert (tmp_path / "report.md").is_file() and (tmp_path / "scatter-torch-cpu.png").is_file()
+    again = refit_report(str(tmp_path), log=lambda *_: None)["platforms"]["torch-cpu"]  # measures nothing
+    assert [r["measured_ms"] for r in again["rows"]] == [r["measured_ms"] for r in rows]
+    assert [r["predicted_ms"] for r in again["rows"]] == pytest.approx([r["predicted_ms"] for r in rows], rel=1e-9)
+    table = LatencyTable.load(tmp_path / "lut-torch-cpu.json")
+    key = next(k for k in table.entries if not core.is_free(k))
+    table.entries[key]["median_ms"] *= 2
+    table.save()
+    with pytest.raises(LatencyError, match="the table changed"):
+        refit_report(str(tmp_path))
+    with pytest.raises(LatencyError, match="run the report first"):
+        refit_report(str(tmp_path / "nothing"))
 
 
 # ---------------------------------------------------------------------------- command line and standalone builder

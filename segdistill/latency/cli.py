@@ -195,8 +195,11 @@ def cmd_latency_fit(args):
 
 def cmd_latency_report(args):
     from . import standalone as core
-    from .report import ReportConfig, run_report
+    from .report import ReportConfig, refit_report, run_report
 
+    if args.refit:
+        refit_report(args.out_dir or "benchmarks/latency")
+        return
     for p in args.plugin:
         core.load_plugin(p)
     given = dict(platforms=args.platforms, inputs=[_shape(s) for s in args.inputs] if args.inputs else None,
@@ -299,4 +302,6 @@ def add_commands(sub) -> None:
     s.add_argument("--plugin", action="append", default=[], help="a .py file or module registering a Platform")
     s.add_argument("--out-dir", help="default benchmarks/latency (quick: runs/latency-quick)")
     s.add_argument("--quick", action="store_true", help="a tiny smoke run (1-2 minutes)")
+    s.add_argument("--refit", action="store_true",
+                   help="measure nothing: predict the report in --out-dir again from its saved measurements")
     s.set_defaults(fn=cmd_latency_report)

@@ -15,6 +15,10 @@
   - ``linear+io``:         ``y = a * raw + b + d * io``              (a per-element boundary cost or saving)
   - ``linear+io-by-kind``: ``y = a * raw + b + sum_g d_g * io:g``    (the same, per kind group)
 
+  A per-kind *scale* (``a_g * raw:g``, alone or with ``io:g``) was tried on the report's measurements: it won the
+  cross-validation on random networks for onnxruntime-cpu but cut the zoo models within +-10% from 100% to 36%, so it
+  is not a candidate (benchmarks/RESULTS.md).
+
   :func:`select_correction` picks ``linear`` unless another one lowers the k-fold cross-validated mean absolute
   percentage error by at least 5% of it and 0.05 points ("only if it pays"); ``none`` (``y = raw``) is reported for
   reference.
@@ -169,11 +173,11 @@ class LatencyPredictor:
             if core.is_free(key):
                 continue
             io = self.table.io_elems(key) / 1e6
-            g = f"io:{group_of(key)}"
-            feats["raw"] = feats["raw"] + wt * self.table.latency(key)
+            group, ms = group_of(key), self.table.latency(key)
+            feats["raw"] = feats["raw"] + wt * ms
             feats["count"] = feats["count"] + wt
             feats["io"] = feats["io"] + wt * io
-            feats[g] = feats.get(g, 0.0) + wt * io
+            feats[f"io:{group}"] = feats.get(f"io:{group}", 0.0) + wt * io
         return feats
 
     def predict(self, net: NetSpec, correction: dict | None = ...) -> dict:

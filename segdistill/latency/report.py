@@ -241,6 +241,52 @@ def run_report(cfg: ReportConfig, progress: bool = True, log=print) -> dict:
     return results
 
 
+def refit_report(out_dir: str, log=print) -> dict:
+    """Recompute a finished report's predictions from its saved measurements and tables, measuring nothing
+    (``segdistill latency report --refit --out-dir DIR``): after the correction candidates change, the same measured
+    networks are predicted again (random ones out of fold, zoo ones by the fit on all random networks). Each network's
+    raw sum is checked against the one saved, so a table changed since the report is refused."""
+    from .zoo import _decomposition_of, model_spec
+
+    out = Path(out_dir)
+    try:
+        results = json.loads((out / "report.json").read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise LatencyError(f"cannot read {out / 'report.json'} ({e}); run the report first") from e
+    c = dict(results["config"])
+    c["inputs"] = [tuple(s) for s in c["inputs"]]
+    cfg = ReportConfig(**c)
+    nets = {n.name: n for s in cfg.inputs for n in sample_networks(cfg.nets, s, cfg.seed, cfg.num_classes)}
+    for platform, res in results["platforms"].items():
+        if "skipped" in res:
+            continue
+        table = LatencyTable.load(out / f"lut-{platform}.json")
+        predictor = LatencyPredictor(table, measure=False)
+        rows = []
+        for r in res["rows"]:
+            if r["kind"] == "random":
+                net = nets[r["name"]]
+            else:
+                hw = tuple(int(v) for v in r["input"].split("x")[-2:])
+                net = _decomposition_of(model_spec(r["name"], cfg.num_classes, cfg.zoo_width, None, hw)).net
+            new = _row(predictor, net, r["repeats_ms"])
+            if not math.isclose(new["raw_ms"], r["raw_ms"], rel_tol=1e-9):
+                raise LatencyError(f"{r['name']} @ {r['input']}: raw sum {new['raw_ms']:.4f} ms from "
+                                   f"{table.path} but {r['raw_ms']:.4f} ms in the report; the table changed since")
+            rows.append({"name": r["name"], "kind": r["kind"], "input": r["input"], **new})
+        new_res = _evaluate(cfg, rows)
+        table.correction = new_res["correction"]
+        table.save()
+        res.update({k: new_res[k] for k in ("correction", "metrics", "rows")})
+        res["scatter"] = str(_scatter(out / f"scatter-{platform}.png", platform, rows, res))
+        res["refitted"], res["table"] = core.now_iso(), str(table.path)
+        log(_summary_line(platform, res))
+    (out / "report.json").write_text(json.dumps(results, indent=1, default=float))
+    (out / "report.md").write_text(format_markdown(results))
+    log(f"rewrote {out / 'report.md'}, {out / 'report.json'} and the scatter plots")
+    return results
+
+
 def _merge_earlier(path: Path, results: dict) -> None:
     """Keep the other platforms of an earlier report in the same folder made with the same settings, so that each
     platform can be run on its own (``--platforms torch-cpu``, then ``--platforms onnxruntime-cpu``)."""

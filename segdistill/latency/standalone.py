@@ -576,14 +576,39 @@ def _no_grad_call(module: nn.Module, inputs: tuple, autocast: torch.dtype | None
     return fn
 
 
+def steady_malloc() -> str:
+    """Make the C allocator keep and reuse freed memory, as a long-running inference process with jemalloc or tcmalloc
+    does; returns what was set (recorded in tables). PyTorch's CPU tensors come straight from ``malloc``; glibc serves
+    large ones (above its adaptive mmap threshold, at most 32 MB) by ``mmap`` and returns them on ``free``, so each call
+    of a block with big activations pays fresh page faults, and how many depends on what the process allocated before:
+    the same block measured 50-190 ms in one process and a steady 42 ms with this (``mbconv:368-320:45x60:k3s1d1e6``,
+    2 threads). Here: ``mallopt(M_MMAP_MAX, 0)`` and no trimming. Process-wide and irreversible, so only measuring
+    code calls it; ``SEGDISTILL_MALLOC=default`` leaves the allocator alone."""
+    if os.environ.get("SEGDISTILL_MALLOC", "steady") == "default":
+        return "default (SEGDISTILL_MALLOC=default)"
+    if not sys.platform.startswith("linux") or _pyplatform.libc_ver()[0] != "glibc":
+        return "default (not glibc)"
+    import ctypes
+
+    libc = ctypes.CDLL("libc.so.6")
+    m_trim_threshold, m_mmap_max = -1, -4  # from malloc.h
+    if libc.mallopt(m_mmap_max, 0) != 1 or libc.mallopt(m_trim_threshold, 2 ** 31 - 1) != 1:
+        return "default (mallopt refused)"
+    return "glibc steady: M_MMAP_MAX=0, no trim"
+
+
 class TorchCPU(Platform):
+    """PyTorch eager on the CPU, fp32, with :func:`steady_malloc` (large tensors reused, not mapped anew per call)."""
+
     name, description = "torch-cpu", "PyTorch eager on the CPU, fp32"
 
     def prepare(self, module, inputs, threads):
-        return Runner(_no_grad_call(module.cpu().eval(), tuple(x.cpu() for x in inputs)))
+        self._malloc = steady_malloc()
+        return Runner(_no_grad_call(module.cpu().eval(), tuple(x.cpu() for x in inputs)), {"malloc": self._malloc})
 
     def info(self):
-        return {"torch": torch.__version__, "mkldnn": torch.backends.mkldnn.is_available()}
+        return {"torch": torch.__version__, "mkldnn": torch.backends.mkldnn.is_available(),
+                "malloc": getattr(self, "_malloc", None) or steady_malloc()}
 
 
 class TorchCUDA(Platform):
