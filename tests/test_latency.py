@@ -17,7 +17,8 @@ from segdistill.errors import LatencyError, SegDistillError
 from segdistill.latency import standalone as core
 from segdistill.latency.lut import LatencyTable, MissingBlocksError
 from segdistill.latency.network import ChainNet, NetSpec, Node, sample_networks
-from segdistill.latency.predictor import LatencyPredictor, apply_correction, select_correction
+from segdistill.latency.predictor import (LatencyPredictor, apply_correction, cross_val_predictions,
+                                          select_correction)
 from segdistill.latency.report import (ReportConfig, _evaluate, _scatter, accuracy, format_markdown, noise,
                                       refit_report, run_report, spearman)
 from segdistill.latency.spaces import build_space
@@ -237,6 +238,16 @@ def test_correction_fits_and_only_pays_when_better():
     assert sel3["coef"]["io:conv"] == pytest.approx(0, abs=1e-6)
 
 
+def test_grouped_cross_validation_never_predicts_a_group_from_itself():
+    feats = [{"raw": float(r)} for r in range(1, 13)]
+    groups = [f"m{i // 2}" for i in range(12)]  # 6 models at two inputs each
+    y = np.array([f["raw"] * (3.0 if g == "m0" else 1.0) for f, g in zip(feats, groups)])  # m0 alone runs 3x slower
+    pred = cross_val_predictions("linear", feats, y, folds=6, groups=groups)
+    assert pred[0] < 0.5 * y[0] and pred[1] < 0.5 * y[1]  # both m0 rows predicted by a fit that saw neither
+    ungrouped = cross_val_predictions("linear", feats, y, folds=6)
+    assert not np.allclose(pred, ungrouped)
+
+
 # ---------------------------------------------------------------------------- networks and report
 def test_sampled_networks_run_and_are_reproducible():
     nets = sample_networks(6, (1, 3, 48, 64), seed=3, num_classes=5)
@@ -276,6 +287,7 @@ def test_report_statistics_and_outputs(tmp_path):
     assert res["correction"]["model"] == "linear"
     assert res["metrics"]["3x16x16"]["all"]["within10_pct"] == pytest.approx(100.0)
     assert rows[-1]["predicted_ms"] == pytest.approx(5.7, rel=1e-6)
+    assert res["correction_all"]["fitted_on"] == 13 and res["metrics"]["3x16x16"]["zoo"]["fit_all"]["n"] == 1
     res["table"], res["minutes"] = "lut.json", 0.1
     res["scatter"] = str(_scatter(tmp_path / "s.png", "torch-cpu", rows, res))
     assert (tmp_path / "s.png").stat().st_size > 1000

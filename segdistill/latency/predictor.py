@@ -107,23 +107,29 @@ def _mape(pred, y) -> float:
     return float(np.mean(np.abs(pred - y) / y) * 100)
 
 
-def cross_val_predictions(model: str, feats: Sequence[dict], measured, folds: int = 5, seed: int = 0) -> np.ndarray:
-    """Out-of-fold predictions: each network predicted by the correction fitted on the other folds."""
+def cross_val_predictions(model: str, feats: Sequence[dict], measured, folds: int = 5, seed: int = 0,
+                          groups: Sequence[str] | None = None) -> np.ndarray:
+    """Out-of-fold predictions: each network predicted by the correction fitted on the other folds. With ``groups``
+    (e.g. a model's name), networks of one group share a fold, so a model is never predicted by a fit that saw it
+    at another input size."""
     y = np.asarray(measured, dtype=np.float64)
-    idx = list(range(len(y)))
-    random.Random(seed).shuffle(idx)
+    keys = list(dict.fromkeys(groups)) if groups is not None else list(range(len(y)))
+    random.Random(seed).shuffle(keys)
+    k = max(2, min(folds, len(keys)))
+    fold_of = {key: i % k for i, key in enumerate(keys)}
+    fold = [fold_of[key] for key in (groups if groups is not None else range(len(y)))]
     out = np.empty_like(y)
-    k = max(2, min(folds, len(y)))
     for f in range(k):
-        test = set(idx[f::k])
-        train = [i for i in idx if i not in test]
+        train = [i for i in range(len(y)) if fold[i] != f]
         corr = {"model": model, "coef": fit_correction(model, [feats[i] for i in train], y[train])}
-        for i in test:
-            out[i] = apply_correction(corr, feats[i])
+        for i in range(len(y)):
+            if fold[i] == f:
+                out[i] = apply_correction(corr, feats[i])
     return out
 
 
-def select_correction(feats: Sequence[dict], measured, folds: int = 5, seed: int = 0) -> dict:
+def select_correction(feats: Sequence[dict], measured, folds: int = 5, seed: int = 0,
+                      groups: Sequence[str] | None = None) -> dict:
     """Fit every candidate on all networks, score each by k-fold CV MAPE, pick ``linear`` unless another pays.
 
     Returns ``{"model", "coef", "cv_mape": {model: %}, "fitted_on": count, "folds": k,
@@ -132,7 +138,7 @@ def select_correction(feats: Sequence[dict], measured, folds: int = 5, seed: int
     for model in CORRECTIONS:
         try:
             coefs[model] = fit_correction(model, feats, measured)
-            pred = cross_val_predictions(model, feats, measured, folds, seed) if model != "none" else \
+            pred = cross_val_predictions(model, feats, measured, folds, seed, groups) if model != "none" else \
                 [f["raw"] for f in feats]
             cv[model] = _mape(pred, measured)
         except (LatencyError, np.linalg.LinAlgError, ValueError):
