@@ -228,19 +228,29 @@ def run_report(cfg: ReportConfig, progress: bool = True, log=print) -> dict:
                 table.save()
                 row = _row(predictor, net, timer.once(_zoo_module, spec))
                 rows.append({"name": name, "kind": "zoo", "input": size, **row})
-        res = _evaluate(cfg, rows)
-        table.correction = res["correction_all"]  # the table keeps the fit on every measured network
-        table.save()
-        res["table"] = str(table.path)
+        res = _conclude(cfg, out, platform, table, rows)
         res["minutes"] = (time.perf_counter() - t0) / 60
-        res["scatter"] = str(_scatter(out / f"scatter-{platform}.png", platform, rows, res))
         results["platforms"][platform] = res
         log(_summary_line(platform, res))
     _merge_earlier(out / "report.json", results)
+    _write(out, results, log)
+    return results
+
+
+def _conclude(cfg: ReportConfig, out: Path, platform: str, table: LatencyTable, rows: list[dict]) -> dict:
+    """Evaluate one platform's measured rows, store the correction in its table, draw its scatter plot."""
+    res = _evaluate(cfg, rows)
+    table.correction = res["correction_all"]  # the table keeps the fit on every measured network
+    table.save()
+    res["table"] = str(table.path)
+    res["scatter"] = str(_scatter(out / f"scatter-{platform}.png", platform, rows, res))
+    return res
+
+
+def _write(out: Path, results: dict, log) -> None:
     (out / "report.json").write_text(json.dumps(results, indent=1, default=float))
     (out / "report.md").write_text(format_markdown(results))
     log(f"wrote {out / 'report.md'}, {out / 'report.json'} and the scatter plots")
-    return results
 
 
 def refit_report(out_dir: str, log=print) -> dict:
@@ -276,16 +286,9 @@ def refit_report(out_dir: str, log=print) -> dict:
                 raise LatencyError(f"{r['name']} @ {r['input']}: raw sum {new['raw_ms']:.4f} ms from "
                                    f"{table.path} but {r['raw_ms']:.4f} ms in the report; the table changed since")
             rows.append({"name": r["name"], "kind": r["kind"], "input": r["input"], **new})
-        new_res = _evaluate(cfg, rows)
-        table.correction = new_res["correction_all"]
-        table.save()
-        res.update({k: new_res[k] for k in ("correction", "correction_all", "metrics", "rows")})
-        res["scatter"] = str(_scatter(out / f"scatter-{platform}.png", platform, rows, res))
-        res["refitted"], res["table"] = core.now_iso(), str(table.path)
+        res.update(_conclude(cfg, out, platform, table, rows), refitted=core.now_iso())
         log(_summary_line(platform, res))
-    (out / "report.json").write_text(json.dumps(results, indent=1, default=float))
-    (out / "report.md").write_text(format_markdown(results))
-    log(f"rewrote {out / 'report.md'}, {out / 'report.json'} and the scatter plots")
+    _write(out, results, log)
     return results
 
 
