@@ -49,6 +49,10 @@ class ModelConfig:
     aux: bool = False  # auxiliary FCN head on stage 3
     pretrained: str | None = None  # local path to a torchvision/ImageNet backbone state dict
     sync_bn: bool = False
+    # Architecture as data: extra keyword options handed to the model's builder, e.g. a genotype
+    # ({genotype: PATH or mapping}), a depth configuration, a search space's choices. Recorded in every
+    # checkpoint's meta, so best.pt rebuilds the same model. ``model.arch.KEY=VALUE`` sets one entry.
+    arch: dict[str, typing.Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -208,6 +212,10 @@ def _check_type(value, tp, where: str):
             except ConfigError as e:
                 errors.append(str(e))
         raise ConfigError(errors[0] if errors else f"{where}: bad value {value!r}")
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a mapping, got {value!r}")
+        return dict(value)
     if origin is list:
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{where}: expected a list, got {value!r}")
@@ -231,6 +239,8 @@ def _apply(obj, data: dict, prefix: str = ""):
             if not isinstance(value, dict):
                 raise ConfigError(f"{where}: expected a mapping of keys, got {value!r}")
             _apply(current, value, where + ".")
+        elif isinstance(current, dict) and isinstance(value, dict):  # open mappings merge key by key
+            setattr(obj, key, {**current, **_check_type(value, hints[key], where)})
         else:
             setattr(obj, key, _check_type(value, hints[key], where))
 
