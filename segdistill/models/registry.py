@@ -40,14 +40,14 @@ def build_model(name: str, num_classes: int, **kwargs) -> nn.Module:
     model.model_name = name  # recorded in checkpoints so a mismatched load is caught
     model.num_classes = num_classes
     # Architecture as data: the builder options beyond the common ones, recorded in checkpoints (model_meta) so the
-    # same model is rebuilt from best.pt. A builder may set ``model.arch`` itself (e.g. a genotype file read into
+    # same model is rebuilt from best.pt. A builder may set ``model.arch_spec`` itself (e.g. a genotype file read into
     # the mapping it holds, so the checkpoint does not depend on the file).
-    if not getattr(model, "arch", None):
-        model.arch = {k: v for k, v in kwargs.items() if k not in COMMON_OPTIONS}
+    if not getattr(model, "arch_spec", None):
+        model.arch_spec = {k: v for k, v in kwargs.items() if k not in COMMON_OPTIONS}
     return model
 
 
-#: Options every builder takes; anything else is architecture data (``model.arch``).
+#: Options every builder takes; anything else is architecture data (``model.arch_spec``).
 COMMON_OPTIONS = ("width_mult", "output_stride", "aux", "pretrained", "pretrained_backbone")
 
 
