@@ -200,6 +200,14 @@ class ColorJitter:
         return f"ColorJitter({self.strength})"
 
 
+def normalize_image(image: np.ndarray, mean, std) -> torch.Tensor:
+    """uint8 HxWx3 -> float32 (3,H,W) tensor ``(x/255 - mean) / std``: what ``Normalize`` does to the image
+    (``segdistill predict`` uses it too, so a predicted image is fed exactly like an evaluated one)."""
+    mean, std = np.asarray(mean, np.float32), np.asarray(std, np.float32)
+    x = (image.astype(np.float32) * (1.0 / 255.0) - mean) / std
+    return torch.from_numpy(np.ascontiguousarray(x.transpose(2, 0, 1)))
+
+
 class Normalize:
     """uint8 HxWx3 -> float32 (3,H,W) tensor ``(x/255 - mean) / std``; mask -> int64 (H,W) tensor."""
 
@@ -209,8 +217,7 @@ class Normalize:
         self.std = np.asarray(std, np.float32)
 
     def __call__(self, image, mask, rng=None):
-        x = (image.astype(np.float32) * (1.0 / 255.0) - self.mean) / self.std
-        img = torch.from_numpy(np.ascontiguousarray(x.transpose(2, 0, 1)))
+        img = normalize_image(image, self.mean, self.std)
         return img, torch.from_numpy(np.ascontiguousarray(mask, dtype=np.int64))
 
     def __repr__(self):

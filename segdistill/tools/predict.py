@@ -7,14 +7,14 @@ from typing import Sequence
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
 
-from ..config import EvalConfig
+from ..config import DataConfig, EvalConfig
+from ..data.base import IMAGE_EXTS
+from ..data.base import read_image as _read_rgb
+from ..data.transforms import normalize_image, resize_image
 from ..engine.inference import predict_logits
 from ..errors import DataError
 from ..viz import colorize, default_palette, overlay, save_png
-
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
 
 
 def list_images(paths: str | os.PathLike | Sequence[str | os.PathLike]) -> list[Path]:
@@ -27,9 +27,9 @@ def list_images(paths: str | os.PathLike | Sequence[str | os.PathLike]) -> list[
     files: list[Path] = []
     for p in map(Path, paths):
         if p.is_dir():
-            found = sorted(f for f in p.iterdir() if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
+            found = sorted(f for f in p.iterdir() if f.is_file() and f.suffix.lower() in IMAGE_EXTS)
             if not found:
-                raise DataError(f"folder {p} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
+                raise DataError(f"folder {p} holds no images ({', '.join(sorted(IMAGE_EXTS))})")
             files += found
         elif p.is_file():
             files.append(p)
@@ -44,31 +44,24 @@ def list_images(paths: str | os.PathLike | Sequence[str | os.PathLike]) -> list[
 
 
 def read_image(path: Path, resize: Sequence[int] | None = None) -> np.ndarray:
-    """RGB uint8 (H, W, 3); ``resize`` = [H, W] resizes bilinearly. An unreadable file is a :class:`DataError`."""
-    try:
-        with Image.open(path) as im:
-            im = im.convert("RGB")
-            if resize is not None:
-                im = im.resize((int(resize[1]), int(resize[0])), Image.Resampling.BILINEAR)
-            return np.asarray(im, dtype=np.uint8).copy()
-    except (OSError, UnidentifiedImageError, ValueError) as e:
-        raise DataError(f"cannot read image {path}: {e}") from None
+    """RGB uint8 (H, W, 3), read and resized (``resize`` = [H, W], bilinear) as the datasets do
+    (:mod:`segdistill.data`). An unreadable file is a :class:`DataError` naming it."""
+    image = _read_rgb(path)
+    return resize_image(image, resize) if resize is not None else image
 
 
 def to_tensor(image: np.ndarray, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
-    """uint8 (H, W, 3) -> normalised float (1, 3, H, W): ``(x / 255 - mean) / std``."""
-    x = torch.from_numpy(image).permute(2, 0, 1).float() / 255.0
-    x = (x - torch.tensor(mean).view(3, 1, 1)) / torch.tensor(std).view(3, 1, 1)
-    return x.unsqueeze(0)
+    """uint8 (H, W, 3) -> normalised float (1, 3, H, W): ``(x / 255 - mean) / std``, the datasets' normalisation."""
+    return normalize_image(image, mean, std).unsqueeze(0)
 
 
 def predict_paths(
     model: torch.nn.Module,
     paths,
     out_dir: str | os.PathLike,
-    mean: Sequence[float],
-    std: Sequence[float],
-    palette: Sequence[Sequence[int]] | None,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
+    palette: Sequence[Sequence[int]] | None = None,
     resize: Sequence[int] | None = None,
     ignore_index: int = 255,
     eval_cfg: EvalConfig | None = None,
@@ -81,13 +74,18 @@ def predict_paths(
     * ``<stem>_overlay.png``: the image blended with it (``alpha``),
     * ``<stem>_labels.png``: raw class ids, uint8 (single channel).
 
-    Outputs are at the (optionally resized, ``resize`` = [H, W]) image size. ``eval_cfg`` sets the inference mode
+    Images are read, resized and normalised (``mean``/``std``; None: the data config's defaults, ImageNet's) by the
+    data package's functions, as in evaluation. Outputs are at the (optionally resized, ``resize`` = [H, W]) image
+    size. ``eval_cfg`` sets the inference mode
     (whole / slide, flip, scales). The number of classes is ``model.num_classes`` if set, else ``len(palette)``;
     ``palette=None`` uses :func:`~segdistill.viz.default_palette` (needs ``model.num_classes``).
     Returns the written paths. The model's train/eval mode is restored afterwards.
     """
     files = list_images(paths)
     cfg = eval_cfg or EvalConfig()
+    defaults = DataConfig()
+    mean = defaults.mean if mean is None else mean
+    std = defaults.std if std is None else std
     if palette is None and not hasattr(model, "num_classes"):
         raise ValueError("predict_paths needs a palette or a model with a num_classes attribute")
     num_classes = int(getattr(model, "num_classes", None) or len(palette))
