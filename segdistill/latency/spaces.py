@@ -73,6 +73,17 @@ def mbv2_chain(input_shape=(1, 3, 180, 240), num_classes: int = 11) -> SearchSpa
 SPACES: dict[str, Callable[..., SearchSpace]] = {"mbv2-chain": mbv2_chain}
 
 
+def _chain(input_shape=(1, 3, 180, 240), num_classes: int = 11):
+    """The stage-wise fully connected chain space (``segdistill/search/space_chain.py``; imported here lazily: the
+    search package imports this one)."""
+    from ..search.space_chain import ChainSpace
+
+    return ChainSpace(tuple(input_shape), num_classes)
+
+
+SPACES["chain"] = _chain
+
+
 def build_space(name: str, input_shape=(1, 3, 180, 240), num_classes: int = 11) -> SearchSpace:
     if name not in SPACES:
         raise LatencyError(f"unknown search space {name!r}; known: {', '.join(SPACES)}")

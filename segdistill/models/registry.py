@@ -32,6 +32,9 @@ def list_models() -> list[str]:
 
 def build_model(name: str, num_classes: int, **kwargs) -> nn.Module:
     _import_zoo()
+    family, sep, arg = name.partition(":")
+    if sep and name not in _REGISTRY and family in _REGISTRY:  # "family:arg", e.g. "searched:genotype.json"
+        name, kwargs = family, {**kwargs, "genotype": arg}
     if name not in _REGISTRY:
         raise ConfigError(f"unknown model {name!r}; `segdistill models` lists the {len(_REGISTRY)} known ones")
     if kwargs.get("output_stride", 0) is None:  # None means the model's own default
@@ -52,4 +55,4 @@ COMMON_OPTIONS = ("width_mult", "output_stride", "aux", "pretrained", "pretraine
 
 
 def _import_zoo():
-    from . import zoo  # noqa: F401  (registers every builder)
+    from . import searched, zoo  # noqa: F401  (registers every builder)

@@ -1,0 +1,89 @@
+"""``searched``: the discrete network of a chain-space genotype (``segdistill/search/genotype.py``).
+
+``build_model("searched", K, genotype=PATH_OR_MAPPING)`` or ``build_model("searched:PATH", K)``. The network is
+made of the same library blocks as the supernet (``segdistill/search/space_chain.py``): the fixed stem, per stage
+the strided op and the kept layers (inputs summed by ``add`` blocks), the same fixed head; logits at stride 8 and
+the features ``stem, stage1 .. stage4, pre_logits``. ``model.arch_spec = {"genotype": <mapping>}`` holds the
+genotype itself, so a checkpoint rebuilds the model without the file. Without a genotype the builder uses
+:data:`~segdistill.search.genotype.DEFAULT_GENOTYPE` (a hand-written reference network). The genotype fixes every
+width: ``width_mult`` must be 1, ``output_stride`` None or 32, no pretrained weights; ``aux=True`` adds an FCN head
+on ``stage3`` (training mode only).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+from ..errors import ConfigError
+from ..search.genotype import as_genotype, genotype_space, stage_plan
+from ..search.space_chain import STAGE_NAMES, ChainHead, build_op, feature_layout
+from .heads import FCNHead
+from .layers import init_weights
+from .output import SegOutput
+from .registry import register_model
+from .zoo import _check_kw, _pop_pretrained
+
+
+class PlanStage(nn.Module):
+    """Runs one stage's blocks (:func:`~segdistill.search.genotype.stage_plan`) and returns its output block's."""
+
+    def __init__(self, blocks, out: int):
+        super().__init__()
+        self.blocks = nn.ModuleList(build_op(k) for k, _ in blocks)
+        self.inputs = [tuple(ins) for _, ins in blocks]
+        self.out = out
+
+    def forward(self, x):
+        outs = {-1: x}
+        for i, (block, ins) in enumerate(zip(self.blocks, self.inputs)):
+            outs[i] = block(*[outs[j] for j in ins])
+        return outs[self.out]
+
+
+class SearchedNet(nn.Module):
+    """The derived network of a genotype; forward returns ``SegOutput(logits, features, aux_logits)``."""
+
+    def __init__(self, genotype: dict, num_classes: int, aux: bool = False):
+        super().__init__()
+        space = genotype_space(genotype, num_classes=num_classes)
+        self.num_classes = num_classes
+        self.stem = nn.ModuleList(build_op(k) for k in space.stem_keys())
+        widths = [st["width"] for st in genotype["stages"]]
+        stages, cin = [], space.stem_widths[1]
+        for s, st in enumerate(genotype["stages"]):
+            stages.append(PlanStage(*stage_plan(space, s, st, cin)))
+            cin = st["width"]
+        self.stages = nn.ModuleList(stages)
+        self.head = ChainHead(space.head_keys(widths[0], widths[2]))
+        self.feature_channels, self.feature_strides = feature_layout(space.stem_widths, widths, space.head_channels)
+        self.logits_stride, self.output_stride = 8, 32
+        self.aux_head = FCNHead(widths[1], num_classes, in_key="stage3") if aux else None
+        self.apply(init_weights)
+        self.train()
+
+    def forward(self, x: torch.Tensor) -> SegOutput:
+        feats = {"stem": self.stem[0](x)}
+        feats["stage1"] = x = self.stem[1](feats["stem"])
+        for name, stage in zip(STAGE_NAMES, self.stages):
+            feats[name] = x = stage(x)
+        logits, feats["pre_logits"] = self.head(feats["stage2"], feats["stage4"])
+        aux = self.aux_head(feats)[0] if self.aux_head is not None and self.training else None
+        return SegOutput(logits=logits, features=feats, aux_logits=aux)
+
+
+@register_model("searched")
+def searched(num_classes, width_mult=1.0, output_stride=None, aux=False, pretrained=None, genotype=None, **kw):
+    """The network of a chain-space genotype (a JSON path or a loaded mapping; None: the default genotype)."""
+    pretrained = _pop_pretrained(pretrained, kw)
+    _check_kw("searched", kw, allowed=("genotype",))
+    if width_mult != 1.0:
+        raise ConfigError(f"searched: the genotype fixes every width; width_mult must be 1.0, not {width_mult:g}")
+    if output_stride not in (None, 32):
+        raise ConfigError(f"searched: the chain space has output stride 32 (logits at 8), not {output_stride}")
+    if pretrained:
+        raise ConfigError(f"searched: no pretrained backbone fits a searched network ({pretrained}); "
+                          "set model.pretrained=null")
+    g = as_genotype(genotype)
+    model = SearchedNet(g, num_classes, aux=aux)
+    model.arch_spec = {"genotype": g}
+    return model

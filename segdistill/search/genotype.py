@@ -1,0 +1,248 @@
+"""Genotypes of the chain space: a small versioned JSON description of one derived network.
+
+Format (``format`` = ``segdistill-genotype``, ``version`` = 1)::
+
+    {
+      "format": "segdistill-genotype", "version": 1, "space": "chain",
+      "input": [1, 3, 180, 240],          # the input shape the search's latency keys used (informational)
+      "stem_widths": [16, 24],            # fixed stem: conv3x3 s2 -> dwsep3x3 s2
+      "base_widths": [48, 96, 160],       # the space's stage base widths (informational)
+      "head_channels": 64,                # fixed head width
+      "top_k": 1,                         # predecessors kept per layer when derived (informational)
+      "stages": [                         # strides 8, 16, 32
+        {"width": 40, "down": "mbconv_k3_e6",
+         "layers": [{"op": "dwsep_3x3", "inputs": [0]}, {"op": "mbconv_k5_e3", "inputs": [0, 1]}],
+         "output": [2]},
+        ...
+      ]
+    }
+
+Nodes of a stage: 0 is the strided first layer's output (op ``down``, stride 2, from the previous stage's output),
+``j`` (1-based) is ``layers[j-1]``'s output. A layer reads the sum of its ``inputs`` (earlier nodes; more than one
+are summed by library ``add`` blocks), the stage's output is the sum of its ``output`` nodes. Op names are those of
+:data:`segdistill.search.space_chain.OPS`.
+
+:func:`derive` turns a supernet into a genotype: the argmax width, strided op and layer ops; per layer the ``top_k``
+(default 1) predecessors of largest beta. Then depth: a layer whose skip wins is removed and its consumers read its
+(resolved) inputs instead; duplicate inputs are merged (a sum of one map with itself is that map up to scale, which
+the next BN absorbs); layers that no longer reach the stage output are removed. Top-1 keeps the derived network a
+tree of plain blocks whose latency is exactly what the supernet's expectation counts for it.
+
+:func:`stage_plan` lists a stage's blocks (keys at an input shape) once, for both the runnable model
+(``segdistill/models/searched.py``) and :func:`genotype_netspec`, the network as blocks for the latency predictor.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Mapping
+
+import torch
+
+from ..errors import ConfigError
+from ..latency.network import NetSpec, Node
+from ..latency.standalone import BlockKey, write_json_atomic
+from .space_chain import OPS, STAGE_STRIDES, ChainSpace, ChainSupernet, add_key, op_key
+
+FORMAT = "segdistill-genotype"
+VERSION = 1
+
+#: The genotype ``build_model("searched", K)`` uses when none is given (so `segdistill models` and the latency zoo
+#: can list the family): a hand-written reference network of the default space, not a search result.
+DEFAULT_GENOTYPE = {
+    "format": FORMAT, "version": VERSION, "space": "chain", "input": [1, 3, 180, 240], "stem_widths": [16, 24],
+    "base_widths": [48, 96, 160], "head_channels": 64, "top_k": 1,
+    "stages": [
+        {"width": 40, "down": "mbconv_k3_e6", "layers": [{"op": "mbconv_k3_e3", "inputs": [0]}], "output": [1]},
+        {"width": 72, "down": "mbconv_k3_e6",
+         "layers": [{"op": "mbconv_k3_e3", "inputs": [0]}, {"op": "mbconv_k5_e3", "inputs": [1]}], "output": [2]},
+        {"width": 120, "down": "mbconv_k5_e6", "layers": [{"op": "dwsep_5x5", "inputs": [0]}], "output": [1]},
+    ],
+}
+
+
+# ---------------------------------------------------------------------------- derive
+def _resolve_stage(ops: list[str], inputs: list[list[int]]) -> tuple[list[dict], list[int]]:
+    """Remove skip-won and unreachable layers of one stage. ``ops[j-1]``, ``inputs[j-1]`` describe raw node j.
+    Returns (layers with renumbered inputs, output node indices)."""
+    alias: dict[int, list[int]] = {0: [0]}  # raw node -> the raw nodes it stands for in the derived network
+    reads: dict[int, list[int]] = {}
+    for j, (op, ins) in enumerate(zip(ops, inputs), start=1):
+        resolved = sorted({r for i in ins for r in alias[i]})
+        if op == "skip":
+            alias[j] = resolved
+        else:
+            alias[j], reads[j] = [j], resolved
+    last = len(ops)
+    live, todo = set(), list(alias[last])
+    while todo:
+        n = todo.pop()
+        if n not in live:
+            live.add(n)
+            todo += reads.get(n, [])
+    kept = [j for j in sorted(reads) if j in live]
+    new = {0: 0, **{j: k for k, j in enumerate(kept, start=1)}}
+    layers = [{"op": ops[j - 1], "inputs": [new[i] for i in reads[j]]} for j in kept]
+    return layers, [new[i] for i in alias[last]]
+
+
+def derive(supernet: ChainSupernet, top_k: int = 1) -> dict:
+    """The genotype of the most likely network of ``supernet`` (see the module docstring)."""
+    if top_k < 1:
+        raise ConfigError(f"top_k must be >= 1, got {top_k}")
+    sp = supernet.space
+    stages = []
+    with torch.no_grad():
+        for s in range(3):
+            lg = supernet.stage_logits(s)
+            ops = [sp.layer_ops[int(a.argmax())] for a in lg["alpha"]]
+            ins = [sorted(int(i) for i in b.topk(min(top_k, len(b))).indices) for b in lg["beta"]]
+            layers, output = _resolve_stage(ops, ins)
+            stages.append({"width": sp.widths(s)[int(lg["width"].argmax())],
+                           "down": sp.down_ops[int(lg["down"].argmax())], "layers": layers, "output": output})
+    return {"format": FORMAT, "version": VERSION, "space": "chain", "input": list(sp.input_shape),
+            "stem_widths": list(sp.stem_widths), "base_widths": list(sp.base_widths),
+            "head_channels": sp.head_channels, "top_k": top_k, "stages": stages}
+
+
+# ---------------------------------------------------------------------------- files and checks
+def _int_list(v, n: int | None = None) -> bool:
+    return (isinstance(v, list) and (n is None or len(v) == n) and v != []
+            and all(isinstance(i, int) and not isinstance(i, bool) for i in v))
+
+
+def check_genotype(g, source: str = "genotype") -> dict:
+    """Validate a loaded genotype; returns it as plain JSON types. Each problem is a ConfigError naming ``source``."""
+    redo = "derive it again (segdistill.search.genotype.derive) or fix it by hand"
+    if not isinstance(g, Mapping) or g.get("format") != FORMAT:
+        fmt = g.get("format") if isinstance(g, Mapping) else type(g).__name__
+        raise ConfigError(f"{source} is not a segdistill genotype (format {fmt!r}, expected {FORMAT!r}); {redo}")
+    if g.get("version") != VERSION:
+        raise ConfigError(f"{source} has genotype version {g.get('version')!r}; this segdistill reads version "
+                          f"{VERSION} (upgrade segdistill or {redo})")
+    if g.get("space") != "chain":
+        raise ConfigError(f"{source} is a genotype of space {g.get('space')!r}; only 'chain' is known")
+    problems = []
+    if not _int_list(g.get("stem_widths"), 2) or min(g["stem_widths"]) < 1:
+        problems.append("stem_widths must be 2 positive integers")
+    if not isinstance(g.get("head_channels"), int) or g["head_channels"] < 1:
+        problems.append("head_channels must be a positive integer")
+    if not _int_list(g.get("input"), 4) or min(g["input"]) < 1:
+        problems.append("input must be [1, C, H, W]")
+    stages = g.get("stages")
+    if not isinstance(stages, list) or len(stages) != 3:
+        problems.append("stages must be a list of 3 stages (strides 8, 16, 32)")
+        stages = []
+    for s, st in enumerate(stages, start=1):
+        where = f"stage {s}"
+        if not isinstance(st, Mapping):
+            problems.append(f"{where} is not a mapping")
+            continue
+        if not isinstance(st.get("width"), int) or st["width"] < 1:
+            problems.append(f"{where}: width must be a positive integer")
+        if st.get("down") not in OPS:
+            problems.append(f"{where}: unknown op {st.get('down')!r} (known: {', '.join(OPS)})")
+        layers = st.get("layers")
+        if not isinstance(layers, list):
+            problems.append(f"{where}: layers must be a list")
+            layers = []
+        for j, layer in enumerate(layers, start=1):
+            if not isinstance(layer, Mapping):
+                problems.append(f"{where} layer {j} is not a mapping")
+                continue
+            if layer.get("op") not in OPS:
+                problems.append(f"{where} layer {j}: unknown op {layer.get('op')!r} (known: {', '.join(OPS)})")
+            if not _int_list(layer.get("inputs")) or not all(0 <= i < j for i in layer["inputs"]):
+                problems.append(f"{where} layer {j}: inputs must be a non-empty list of earlier nodes 0..{j - 1}")
+        out = st.get("output")
+        if not _int_list(out) or not all(0 <= i <= len(layers) for i in out):
+            problems.append(f"{where}: output must be a non-empty list of nodes 0..{len(layers)}")
+    if problems:
+        raise ConfigError(f"{source}: " + "; ".join(problems))
+    return json.loads(json.dumps(g))  # plain dicts/lists: equal after a checkpoint round trip
+
+
+def save_genotype(genotype: Mapping, path) -> Path:
+    """Check and write ``genotype`` as JSON (atomically)."""
+    path = Path(path)
+    write_json_atomic(check_genotype(genotype, str(path)), path)
+    return path
+
+
+def load_genotype(path) -> dict:
+    """Read and check a genotype file; a missing file, bad JSON or a bad genotype is a ConfigError naming it."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"genotype file {path} does not exist; write one with segdistill.search.genotype."
+                          "save_genotype (a search run saves genotype.json in its run folder)")
+    try:
+        data = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ConfigError(f"genotype file {path} is not valid JSON ({e})") from None
+    return check_genotype(data, f"genotype file {path}")
+
+
+def as_genotype(genotype) -> dict:
+    """A genotype from a path (str / Path), a mapping, or None (:data:`DEFAULT_GENOTYPE`), checked."""
+    if genotype is None:
+        return check_genotype(DEFAULT_GENOTYPE, "the default genotype")
+    if isinstance(genotype, Mapping):
+        return check_genotype(genotype, "genotype mapping")
+    if isinstance(genotype, (str, Path)):
+        return load_genotype(genotype)
+    raise ConfigError(f"genotype must be a file path or a mapping, not {type(genotype).__name__}")
+
+
+# ---------------------------------------------------------------------------- the derived network as blocks
+def genotype_space(genotype: Mapping, input_shape=None, num_classes: int = 11) -> ChainSpace:
+    """The :class:`ChainSpace` whose key functions build ``genotype``'s blocks at ``input_shape`` (default: the
+    genotype's ``input``)."""
+    return ChainSpace(tuple(input_shape or genotype["input"]), num_classes, stem_widths=tuple(genotype["stem_widths"]),
+                      head_channels=genotype["head_channels"])
+
+
+def stage_plan(space: ChainSpace, s: int, stage: Mapping, cin: int) -> tuple[list[tuple[BlockKey, tuple]], int]:
+    """Stage ``s``'s blocks as ``[(key, input indices)]`` (-1 = the stage input, i = the i-th block) and the index
+    of the block giving the stage's output: the strided layer, then per layer the ``add`` blocks summing its inputs
+    and its op, then the ``add`` blocks summing the output nodes."""
+    c = stage["width"]
+    h, w = space.hw(STAGE_STRIDES[s])
+    blocks = [(op_key(stage["down"], cin, c, *space.hw(STAGE_STRIDES[s] // 2), stride=2), (-1,))]
+    node = {0: 0}
+
+    def merged(nodes: list[int]) -> int:
+        cur = node[nodes[0]]
+        for n in nodes[1:]:
+            blocks.append((add_key(c, h, w), (cur, node[n])))
+            cur = len(blocks) - 1
+        return cur
+
+    for j, layer in enumerate(stage["layers"], start=1):
+        src = merged(layer["inputs"])
+        blocks.append((op_key(layer["op"], c, c, h, w), (src,)))
+        node[j] = len(blocks) - 1
+    return blocks, merged(stage["output"])
+
+
+def genotype_netspec(genotype, input_shape=(1, 3, 180, 240), num_classes: int = 11) -> NetSpec:
+    """The derived network of ``genotype`` (path or mapping) as library blocks at ``input_shape``, for
+    :meth:`LatencyPredictor.predict`: stem, stages, head, and the final resize of the logits to the input size."""
+    g = as_genotype(genotype)
+    space = genotype_space(g, input_shape, num_classes)
+    nodes = [Node(str(k), (i - 1,)) for i, k in enumerate(space.stem_keys())]
+    taps, cin = [], space.stem_widths[1]
+    for s, stage in enumerate(g["stages"]):
+        start, src = len(nodes), len(nodes) - 1
+        blocks, out = stage_plan(space, s, stage, cin)
+        nodes += [Node(str(k), tuple(src if i < 0 else start + i for i in ins)) for k, ins in blocks]
+        taps.append(start + out)
+        cin = stage["width"]
+    head = space.head_keys(g["stages"][0]["width"], g["stages"][2]["width"])
+    n = len(nodes)
+    nodes += [Node(str(head["high"]), (taps[2],)), Node(str(head["up"]), (n,)), Node(str(head["low"]), (taps[0],)),
+              Node(str(head["fuse"]), (n + 1, n + 2)), Node(str(head["refine"]), (n + 3,)),
+              Node(str(head["classifier"]), (n + 4,)), Node(str(head["final"]), (n + 5,))]
+    size = "x".join(map(str, space.input_shape[1:]))
+    spec = NetSpec(f"searched@{size}", space.input_shape, nodes, "space", {"genotype": g})
+    spec.check()
+    return spec
