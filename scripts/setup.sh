@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Installs segdistill and everything it needs into ./.venv (or into the active virtual environment).
+# Installs segdistill with all its extras (onnx, plot, tb) and the test tools into ./.venv (or into the active
+# virtual environment): `pip install -c constraints.txt -e ".[all,test]"`.
 # - An existing torch (seen through --system-site-packages or already in the venv) is left alone.
 # - Otherwise torch is pinned to the CPU-tested version in constraints.txt, and on a machine without an
 #   NVIDIA GPU it is taken from a CPU-only build, never the multi-GB CUDA one.
@@ -24,5 +25,5 @@ elif ! command -v nvidia-smi >/dev/null 2>&1; then
     *) echo "setup: no GPU here, taking torch from the CPU-only index"; extra=(--extra-index-url https://download.pytorch.org/whl/cpu) ;;
   esac
 fi
-"$PY" -m pip install --quiet ${extra[@]+"${extra[@]}"} -c "$cons" -e ".[test]"
+"$PY" -m pip install --quiet ${extra[@]+"${extra[@]}"} -c "$cons" -e ".[all,test]"
 echo "setup: done ($("$PY" -c 'import torch; print("torch", torch.__version__)'))"

@@ -1,7 +1,8 @@
 """Pictures: coloured masks, overlays, training curves and prediction grids.
 
 Figures are drawn with matplotlib's object API on an Agg canvas (``matplotlib.figure.Figure``), so nothing here
-needs a display or changes the global pyplot backend.
+needs a display or changes the global pyplot backend. matplotlib is optional (``pip install 'segdistill[plot]'``):
+the mask helpers (:func:`colorize`, :func:`overlay`, :func:`save_png`) work without it; the figures need it.
 """
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from ._optional import require
 from .errors import DataError
 
 
@@ -108,11 +110,10 @@ def _x_of(record: dict, index: int):
 
 
 def _new_figure(width: float, height: float):
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(width, height))
-    FigureCanvasAgg(fig)
+    figure = require("matplotlib.figure", "plot", "drawing figures (training curves, prediction grids)")
+    backend_agg = require("matplotlib.backends.backend_agg", "plot", "drawing figures (training curves, prediction grids)")
+    fig = figure.Figure(figsize=(width, height))
+    backend_agg.FigureCanvasAgg(fig)
     return fig
 
 
@@ -162,7 +163,7 @@ def prediction_grid(
 ) -> Path:
     """A grid with one row per sample: image | ground truth | prediction, and a legend of the colours of the
     classes that appear. ``images`` are uint8 (H, W, 3); ``gts``/``preds`` class-id masks (H, W)."""
-    from matplotlib.patches import Patch
+    Patch = require("matplotlib.patches", "plot", "a prediction grid").Patch
 
     n = len(images)
     if not (n == len(gts) == len(preds)) or n == 0:
