@@ -7,6 +7,7 @@ The resolved config is written beside each run as ``config.yaml``.
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import typing
 from dataclasses import dataclass, field
@@ -106,7 +107,9 @@ class EvalConfig:
 class KDTerm:
     """One distillation term. ``weight`` 0 turns it off. The schedule scales the weight over training
     progress a = iteration / train.iters: ``constant``; ``linear`` from ``weight * start`` to ``weight * end``;
-    ``alw`` (ICSD's adaptive loss weighting) ``weight * a`` with ``side: late`` or ``weight * (1 - a)`` with ``side: early``."""
+    ``alw`` (ICSD's adaptive loss weighting) ``weight * a`` with ``side: late`` or ``weight * (1 - a)`` with ``side: early``.
+
+    Each registered KD term (:mod:`segdistill.distill.terms`) has its own subclass adding its settings."""
 
     weight: float = 0.0
     schedule: str = "constant"  # constant | linear | alw
@@ -115,72 +118,58 @@ class KDTerm:
     side: str = "late"  # alw: late (grows with a) | early (fades as 1 - a)
 
 
-@dataclass
-class PixelTerm(KDTerm):
-    T: float = 1.0  # temperature (SKD: 1)
+class OpenSections:
+    """Mixin for a config dataclass that holds, beside its fields, named sections whose types come from a registry
+    (the KD terms under ``distill``). A section is looked up when its key is met (in YAML, on the command line, or as
+    ``cfg.distill.pixel``), made with its defaults on first use, and saved by :func:`to_dict` after the fields, so
+    ``section.name.key=value`` reads and writes like a fixed field. Subclasses are ``@dataclass(eq=False, repr=False)``
+    (equality and repr here include the sections) and implement :meth:`section_types`."""
+
+    def section_types(self) -> dict[str, type]:
+        """``{name: dataclass type}`` of every section known now, in their saved order."""
+        raise NotImplementedError
+
+    def sections(self) -> dict:
+        return {name: getattr(self, name) for name in self.section_types()}
+
+    def __getattr__(self, name: str):  # only reached for names that are neither fields nor made sections
+        if name.startswith("_"):
+            raise AttributeError(name)
+        tp = self.section_types().get(name)
+        if tp is None:
+            raise AttributeError(f"{type(self).__name__} has no key {name!r}; known: {', '.join(_known_keys(self))}")
+        section = tp()
+        object.__setattr__(self, name, section)
+        return section
+
+    def __eq__(self, other):
+        return type(other) is type(self) and to_dict(self) == to_dict(other)
+
+    __hash__ = None
+
+    def __repr__(self):
+        return f"{type(self).__name__}({', '.join(f'{k}={v!r}' for k, v in _items(self))})"
 
 
-@dataclass
-class CWDTerm(KDTerm):
-    T: float = 4.0  # CWD on logits: weight 3, T 4 in the paper
+@dataclass(eq=False, repr=False)
+class DistillConfig(OpenSections):
+    """The ``distill`` section: the teacher, a preset, the task-loss weight, the teacher cache, and one section per
+    registered KD term (``distill.pixel``, ``distill.cwd``, ...; see :mod:`segdistill.distill.terms`), each a
+    :class:`KDTerm` subclass. A term registered later (a plugin, a test) gets its ``distill.<name>`` section the same way."""
 
-
-@dataclass
-class FeatureTerm(KDTerm):
-    feature: str = "pre_logits"  # student feature name from the output contract (stem, stage1..4, pre_logits)
-    teacher_feature: str | None = None  # None: the same name on the teacher
-
-
-@dataclass
-class CWDFeatureTerm(FeatureTerm):
-    T: float = 4.0  # a 1x1 adapter maps student channels to the teacher's (training-only)
-
-
-@dataclass
-class PairwiseTerm(FeatureTerm):
-    patch: int = 2  # node pooling: max-pool patch (1 = every pixel is a node); SKD's best: 2
-
-
-@dataclass
-class HolisticTerm(KDTerm):
-    gp_weight: float = 10.0  # WGAN-GP penalty weight
-    condition_on_image: bool = False  # concatenate the (resized) image to the maps the discriminator scores
-    lr: float = 4.0e-4  # discriminator Adam learning rate (SKD: 4e-4, betas 0.9, 0.99)
-    betas: list[float] = field(default_factory=lambda: [0.9, 0.99])
-    widths: list[int] = field(default_factory=lambda: [64, 128, 256, 512])
-
-
-@dataclass
-class ICSDTerm(KDTerm):
-    tau: float = 1.0
-
-
-@dataclass
-class HeteroTerm(KDTerm):
-    stages: list[str] = field(default_factory=lambda: ["stage3", "stage4"])  # projected into logits space
-    T: float = 1.0
-    weight_over: str = "space"  # KEM softmax over space | classes
-    logit_kd_weight: float = 1.0  # pixel KD on the final logits (times weight)
-    proj_ce_weight: float = 1.0  # CE that trains the projectors on detached features
-
-
-@dataclass
-class DistillConfig:
     teacher: str | None = None  # a segdistill checkpoint path, or a registered model name (+ teacher_weights)
     teacher_weights: str | None = None  # weights for a teacher given by name (segdistill checkpoint or raw state dict)
     teacher_width_mult: float = 1.0  # these three only for a teacher given by name
     teacher_output_stride: int | None = None
     teacher_aux: bool = False
     method: str | None = None  # preset: skd | aicsd | heteroakd (sets defaults; keys you set win)
-    task: KDTerm = field(default_factory=lambda: KDTerm(weight=1.0))  # scales the task loss (CE + aux)
-    pixel: PixelTerm = field(default_factory=PixelTerm)
-    cwd: CWDTerm = field(default_factory=CWDTerm)
-    cwd_feat: CWDFeatureTerm = field(default_factory=CWDFeatureTerm)
-    pairwise: PairwiseTerm = field(default_factory=PairwiseTerm)
-    holistic: HolisticTerm = field(default_factory=HolisticTerm)
-    icsd: ICSDTerm = field(default_factory=ICSDTerm)
-    hetero: HeteroTerm = field(default_factory=HeteroTerm)
     cache: str | bool | None = None  # null/off | auto (<out_dir>/teacher_cache) | a folder: teacher logits once, logit terms only
+    task: KDTerm = field(default_factory=lambda: KDTerm(weight=1.0))  # scales the task loss (CE + aux)
+
+    def section_types(self) -> dict[str, type]:
+        from .distill.terms import term_configs  # lazily: the terms import torch
+
+        return term_configs()
 
 
 @dataclass
@@ -227,13 +216,24 @@ def _check_type(value, tp, where: str):
     return value
 
 
+def _known_keys(obj) -> list[str]:
+    return [f.name for f in dataclasses.fields(obj)] + (list(obj.section_types()) if isinstance(obj, OpenSections) else [])
+
+
+def _items(obj):
+    """(key, value) of a config dataclass: its fields, then its open sections."""
+    for f in dataclasses.fields(obj):
+        yield f.name, getattr(obj, f.name)
+    if isinstance(obj, OpenSections):
+        yield from obj.sections().items()
+
+
 def _apply(obj, data: dict, prefix: str = ""):
     hints = typing.get_type_hints(type(obj))
     for key, value in data.items():
         where = f"{prefix}{key}"
-        if key not in hints:
-            known = ", ".join(f.name for f in dataclasses.fields(obj))
-            raise ConfigError(f"unknown config key {where!r}; known keys here: {known}")
+        if key not in hints and not (isinstance(obj, OpenSections) and key in obj.section_types()):
+            raise ConfigError(f"unknown config key {where!r}; known keys here: {', '.join(_known_keys(obj))}")
         current = getattr(obj, key)
         if dataclasses.is_dataclass(current):
             if not isinstance(value, dict):
@@ -320,8 +320,15 @@ def apply_overrides(cfg, overrides: list[str] | None):
     return cfg
 
 
-def to_dict(cfg) -> dict:
-    return dataclasses.asdict(cfg)
+def to_dict(cfg):
+    """A config as plain data (like :func:`dataclasses.asdict`, open sections included after the fields)."""
+    if dataclasses.is_dataclass(cfg) and not isinstance(cfg, type):
+        return {k: to_dict(v) for k, v in _items(cfg)}
+    if isinstance(cfg, dict):
+        return {k: to_dict(v) for k, v in cfg.items()}
+    if isinstance(cfg, (list, tuple)):
+        return type(cfg)(to_dict(v) for v in cfg)
+    return copy.deepcopy(cfg)
 
 
 def save_config(cfg, path: str | Path):

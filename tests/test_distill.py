@@ -50,6 +50,12 @@ def distill(cfg, teacher):
     return trainer, hook, trainer.train()
 
 
+def hook_state(full: dict) -> dict:
+    """The DistillHook's state in a full checkpoint (hook states keyed by name; a list in older checkpoints)."""
+    hooks = full["hooks"]
+    return hooks["distill"] if isinstance(hooks, dict) else hooks[0]
+
+
 def logged(run_dir):
     return [json.loads(ln) for ln in (run_dir / "metrics.jsonl").read_text().splitlines() if '"loss"' in ln]
 
@@ -68,10 +74,10 @@ def test_every_term_runs_and_the_teacher_stays_frozen(tmp_path, teacher_ckpt):
                 "kd_hetero_logit", "hetero_proj_ce", "d_loss"):
         assert key in rec and rec[key] == rec[key], key  # logged and finite
     # the discriminator has its own optimizer, outside the student's
-    d_params = {id(p) for p in hook.distiller.holistic.parameters()}
+    d_params = {id(p) for p in hook.distiller.terms["holistic"].gan.parameters()}
     main_params = {id(p) for g in trainer.optimizer.param_groups for p in g["params"]}
     assert d_params and not d_params & main_params
-    assert {id(p) for p in hook.distiller.parts.parameters()} <= main_params
+    assert {id(p) for p in hook.distiller.part_parameters()} <= main_params
 
 
 def test_student_checkpoint_holds_the_student_only(tmp_path, teacher_ckpt):
@@ -82,10 +88,11 @@ def test_student_checkpoint_holds_the_student_only(tmp_path, teacher_ckpt):
     assert "hooks" not in best and "optimizer" not in best
     model, meta = build_from_checkpoint(tmp_path / "run" / "best.pt")  # what eval / profile / export take
     assert meta["model"]["name"] == "lraspp_mobilenetv2"
-    full = load_checkpoint(tmp_path / "run" / "last.pt")
-    state = full["hooks"][0]
-    assert {"parts", "discriminator", "d_optimizer", "teacher"} <= set(state)
-    assert any(k.startswith("hetero_t_") for k in state["parts"])  # teacher-side projectors are resumable
+    state = hook_state(load_checkpoint(tmp_path / "run" / "last.pt"))
+    terms = state["terms"]
+    assert "teacher" in state and {"discriminator", "optimizer"} <= set(terms["holistic"])
+    assert terms["cwd_feat"]["parts"]
+    assert any(k.startswith("hetero_t_") for k in terms["hetero"]["parts"])  # teacher-side projectors are resumable
 
 
 def test_resume_repeats_the_uninterrupted_distillation(tmp_path, teacher_ckpt):
@@ -174,11 +181,12 @@ def test_heterogeneous_pair_and_loss_names():
     sum(losses.values()).backward()
     assert all(p.grad is None for p in teacher.parameters())
     assert student.backbone.patch_embed1.proj.weight.grad.abs().sum() > 0
-    before = [p.detach().clone() for p in dis.holistic.parameters()]
-    d = dis.discriminator_step()
+    gan = dis.terms["holistic"].gan
+    before = [p.detach().clone() for p in gan.parameters()]
+    d = dis.after_step()
     assert set(d) == {"d_loss"} and d["d_loss"] == d["d_loss"]
-    assert any(not torch.equal(a, b) for a, b in zip(before, dis.holistic.parameters()))  # the D step moved D
-    assert dis.discriminator_step() == {}  # one D step per student step
+    assert any(not torch.equal(a, b) for a, b in zip(before, gan.parameters()))  # the D step moved D
+    assert dis.after_step() == {}  # one D step per student step
 
 
 def test_presets_and_overrides(tmp_path):

@@ -1,9 +1,11 @@
 """``DistillHook``: plugs a :class:`~segdistill.distill.distiller.Distiller` into the one trainer.
 
 The trainer keeps training ``trainer.model`` (the student), so ``best.pt`` holds the student alone (what
-``eval``, ``profile`` and ``export`` take), while ``last.pt`` also carries this hook's state: the training-only
-parts, the discriminator and its optimizer, and the teacher's fingerprint (a resume with another teacher is
-refused). With ``distill.cache`` set, the teacher's logits are read from the teacher-output cache (computed once
+``eval``, ``profile`` and ``export`` take), while ``last.pt`` also carries this hook's state,
+``{"teacher": ..., "terms": {name: term state}}``: each term's training-only parts (and, for a term that owns one, its
+optimizer, e.g. SKD's discriminator), and the teacher's fingerprint (a resume with another teacher is refused).
+States written before terms were a registry (``{"teacher", "parts", "discriminator", "d_optimizer"}``) are
+translated on load. With ``distill.cache`` set, the teacher's logits are read from the teacher-output cache (computed once
 per training image, augmentation replayed) instead of running the teacher every step.
 """
 from __future__ import annotations
@@ -16,10 +18,12 @@ from ..engine import distributed as dist
 from ..engine.trainer import Hook
 from ..errors import CheckpointError, ConfigError
 from ..models import SegOutput
-from .distiller import FEATURE_TERMS, Distiller, load_teacher
+from .distiller import Distiller, load_teacher
 
 
 class DistillHook(Hook):
+    name = "distill"
+
     def __init__(self, cfg):
         self.cfg = cfg
         self.distiller: Distiller | None = None
@@ -42,7 +46,7 @@ class DistillHook(Hook):
         from .cache import TeacherCache
 
         d = self.cfg.distill
-        feature_terms = [n for n in self.distiller.active if n in FEATURE_TERMS]
+        feature_terms = self.distiller.terms_needing("features")
         if feature_terms:
             raise ConfigError(f"distill.cache keeps the teacher's logits only, but {', '.join(feature_terms)} need its "
                               "features: set distill.cache=off for these terms")
@@ -56,7 +60,7 @@ class DistillHook(Hook):
                 dist.barrier()
 
     def parameters(self):
-        return list(self.distiller.parts.parameters())
+        return self.distiller.part_parameters()
 
     def task_weight(self, trainer) -> float:
         return self.distiller.task_weight(trainer.progress)
@@ -78,31 +82,33 @@ class DistillHook(Hook):
         return self.distiller.losses(images, masks, out, t_out, trainer.progress)
 
     def before_step(self, trainer):
-        dist.average_gradients(self.distiller.parts.parameters())
+        dist.average_gradients(self.distiller.part_parameters())
 
     def after_step(self, trainer):
-        return self.distiller.discriminator_step()
+        return self.distiller.after_step()
 
     def state_dict(self) -> dict:
-        dis = self.distiller
-        state = {"teacher": dict(self.teacher_desc), "parts": dis.parts.state_dict()}
-        if dis.holistic is not None:
-            state["discriminator"] = dis.holistic.state_dict()
-            state["d_optimizer"] = dis.d_optimizer.state_dict()
-        return state
+        return {"teacher": dict(self.teacher_desc), "terms": self.distiller.term_states()}
 
     def load_state_dict(self, state: dict):
-        dis = self.distiller
         saved = state.get("teacher", {}).get("fingerprint")
         if saved and saved != self.teacher_desc["fingerprint"]:
             raise CheckpointError(
                 f"this run was distilled from another teacher ({state['teacher'].get('weights')}), not "
                 f"{self.teacher_desc['weights']}; resume with the original teacher or start a new out_dir")
         try:
-            dis.parts.load_state_dict(state["parts"])
-            if dis.holistic is not None:
-                dis.holistic.load_state_dict(state["discriminator"])
-                dis.d_optimizer.load_state_dict(state["d_optimizer"])
-        except (KeyError, RuntimeError) as e:
+            terms = state["terms"] if "terms" in state else self._terms_from_v1(state)
+            self.distiller.load_term_states(terms)
+        except (KeyError, RuntimeError, ValueError) as e:
             raise CheckpointError(f"the checkpoint's distillation state does not match this config's KD terms ({e}); "
                                   "resume with the config the run was started with") from None
+
+    def _terms_from_v1(self, state: dict) -> dict[str, dict]:
+        """Per-term states out of a v1 hook state (one flat ``parts`` state for every term, keyed by part name, plus
+        the holistic term's ``discriminator`` and ``d_optimizer``): each enabled term takes its own entries."""
+        terms = {name: term.state_from_v1(state) for name, term in self.distiller.terms.items()}
+        taken = {k for s in terms.values() for k in s["parts"]}
+        left = sorted(set(state.get("parts", {})) - taken)
+        if left:
+            raise KeyError(f"parts {left[:3]} of no enabled term")
+        return terms

@@ -1,0 +1,31 @@
+"""Inter-class similarity distillation, ICSD (seed 004; its ALW weighting is the ``alw`` schedule).
+
+Per image and class c, ``P^c = softmax(Z^c / tau)`` over the H*W positions; ``ICS[i, j] = KL(P^i || P^j)`` (full
+K x K), rows L2-normalised; ``kd_icsd = mean_{b,i,j} (ICS_s - ICS_t)^2``, tau 1. The authors' 9500 is not this
+term's weight (methods.md, corrected 2026-12-02): calibrate it. Loss module:
+:class:`segdistill.distill.losses.InterClassSimilarityKD`.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ...config import KDTerm
+from ..losses import InterClassSimilarityKD
+from .base import BuildContext, KDInputs, Term, register_term
+
+
+@dataclass
+class ICSDConfig(KDTerm):
+    tau: float = 1.0
+
+
+@register_term("icsd")
+class ICSDTerm(Term):
+    Config = ICSDConfig
+    needs = frozenset({"logits"})
+
+    def build(self, ctx: BuildContext):
+        self.fn = InterClassSimilarityKD(tau=self.cfg.tau)
+
+    def forward(self, x: KDInputs):
+        return {"kd_icsd": self.fn(x.z_s, x.z_t)}
