@@ -125,6 +125,8 @@ class OpenSections:
     ``section.name.key=value`` reads and writes like a fixed field. Subclasses are ``@dataclass(eq=False, repr=False)``
     (equality and repr here include the sections) and implement :meth:`section_types`."""
 
+    section_kind = "sections"  # what error messages call the sections
+
     def section_types(self) -> dict[str, type]:
         """``{name: dataclass type}`` of every section known now, in their saved order."""
         raise NotImplementedError
@@ -137,7 +139,7 @@ class OpenSections:
             raise AttributeError(name)
         tp = self.section_types().get(name)
         if tp is None:
-            raise AttributeError(f"{type(self).__name__} has no key {name!r}; known: {', '.join(_known_keys(self))}")
+            raise AttributeError(f"{type(self).__name__} has no key {name!r}; known: {_known_keys(self)}")
         section = tp()
         object.__setattr__(self, name, section)
         return section
@@ -165,6 +167,8 @@ class DistillConfig(OpenSections):
     method: str | None = None  # preset: skd | aicsd | heteroakd (sets defaults; keys you set win)
     cache: str | bool | None = None  # null/off | auto (<out_dir>/teacher_cache) | a folder: teacher logits once, logit terms only
     task: KDTerm = field(default_factory=lambda: KDTerm(weight=1.0))  # scales the task loss (CE + aux)
+
+    section_kind = "KD terms"
 
     def section_types(self) -> dict[str, type]:
         from .distill.terms import term_configs  # lazily: the terms import torch
@@ -216,8 +220,11 @@ def _check_type(value, tp, where: str):
     return value
 
 
-def _known_keys(obj) -> list[str]:
-    return [f.name for f in dataclasses.fields(obj)] + (list(obj.section_types()) if isinstance(obj, OpenSections) else [])
+def _known_keys(obj) -> str:
+    known = ", ".join(f.name for f in dataclasses.fields(obj))
+    if isinstance(obj, OpenSections):
+        known += f"; {obj.section_kind}: {', '.join(obj.section_types())}"
+    return known
 
 
 def _items(obj):
@@ -233,7 +240,7 @@ def _apply(obj, data: dict, prefix: str = ""):
     for key, value in data.items():
         where = f"{prefix}{key}"
         if key not in hints and not (isinstance(obj, OpenSections) and key in obj.section_types()):
-            raise ConfigError(f"unknown config key {where!r}; known keys here: {', '.join(_known_keys(obj))}")
+            raise ConfigError(f"unknown config key {where!r}; known keys here: {_known_keys(obj)}")
         current = getattr(obj, key)
         if dataclasses.is_dataclass(current):
             if not isinstance(value, dict):
