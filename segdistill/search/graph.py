@@ -729,15 +729,17 @@ def draw_graph(g: nx.DiGraph, path_png, title: str | None = None) -> str:
     ax.scatter([p[0] for p in pos.values()], [p[1] for p in pos.values()], s=260, zorder=3, edgecolors="black",
                linewidths=0.5, c=[LABEL_COLORS.get(lab, "#ffffff") for lab in labels])
     for n, (x, y) in pos.items():
-        ax.text(x, y - 0.32, f"{g.nodes[n].get('label', '?')}\ns{g.nodes[n].get('stride', '?')}", ha="center",
-                va="top", fontsize=6, zorder=4)
+        ax.annotate(f"{g.nodes[n].get('label', '?')}\ns{g.nodes[n].get('stride', '?')}", (x, y), xytext=(0, -9),
+                    textcoords="offset points", ha="center", va="top", fontsize=6, zorder=4)
     present = sorted(set(labels), key=lambda lab: (LABELS.index(lab) if lab in LABELS else len(LABELS), lab))
     ax.legend(handles=[Patch(color=LABEL_COLORS.get(lab, "#ffffff"), label=lab) for lab in present],
               loc="upper left", fontsize=7, ncol=min(6, len(present)) or 1, frameon=False)
     ax.set_title(title or f"{g.graph.get('model', 'graph')}: {g.number_of_nodes()} nodes, "
                           f"{g.number_of_edges()} edges", fontsize=9)
     ax.set_axis_off()
-    ax.margins(0.05, 0.25)
-    fig.tight_layout()
+    ys = [p[1] for p in pos.values()] or [0.0]
+    ax.set_xlim(-0.6, max(len(generations) - 0.4, 0.6))
+    ax.set_ylim(min(ys) - 0.9, max(ys) + 1.2)  # room for the captions below and the legend above
+    fig.subplots_adjust(left=0.02, right=0.98, bottom=0.02, top=0.9)
     fig.savefig(str(path_png), dpi=100)
     return str(path_png)
