@@ -29,7 +29,8 @@ class PlanStage(nn.Module):
 
     def __init__(self, blocks, out: int):
         super().__init__()
-        self.blocks = nn.ModuleList(build_op(k) for k, _ in blocks)
+        self.block_keys = [k for k, _ in blocks]
+        self.blocks = nn.ModuleList(build_op(k) for k in self.block_keys)
         self.inputs = [tuple(ins) for _, ins in blocks]
         self.out = out
 
