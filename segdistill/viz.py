@@ -109,15 +109,18 @@ def _x_of(record: dict, index: int):
     return index
 
 
-def _new_figure(width: float, height: float):
-    figure = require("matplotlib.figure", "plot", "drawing figures (training curves, prediction grids)")
-    backend_agg = require("matplotlib.backends.backend_agg", "plot", "drawing figures (training curves, prediction grids)")
+def new_figure(width: float, height: float, purpose: str = "drawing figures (training curves, prediction grids)"):
+    """A ``matplotlib.figure.Figure`` (``width`` x ``height`` inches) on its own Agg canvas: no display, no pyplot
+    state. Without matplotlib, an error naming ``purpose`` and the ``plot`` extra."""
+    figure = require("matplotlib.figure", "plot", purpose)
+    backend_agg = require("matplotlib.backends.backend_agg", "plot", purpose)
     fig = figure.Figure(figsize=(width, height))
     backend_agg.FigureCanvasAgg(fig)
     return fig
 
 
-def _save_figure(fig, out_png: str | os.PathLike) -> Path:
+def save_figure(fig, out_png: str | os.PathLike) -> Path:
+    """Write ``fig`` as a PNG (100 dpi, tight bounding box) atomically (a temporary file, then ``os.replace``)."""
     out = Path(out_png)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
@@ -141,7 +144,7 @@ def plot_curves(log, keys: str | Sequence[str], out_png: str | os.PathLike) -> P
     missing = [k for k, pts in series.items() if not pts]
     if missing:
         raise ValueError(f"no numeric values for {missing} in the log; keys seen: {sorted({k for r in records for k in r})}")
-    fig = _new_figure(5 * len(keys), 3.5)
+    fig = new_figure(5 * len(keys), 3.5)
     for i, (key, pts) in enumerate(series.items()):
         ax = fig.add_subplot(1, len(keys), i + 1)
         xs, ys = zip(*pts)
@@ -149,7 +152,7 @@ def plot_curves(log, keys: str | Sequence[str], out_png: str | os.PathLike) -> P
         ax.set_title(key)
         ax.set_xlabel("iter")
         ax.grid(alpha=0.3)
-    return _save_figure(fig, out_png)
+    return save_figure(fig, out_png)
 
 
 def prediction_grid(
@@ -169,7 +172,7 @@ def prediction_grid(
     if not (n == len(gts) == len(preds)) or n == 0:
         raise ValueError(f"need the same non-zero number of images, gts and preds, got {n}, {len(gts)}, {len(preds)}")
     h, w = _numpy(images[0]).shape[:2]
-    fig = _new_figure(9, 3 * n * h / w + 0.6)  # three 3-inch-wide panels per row, at the images' aspect ratio
+    fig = new_figure(9, 3 * n * h / w + 0.6)  # three 3-inch-wide panels per row, at the images' aspect ratio
     fig.subplots_adjust(left=0, right=1, bottom=0, top=1, wspace=0.03, hspace=0.08)
     present: set[int] = set()
     for row, (img, gt, pred) in enumerate(zip(images, gts, preds)):
@@ -187,4 +190,4 @@ def prediction_grid(
                for c in sorted(present) if 0 <= c < len(palette) and c != ignore_index]
     if handles:
         fig.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=min(len(handles), 6), fontsize="small", frameon=False)
-    return _save_figure(fig, out_png)
+    return save_figure(fig, out_png)
