@@ -25,8 +25,9 @@ are summed by library ``add`` blocks), the stage's output is the sum of its ``ou
 :func:`derive` turns a supernet into a genotype: the argmax width, strided op and layer ops; per layer the ``top_k``
 (default 1) predecessors of largest beta. Then depth: a layer whose skip wins is removed and its consumers read its
 (resolved) inputs instead; duplicate inputs are merged (a sum of one map with itself is that map up to scale, which
-the next BN absorbs); layers that no longer reach the stage output are removed. Top-1 keeps the derived network a
-tree of plain blocks whose latency is exactly what the supernet's expectation counts for it.
+the next BN absorbs); layers that no longer reach the stage output are removed. Top-1 adds no ``add`` block, so the
+derived network's predicted latency is what the supernet's expectation gives at one-hot weights (less, when layers
+were removed as unreachable: the expectation counts every layer).
 
 :func:`stage_plan` lists a stage's blocks (keys at an input shape) once, for both the runnable model
 (``segdistill/models/searched.py``) and :func:`genotype_netspec`, the network as blocks for the latency predictor.
