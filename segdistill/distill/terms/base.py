@@ -39,6 +39,8 @@ def register_term(name: str):
     """Class decorator: register a :class:`Term` subclass as ``distill.<name>``."""
 
     def deco(cls: type[Term]) -> type[Term]:
+        if not name.isidentifier():
+            raise ValueError(f"KD term name {name!r} must be an identifier (it is a config key: distill.{name}.weight)")
         if not (dataclasses.is_dataclass(cls.Config) and issubclass(cls.Config, KDTerm)):
             raise TypeError(f"KD term {name!r}: Config must be a dataclass subclassing KDTerm, not {cls.Config!r}")
         if not cls.needs or not set(cls.needs) <= NEEDS:
