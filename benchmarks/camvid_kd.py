@@ -70,11 +70,11 @@ def overrides_for(student: str, row: str, seed: int, out_dir: Path, cache: bool,
 
 def make_trainer(overrides: list[str]):
     from segdistill.config import load_config
-    from segdistill.distill.hook import DistillHook
+    from segdistill.engine.hooks import build_hooks
     from segdistill.engine.trainer import Trainer
 
     cfg = load_config(REPO / "configs" / "camvid-cpu.yaml", overrides)
-    return Trainer(cfg, [DistillHook(cfg)] if cfg.distill.teacher else []), cfg
+    return Trainer(cfg, build_hooks(cfg)), cfg
 
 
 def run(student: str, row: str, seed: int, out_dir: Path, extra: list[str]) -> dict:

@@ -12,19 +12,7 @@ import sys
 from pathlib import Path
 
 from .errors import SegDistillError
-
-
-def parse_shape(text: str) -> tuple[int, ...]:
-    """``3x180x240`` -> (1, 3, 180, 240)."""
-    try:
-        dims = tuple(int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise SegDistillError(f"--input {text!r} must look like 3x180x240 (C x H x W)") from None
-    if len(dims) == 3:
-        dims = (1, *dims)
-    if len(dims) != 4:
-        raise SegDistillError(f"--input {text!r} must look like 3x180x240 (C x H x W)")
-    return dims
+from .shapes import parse_shape
 
 
 def _write_json(obj, path):
@@ -33,35 +21,22 @@ def _write_json(obj, path):
     print(f"wrote {path}")
 
 
-def _model_or_checkpoint(spec: str, num_classes: int, width_mult: float):
-    """A registered model name (random weights) or a checkpoint path."""
-    from .engine.checkpoint import build_from_checkpoint
-    from .models import build_model, list_models
-
-    if spec in list_models():
-        return build_model(spec, num_classes, width_mult=width_mult).eval(), {}
-    return build_from_checkpoint(spec)
-
-
 # ---------------------------------------------------------------------------- commands
 def cmd_train(args, distill: bool = False):
     from .config import load_config
     from .engine import distributed as dist
+    from .engine.hooks import build_hooks
     from .engine.trainer import Trainer
     from .errors import ConfigError
 
     cfg = load_config(args.config, args.overrides)
-    hooks = []
-    if distill:
-        from .distill.hook import DistillHook
-
-        if not cfg.distill.teacher:
-            raise ConfigError("segdistill distill needs a teacher: set distill.teacher=PATH/best.pt "
-                              "(or a model name with distill.teacher_weights=PATH)")
-        hooks.append(DistillHook(cfg))
-    elif cfg.distill.teacher:
+    if distill and not cfg.distill.teacher:
+        raise ConfigError("segdistill distill needs a teacher: set distill.teacher=PATH/best.pt "
+                          "(or a model name with distill.teacher_weights=PATH)")
+    if not distill and cfg.distill.teacher:
         raise ConfigError(f"{args.config or 'the config'} sets distill.teacher: run `segdistill distill` to distil, "
                           "or set distill.teacher=null to train without a teacher")
+    hooks = build_hooks(cfg)
     dist.setup_distributed()
     main_rank = dist.is_main()
     try:
@@ -132,11 +107,12 @@ def cmd_predict(args):
 def cmd_profile(args):
     import torch
 
+    from .engine.checkpoint import model_or_checkpoint
     from .tools.profile import format_profile, profile_model
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    model, _ = _model_or_checkpoint(args.model, args.num_classes, args.width_mult)
+    model, _ = model_or_checkpoint(args.model, args.num_classes, args.width_mult)
     result = profile_model(model, parse_shape(args.input), platforms=tuple(args.platforms), runs=args.runs, warmup=args.warmup)
     result["model"] = args.model
     print(format_profile(result))
@@ -145,9 +121,10 @@ def cmd_profile(args):
 
 
 def cmd_export(args):
+    from .engine.checkpoint import model_or_checkpoint
     from .tools.export import export_onnx
 
-    model, _ = _model_or_checkpoint(args.model, args.num_classes, args.width_mult)
+    model, _ = model_or_checkpoint(args.model, args.num_classes, args.width_mult)
     res = export_onnx(model, args.out, parse_shape(args.input), dynamic_batch=args.dynamic_batch)
     print(f"exported {res['path']}: max |onnx - torch| = {res['max_abs_diff']:.3g}, argmax agreement {100 * res['argmax_agreement']:.2f}%")
     if not res["ok"]:

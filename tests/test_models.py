@@ -20,7 +20,7 @@ torch.set_num_threads(2)
 CNN_ARCHS = ["resnet18", "resnet34", "resnet50", "resnet101", "mobilenetv2"]
 EXPECTED_NAMES = sorted(
     [f"{h}_{a}" for h in ("fcn", "deeplabv3", "deeplabv3plus", "pspnet") for a in CNN_ARCHS]
-    + ["lraspp_resnet18", "lraspp_mobilenetv2", "segformer_mitb0", "segformer_mitb1", "segformer_mitb2"]
+    + ["lraspp_resnet18", "lraspp_mobilenetv2", "searched", "segformer_mitb0", "segformer_mitb1", "segformer_mitb2"]
 )
 STAGES = ["stage1", "stage2", "stage3", "stage4"]
 
@@ -35,9 +35,10 @@ def test_registry_names():
 def test_every_model_output_contract(name):
     torch.manual_seed(0)
     K, H, W = 5, 64, 96
-    model = build_model(name, K, width_mult=0.25, aux=True)
+    model = build_model(name, K, width_mult=1.0 if name == "searched" else 0.25, aux=True)  # a genotype fixes widths
     assert model.model_name == name and model.num_classes == K
-    assert isinstance(model.backbone, nn.Module) and isinstance(model.head, nn.Module)
+    if name != "searched":  # zoo models are backbone + head; a searched network is its genotype's blocks
+        assert isinstance(model.backbone, nn.Module) and isinstance(model.head, nn.Module)
     x = torch.randn(2, 3, H, W)
 
     model.train()
@@ -61,6 +62,8 @@ def test_every_model_output_contract(name):
         out = model(x[:1])
     assert out.aux_logits is None
     assert tuple(upsample_logits(out.logits, (H, W)).shape) == (1, K, H, W)
+    if name == "searched":  # its head's classifier is a library block (tested in test_search_space.py)
+        return
     # pre_logits is the input of the final classifier conv
     head = model.head
     assert out.features["pre_logits"].shape[1] == head.channels == head.classifier.in_channels

@@ -34,16 +34,58 @@ from .losses import SegLoss
 
 
 class Hook:
-    """Extension point. Distillation and search subclass this instead of copying the loop.
+    """Extension point. Distillation, search and dynamic networks subclass this instead of copying the loop.
 
-    In call order: ``setup`` (model built and on its device, optimizer not yet: build training-only modules
-    here and return their parameters from ``parameters`` so the main optimizer steps them); ``on_train_start``;
-    then per iteration ``task_weight`` (a factor on the task loss), ``losses`` (extra named loss terms, added to
-    the total and logged; the whole batch dict is ``trainer.batch``), ``before_step`` (after backward, before the
-    optimizer step) and ``after_step`` (may return extra values to log, e.g. a discriminator's loss).
-    ``state_dict`` / ``load_state_dict`` put the hook's own state (discriminators, architecture weights ...) into
-    full checkpoints.
+    Every hook has a ``name`` (unique in a run; the class name in lower case unless set). Its checkpoint state is
+    stored under that name, and other hooks find it with ``trainer.hook(name)`` (e.g. a structural term reading the
+    search's architecture weights). The points, in the order the trainer calls them:
+
+    Set-up (once):
+
+    1. ``wrap_model(trainer, model) -> model``: the model is built and on its device, not yet wrapped in DDP. Return
+       it, or a module that replaces or wraps it (e.g. a supernet); what is returned is ``trainer.model``, the module
+       that is trained, validated and saved in ``best.pt``.
+    2. ``setup(trainer)``: build training-only modules (teachers, adapters, discriminators, architecture weights).
+    3. ``parameters()``: training-only parameters that join the main optimizer (default decay rules).
+       ``param_groups()``: parameter groups that join it with their own settings, as torch param-group dicts
+       (``{"params": [...], "lr": 0.001, "weight_decay": 0.0}``; the lr schedule scales every group alike).
+       Parameters that need an optimizer of their own (architecture weights under Adam, a discriminator) are
+       stepped by the hook itself; list those optimizers in ``optimizers()`` (name -> optimizer) so that the
+       trainer saves and restores their state with the run.
+    4. ``on_train_start(trainer)``: the optimizer exists; resume (if any) happens right after this.
+
+    Per iteration:
+
+    5. ``forward(trainer, images, masks) -> (out, losses) | None``: run the model. The first hook that returns a
+       pair replaces the trainer's own ``out = model(images); losses = criterion(out, masks)``: a hook may run the
+       model several times per step (the full net and its sub-nets) and return every named loss. ``None``: the
+       trainer's forward.
+    6. ``task_weight(trainer) -> float``: a factor on the task losses of step 5.
+    7. ``losses(trainer, images, masks, out) -> {name: tensor}``: extra named loss terms, added to the total and
+       logged (the whole batch dict is ``trainer.batch``).
+    8. ``before_step(trainer)``: after backward, before the optimizer step (e.g. average hook gradients over ranks).
+    9. ``after_step(trainer) -> dict | None``: after the optimizer step; may step its own optimizers (an
+       architecture step on another batch, a discriminator step) and return values to log.
+
+    Validation (every ``train.val_interval``):
+
+    10. ``on_validate(trainer, metrics) -> metrics``: the validation metrics of ``trainer.model``; a hook may add
+        entries (e.g. ``miou@depth18``) and set ``metrics["score"]`` to choose what "best" means (default: ``miou``).
+        ``best.pt`` is written when the score improves.
+
+    Checkpoints: ``state_dict()`` / ``load_state_dict(state)`` put the hook's own state (discriminators,
+    architecture weights ...) into full checkpoints, under its name.
     """
+
+    name: str = ""
+
+    def __init_subclass__(cls, **kw):
+        super().__init_subclass__(**kw)
+        if not cls.__dict__.get("name"):
+            cls.name = cls.__name__.lower()
+
+    def wrap_model(self, trainer: "Trainer", model: nn.Module) -> nn.Module:
+        return model
 
     def setup(self, trainer: "Trainer"):
         pass
@@ -51,8 +93,17 @@ class Hook:
     def parameters(self) -> list:
         return []
 
+    def param_groups(self) -> list[dict]:
+        return []
+
+    def optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        return {}
+
     def on_train_start(self, trainer: "Trainer"):
         pass
+
+    def forward(self, trainer: "Trainer", images, masks):
+        return None
 
     def task_weight(self, trainer: "Trainer") -> float:
         return 1.0
@@ -65,6 +116,9 @@ class Hook:
 
     def after_step(self, trainer: "Trainer") -> dict | None:
         return None
+
+    def on_validate(self, trainer: "Trainer", metrics: dict) -> dict:
+        return metrics
 
     def state_dict(self) -> dict:
         return {}
@@ -103,13 +157,16 @@ def poly_lr_lambda(total_iters: int, warmup_iters: int, warmup_ratio: float, pow
     return fn
 
 
-def build_optimizer(params, cfg) -> torch.optim.Optimizer:
-    """SGD or AdamW; biases and norm weights (1-d tensors) get no weight decay."""
+def build_optimizer(params, cfg, extra_groups: list[dict] = ()) -> torch.optim.Optimizer:
+    """SGD or AdamW; biases and norm weights (1-d tensors) get no weight decay. ``extra_groups``: torch param-group
+    dicts with their own settings (``lr``, ``weight_decay`` ...), added as they are."""
+    taken = {id(p) for g in extra_groups for p in g["params"]}
     decay, no_decay = [], []
     for p in params:
-        if p.requires_grad:
+        if p.requires_grad and id(p) not in taken:
             (no_decay if p.ndim <= 1 else decay).append(p)
-    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0},
+              *[dict(g) for g in extra_groups]]
     if cfg.name == "sgd":
         return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum)
     if cfg.name == "adamw":
@@ -169,6 +226,9 @@ class Trainer:
     def __init__(self, cfg: Config, hooks: list[Hook] | None = None):
         self.cfg = cfg
         self.hooks = list(hooks or [])
+        names = [h.name for h in self.hooks]
+        if len(set(names)) != len(names):
+            raise ConfigError(f"hook names must be unique in a run, got {names}; set a distinct `name` on each hook")
         self.out_dir = Path(cfg.train.out_dir)
         self.state = TrainState()
         if cfg.train.threads:
@@ -194,9 +254,13 @@ class Trainer:
 
         # ---- model, optimizer, schedule, precision
         m = cfg.model
-        self.model = build_model(
-            m.name, self.num_classes, width_mult=m.width_mult, output_stride=m.output_stride, aux=m.aux, pretrained=m.pretrained
-        )
+        model = build_model(
+            m.name, self.num_classes, width_mult=m.width_mult, output_stride=m.output_stride, aux=m.aux,
+            pretrained=m.pretrained, **m.arch,
+        ).to(self.device)
+        for h in self.hooks:
+            model = h.wrap_model(self, model)
+        self.model = model
         if m.sync_bn and dist.is_dist():
             if self.device.type == "cuda":
                 self.model = nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
@@ -213,7 +277,8 @@ class Trainer:
         )
         for h in self.hooks:
             h.setup(self)
-        self.optimizer = build_optimizer(self.trainable_parameters(), cfg.optim)
+        self.optimizer = build_optimizer(self.trainable_parameters(), cfg.optim,
+                                         extra_groups=[g for h in self.hooks for g in h.param_groups()])
         o = cfg.optim
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, poly_lr_lambda(cfg.train.iters, o.warmup_iters, o.warmup_ratio, o.power, o.min_lr / o.lr if o.lr else 0.0)
@@ -232,8 +297,16 @@ class Trainer:
             self.resume(self.out_dir / "last.pt" if cfg.train.resume == "auto" else Path(cfg.train.resume))
 
     def trainable_parameters(self):
-        """The model's parameters plus the hooks' training-only ones (adapters, projectors ...)."""
+        """The model's parameters plus the hooks' training-only ones (adapters, projectors ...) that the main
+        optimizer steps with the default rules (not those of ``param_groups``, nor the hooks' own optimizers)."""
         return list(self.model.parameters()) + [p for h in self.hooks for p in h.parameters()]
+
+    def hook(self, name: str) -> Hook:
+        """The hook called ``name`` in this run (hooks read each other's state through this)."""
+        for h in self.hooks:
+            if h.name == name:
+                return h
+        raise KeyError(f"no hook {name!r} in this run (hooks: {', '.join(h.name for h in self.hooks) or 'none'})")
 
     @property
     def progress(self) -> float:
@@ -245,7 +318,8 @@ class Trainer:
         m = self.cfg.model
         return {
             "model": model_meta(
-                self.model, width_mult=m.width_mult, output_stride=getattr(self.model, "output_stride", m.output_stride), aux=m.aux
+                self.model, width_mult=m.width_mult, output_stride=getattr(self.model, "output_stride", m.output_stride),
+                aux=m.aux,
             ),
             "iteration": self.state.iteration,
             "config": to_dict(self.cfg),
@@ -270,7 +344,8 @@ class Trainer:
                 scaler=self.scaler.state_dict(),
                 rng=rng_state(),
                 trainer={"iteration": self.state.iteration, "best_miou": self.state.best_miou},
-                hooks=[h.state_dict() for h in self.hooks],
+                hooks={h.name: h.state_dict() for h in self.hooks},
+                hook_optimizers={f"{h.name}/{k}": o.state_dict() for h in self.hooks for k, o in h.optimizers().items()},
             )
         save_checkpoint(state, self.out_dir / name)
 
@@ -278,7 +353,7 @@ class Trainer:
         state = load_checkpoint(path, map_location=self.device)
         if "optimizer" not in state:
             raise CheckpointError(f"{path} is a weights-only checkpoint; resume needs a full one (last.pt)")
-        check_compatible(state, path, self.cfg.model.name, self.num_classes)
+        check_compatible(state, path, self.model, self.num_classes)
         load_model_weights(self.model, state, path)
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
@@ -286,11 +361,30 @@ class Trainer:
         set_rng_state(state["rng"])
         self.state.iteration = int(state["trainer"]["iteration"])
         self.state.best_miou = float(state["trainer"]["best_miou"])
-        for h, s in zip(self.hooks, state.get("hooks", [])):
-            h.load_state_dict(s)
+        self._load_hook_states(state, path)
         self._truncate_log(self.state.iteration)
         if dist.is_main():
             print(f"resumed from {path} at iteration {self.state.iteration}")
+
+    def _load_hook_states(self, state: dict, path):
+        """Hook states by name (checkpoints before 2026-12 stored a list in hook order: read by position)."""
+        saved = state.get("hooks", {})
+        if isinstance(saved, list):
+            saved = {h.name: s for h, s in zip(self.hooks, saved)}
+        unknown = sorted(n for n, s in saved.items() if s and n not in {h.name for h in self.hooks})
+        if unknown:
+            raise CheckpointError(f"checkpoint {path} holds state of hook(s) {unknown} that this run does not have "
+                                  f"(this run's: {[h.name for h in self.hooks]}); resume with the command and config "
+                                  "that started the run (train vs distill/search)")
+        for h in self.hooks:
+            if h.name in saved:
+                h.load_state_dict(saved[h.name])
+            for k, opt in h.optimizers().items():
+                key = f"{h.name}/{k}"
+                if key not in state.get("hook_optimizers", {}):
+                    raise CheckpointError(f"checkpoint {path} has no state for the optimizer {key!r}; it was written by "
+                                          "another configuration: resume with the config that started the run")
+                opt.load_state_dict(state["hook_optimizers"][key])
 
     # ------------------------------------------------------------------ logging
     def _truncate_log(self, iteration: int):
@@ -312,8 +406,14 @@ class Trainer:
 
     # ------------------------------------------------------------------ the loop
     def compute_losses(self, images, masks) -> dict[str, torch.Tensor]:
-        out = self.ddp_model(images)
-        losses = self.criterion(out, masks)
+        for h in self.hooks:
+            res = h.forward(self, images, masks)
+            if res is not None:
+                out, losses = res
+                break
+        else:
+            out = self.ddp_model(images)
+            losses = self.criterion(out, masks)
         w = math.prod(h.task_weight(self) for h in self.hooks)
         if w != 1.0:
             losses = {k: w * v for k, v in losses.items()}
@@ -350,11 +450,22 @@ class Trainer:
         self.scheduler.step()
         return {"loss": loss.item(), **{k: v.item() for k, v in losses.items()}}
 
-    def validate(self) -> dict:
+    def evaluate(self, model: nn.Module | None = None) -> dict:
+        """Metrics of ``model`` (default: the trained model) on the validation split, with the eval settings."""
         return evaluate(
-            self.model, self.val_set, self.cfg.eval, self.device, self.num_classes, self.cfg.data.ignore_index,
-            progress=False,
+            model if model is not None else self.model, self.val_set, self.cfg.eval, self.device, self.num_classes,
+            self.cfg.data.ignore_index, progress=False,
         )
+
+    def validate(self) -> dict:
+        """Validation metrics after every hook's ``on_validate``; ``score`` (default ``miou``) decides "best"."""
+        metrics = self.evaluate()
+        base = set(metrics)
+        for h in self.hooks:
+            metrics = h.on_validate(self, metrics)
+        metrics.setdefault("score", metrics["miou"])
+        metrics["hook_keys"] = sorted(set(metrics) - base - {"score"})
+        return metrics
 
     def loader(self, epoch: int, start_batch: int) -> DataLoader:
         self.sampler.set_position(epoch, start_batch * self.cfg.data.batch_size)
@@ -411,12 +522,15 @@ class Trainer:
                 bar.update(1)
                 if it % cfg.val_interval == 0 or it == cfg.iters:
                     metrics = self.validate()
-                    self.log({"iter": it, "val/miou": metrics["miou"], "val/pixel_acc": metrics["pixel_acc"]})
-                    if metrics["miou"] > self.state.best_miou:
-                        self.state.best_miou = metrics["miou"]
+                    extra = {f"val/{k}": metrics[k] for k in metrics.pop("hook_keys") + ["score"]
+                             if isinstance(metrics[k], (int, float)) and metrics[k] is not metrics["miou"]}
+                    self.log({"iter": it, "val/miou": metrics["miou"], "val/pixel_acc": metrics["pixel_acc"], **extra})
+                    if metrics["score"] > self.state.best_miou:
+                        self.state.best_miou = metrics["score"]
                         self.save("best.pt", full=False, metrics=metrics)
                     if dist.is_main():
-                        bar.write(f"iter {it}: val mIoU {100 * metrics['miou']:.2f} (best {100 * self.state.best_miou:.2f})")
+                        what = "" if metrics["score"] is metrics["miou"] else "score "
+                        bar.write(f"iter {it}: val mIoU {100 * metrics['miou']:.2f} (best {what}{100 * self.state.best_miou:.2f})")
                 if it % cfg.ckpt_interval == 0 or it == cfg.iters:
                     self.save("last.pt", full=True, metrics=metrics)
                 if it % cfg.val_interval == 0 or it % cfg.ckpt_interval == 0:

@@ -18,12 +18,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from ..errors import LatencyError
-
-
-def _shape(text: str):
-    from ..cli import parse_shape
-
-    return parse_shape(text)
+from ..shapes import parse_shape
 
 
 @contextmanager
@@ -61,16 +56,16 @@ def _groups(args):
     """(description, keys) for every model, space and random-network set asked for, at every input."""
     from .network import sample_networks
     from .spaces import build_space
-    from .zoo import _decomposition_of, model_spec
+    from .zoo import decomposition, model_spec
 
     models = _model_names(args.model)
     if not (models or args.space or args.nets):
         raise LatencyError("say what to measure: --model NAME (or all), --space NAME and/or --nets N")
-    for shape in [_shape(s) for s in args.input or ["3x180x240"]]:
+    for shape in [parse_shape(s) for s in args.input or ["3x180x240"]]:
         size = "x".join(map(str, shape))
         for name in models:
             spec = model_spec(name, args.num_classes, args.width_mult, args.output_stride, shape[-2:])
-            yield f"model {name} (width {args.width_mult:g}) @ {size}", _decomposition_of(spec).net.keys()
+            yield f"model {name} (width {args.width_mult:g}) @ {size}", decomposition(spec).net.keys()
         for space in args.space or []:
             yield f"space {space} @ {size}", build_space(space, shape, args.num_classes).keys()
         if args.nets:
@@ -139,17 +134,25 @@ def cmd_lut_show(args):
 def cmd_latency_predict(args):
     from .lut import LatencyTable
     from .predictor import LatencyPredictor
-    from .zoo import _decomposition_of, model_spec
+    from ..engine.checkpoint import model_or_checkpoint
+    from .zoo import decompose_model, decomposition, model_spec
 
     table = LatencyTable.load(args.lut)
     predictor = LatencyPredictor(table, measure=not args.no_measure, progress=True)
     before = len(table)
     results = []
-    for name in _model_names(args.model):
+    names = [n for n in args.model if Path(n).is_file() or ":" in n]  # checkpoints and family:ARG models
+    for name in _model_names([n for n in args.model if n not in names]) + names:
         for text in args.input or ["3x180x240"]:
-            shape = _shape(text)
-            spec = model_spec(name, args.num_classes, args.width_mult, args.output_stride, shape[-2:])
-            net = _decomposition_of(spec).net
+            shape = parse_shape(text)
+            if name in names:  # built once per input: its meta (or the flags) give width and stride
+                model, meta = model_or_checkpoint(name, args.num_classes, args.width_mult)
+                m = meta.get("model", {})
+                net = decompose_model(model.model_name, shape, model.num_classes, m.get("width_mult", args.width_mult),
+                                      m.get("output_stride", args.output_stride), model=model).net
+            else:
+                spec = model_spec(name, args.num_classes, args.width_mult, args.output_stride, shape[-2:])
+                net = decomposition(spec).net
             p = predictor.predict(net)
             results.append({"model": name, "input": list(shape), **{k: v for k, v in p.items() if k != "entries"},
                             "entries": [[k, ms] for k, ms in p["entries"]]})
@@ -168,7 +171,7 @@ def cmd_latency_fit(args):
     from .lut import LatencyTable
     from .network import sample_networks
     from .predictor import LatencyPredictor, select_correction
-    from .report import ReportConfig, _NetTimer
+    from .report import NetTimer, ReportConfig
     from . import standalone as core
 
     table = LatencyTable.load(args.lut)
@@ -181,8 +184,8 @@ def cmd_latency_fit(args):
     feats, y = [], []
     with _exporter(args.exporter):
         for text in args.input or ["3x180x240"]:
-            nets = sample_networks(args.nets, _shape(text), args.seed, args.num_classes)
-            measured = _NetTimer(cfg, table.platform).round_robin(nets, lambda it, d: core._progress(it, d, True))
+            nets = sample_networks(args.nets, parse_shape(text), args.seed, args.num_classes)
+            measured = NetTimer(cfg, table.platform).round_robin(nets, lambda it, d: core.progress_bar(it, d, True))
             for net in nets:
                 feats.append(predictor.breakdown(net)["features"])
                 y.append(measured[net.name][0])
@@ -202,7 +205,7 @@ def cmd_latency_report(args):
         return
     for p in args.plugin:
         core.load_plugin(p)
-    given = dict(platforms=args.platforms, inputs=[_shape(s) for s in args.inputs] if args.inputs else None,
+    given = dict(platforms=args.platforms, inputs=[parse_shape(s) for s in args.inputs] if args.inputs else None,
                  nets=args.nets, repeats=args.repeats, threads=args.threads, seed=args.seed, zoo=args.zoo,
                  zoo_width=args.zoo_width, exporter=args.exporter, out_dir=args.out_dir, isolate=args.isolate or None)
     if args.quick:
@@ -270,7 +273,8 @@ def add_commands(sub) -> None:
     lsub = lat.add_subparsers(dest="latency_command", required=True)
     s = lsub.add_parser("predict", help="predicted latency of a model: sum of its blocks and fixed parts, corrected")
     s.add_argument("--lut", required=True)
-    s.add_argument("--model", action="append", required=True, help="a registered model, repeatable, or `all`")
+    s.add_argument("--model", action="append", required=True,
+                   help="a registered model, `all`, a checkpoint or a `family:ARG` model (searched:genotype.json); repeatable")
     s.add_argument("--input", action="append", help="C x H x W, repeatable (default 3x180x240)")
     s.add_argument("--no-measure", action="store_true", help="never measure missing blocks (error instead)")
     s.add_argument("--out", help="write predictions with per-block entries as JSON here")

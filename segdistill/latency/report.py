@@ -122,9 +122,10 @@ def noise(repeats: list[list[float]]) -> dict:
 # ---------------------------------------------------------------------------- measuring networks
 def _zoo_module(spec: str):
     """(model + final resize, [input shape]) of a zoo model spec: picklable, for an isolated measurement."""
-    from .zoo import WholeModel, _decomposition_of, parse_model_spec
+    from ..models import DeployModel
+    from .zoo import decomposition, parse_model_spec
 
-    return WholeModel(_decomposition_of(spec).model).eval(), [parse_model_spec(spec)["input_shape"][1:]]
+    return DeployModel(decomposition(spec).model).eval(), [parse_model_spec(spec)["input_shape"][1:]]
 
 
 def _measure_built(builder, arg, platform: str, threads: int, timing: dict, repeats: int, plugins=()) -> list[float]:
@@ -138,7 +139,7 @@ def _measure_built(builder, arg, platform: str, threads: int, timing: dict, repe
         return [core.measure_latency(runner.fn, sync=False, **timing)["median_ms"] for _ in range(repeats)]
 
 
-class _NetTimer:
+class NetTimer:
     """Times networks on one platform; round-robin repeats share one prepared runner per network unless isolated."""
 
     def __init__(self, cfg: ReportConfig, platform: str):
@@ -148,7 +149,7 @@ class _NetTimer:
         cfg = self.cfg
         args = (builder, arg, self.platform, cfg.threads, cfg.net_timing)
         if cfg.isolate:
-            return [core.run_isolated(_measure_built, *args, 1, list(core._LOADED_PLUGINS))[0]
+            return [core.run_isolated(_measure_built, *args, 1, list(core.LOADED_PLUGINS))[0]
                     for _ in range(cfg.repeats)]
         return _measure_built(*args, cfg.repeats)
 
@@ -158,7 +159,7 @@ class _NetTimer:
             for r in range(cfg.repeats):
                 for net in progress(nets, f"{self.platform}: random networks, repeat {r + 1}/{cfg.repeats}"):
                     out[net.name] += core.run_isolated(_measure_built, build_chain_net, net.to_dict(), self.platform,
-                                                       cfg.threads, cfg.net_timing, 1, list(core._LOADED_PLUGINS))
+                                                       cfg.threads, cfg.net_timing, 1, list(core.LOADED_PLUGINS))
             return out
         plat = core.get_platform(self.platform)
         with core.torch_threads(cfg.threads):
@@ -187,13 +188,13 @@ def _table_for(cfg: ReportConfig, platform: str) -> LatencyTable:
 
 def run_report(cfg: ReportConfig, progress: bool = True, log=print) -> dict:
     """Run the whole report (see the module docstring); writes into ``cfg.out_dir`` and returns the results."""
-    from .zoo import _decomposition_of, model_spec
+    from .zoo import decomposition, model_spec
 
     from ..models import list_models
 
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    bar = (lambda items, desc: core._progress(items, desc, progress))
+    bar = (lambda items, desc: core.progress_bar(items, desc, progress))
     zoo_names = cfg.zoo if cfg.zoo is not None else list_models()
     results = {"config": asdict(cfg), "device": core.machine_info(), "versions": core.library_versions(),
                "date": core.now_iso(), "platforms": {}}
@@ -207,7 +208,7 @@ def run_report(cfg: ReportConfig, progress: bool = True, log=print) -> dict:
         t0 = time.perf_counter()
         table = _table_for(cfg, platform)
         predictor = LatencyPredictor(table, measure=True, progress=progress)
-        timer = _NetTimer(cfg, platform)
+        timer = NetTimer(cfg, platform)
         rows = []
         for shape in cfg.inputs:
             size = "x".join(map(str, shape[1:]))
@@ -222,7 +223,7 @@ def run_report(cfg: ReportConfig, progress: bool = True, log=print) -> dict:
                 rows.append({"name": net.name, "kind": "random", "input": size, **row})
             for name in bar(zoo_names, f"{platform} @ {size}: zoo models"):
                 spec = model_spec(name, cfg.num_classes, cfg.zoo_width, None, shape[-2:])
-                net = _decomposition_of(spec).net
+                net = decomposition(spec).net
                 table.ensure(net.keys(), progress=False, isolate=cfg.isolate)
                 table.note_built_for(f"model {name} (width {cfg.zoo_width:g}) @ 1x{size}")
                 table.save()
@@ -258,7 +259,7 @@ def refit_report(out_dir: str, log=print) -> dict:
     (``segdistill latency report --refit --out-dir DIR``): after the correction candidates change, the same measured
     networks are predicted again (random ones out of fold, zoo ones by the fit on all random networks). Each network's
     raw sum is checked against the one saved, so a table changed since the report is refused."""
-    from .zoo import _decomposition_of, model_spec
+    from .zoo import decomposition, model_spec
 
     out = Path(out_dir)
     try:
@@ -280,7 +281,7 @@ def refit_report(out_dir: str, log=print) -> dict:
                 net = nets[r["name"]]
             else:
                 hw = tuple(int(v) for v in r["input"].split("x")[-2:])
-                net = _decomposition_of(model_spec(r["name"], cfg.num_classes, cfg.zoo_width, None, hw)).net
+                net = decomposition(model_spec(r["name"], cfg.num_classes, cfg.zoo_width, None, hw)).net
             new = _row(predictor, net, r["repeats_ms"])
             if not math.isclose(new["raw_ms"], r["raw_ms"], rel_tol=1e-9):
                 raise LatencyError(f"{r['name']} @ {r['input']}: raw sum {new['raw_ms']:.4f} ms from "

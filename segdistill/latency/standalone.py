@@ -529,7 +529,7 @@ class Platform:
 
 
 PLATFORMS: dict[str, Platform] = {}
-_LOADED_PLUGINS: list[str] = []
+LOADED_PLUGINS: list[str] = []
 
 
 def register_platform(platform: Platform, replace: bool = False) -> Platform:
@@ -550,18 +550,18 @@ def get_platform(name: str) -> Platform:
 
 def load_plugin(spec: str) -> None:
     """Import a platform plug-in: a ``.py`` file path or a module name; it registers itself on import."""
-    if spec in _LOADED_PLUGINS:
+    if spec in LOADED_PLUGINS:
         return
     if spec.endswith(".py"):
         path = Path(spec)
         if not path.is_file():
             raise LatencyError(f"plug-in file {spec} does not exist")
-        mod_spec = importlib.util.spec_from_file_location(f"_latency_plugin_{len(_LOADED_PLUGINS)}", path)
+        mod_spec = importlib.util.spec_from_file_location(f"_latency_plugin_{len(LOADED_PLUGINS)}", path)
         module = importlib.util.module_from_spec(mod_spec)
         mod_spec.loader.exec_module(module)
     else:
         importlib.import_module(spec)
-    _LOADED_PLUGINS.append(spec)
+    LOADED_PLUGINS.append(spec)
 
 
 def _no_grad_call(module: nn.Module, inputs: tuple, autocast: torch.dtype | None = None, sync: bool = False):
@@ -775,7 +775,7 @@ def now_iso() -> str:
 
 
 # ============================================================================ building a table
-def _progress(items, desc: str, enabled: bool):
+def progress_bar(items, desc: str, enabled: bool):
     try:
         from tqdm import tqdm
 
@@ -800,12 +800,12 @@ def measure_into(table: dict, keys: Iterable[str], isolate: bool = False, progre
     keys measured. Free keys (the zero op) get 0 ms without a measurement."""
     todo = [k for k in dict.fromkeys(str(k) for k in keys) if k not in table["entries"]]
     timing = table["timing"]
-    for key in _progress(todo, f"measuring on {table['platform']}", progress and len(todo) > 1):
+    for key in progress_bar(todo, f"measuring on {table['platform']}", progress and len(todo) > 1):
         if is_free(key):
             table["entries"][key] = {"median_ms": 0.0, "p90_ms": 0.0, "runs": 0, "io": 0, "free": True}
             continue
         args = (key, table["platform"], table["threads"], timing["warmup"], timing["min_runs"], timing["min_time"])
-        res = run_isolated(measure_key, *args, plugins=list(plugins) or list(_LOADED_PLUGINS)) if isolate else \
+        res = run_isolated(measure_key, *args, plugins=list(plugins) or list(LOADED_PLUGINS)) if isolate else \
             measure_key(*args)
         entry = {n: round(float(res[n]), 5) for n in ("median_ms", "p90_ms", "min_ms")}
         entry["runs"], entry["io"] = int(res["runs"]), res["io_elems"]

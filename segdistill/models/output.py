@@ -11,9 +11,11 @@ A model returns a :class:`SegOutput`, never a positional list:
 """
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, field
 
 import torch
+import torch.nn as nn
 import torch.nn.functional as F
 
 
@@ -29,3 +31,25 @@ def upsample_logits(logits: torch.Tensor, size: tuple[int, int]) -> torch.Tensor
     if tuple(logits.shape[-2:]) == tuple(size):
         return logits
     return F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
+
+
+class DeployModel(nn.Module):
+    """A segmentation model as it is deployed, exported and timed: ``forward(image)`` returns the logits bilinearly
+    resized to the input size, as a plain tensor (no features, no aux head). Training-only parts never get here:
+    only ``SegOutput.logits`` of the wrapped model in eval mode is used."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        out = self.model(image)
+        logits = out.logits if isinstance(out, SegOutput) else out
+        return upsample_logits(logits, tuple(image.shape[-2:]))
+
+
+def deploy_copy(model: nn.Module) -> DeployModel:
+    """A CPU, eval-mode :class:`DeployModel` around a copy of ``model`` (the caller's model is left untouched)."""
+    if isinstance(model, DeployModel):
+        model = model.model
+    return DeployModel(copy.deepcopy(model).cpu()).eval()

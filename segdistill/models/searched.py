@@ -15,7 +15,7 @@ import torch
 import torch.nn as nn
 
 from ..errors import ConfigError
-from ..search.genotype import as_genotype, genotype_space, stage_plan
+from ..search.genotype import as_genotype, genotype_netspec, genotype_space, stage_plan
 from ..search.space_chain import STAGE_NAMES, ChainHead, build_op, feature_layout
 from .heads import FCNHead
 from .layers import init_weights
@@ -61,6 +61,10 @@ class SearchedNet(nn.Module):
         self.aux_head = FCNHead(widths[1], num_classes, in_key="stage3") if aux else None
         self.apply(init_weights)
         self.train()
+
+    def latency_netspec(self, input_shape):
+        """The network as latency-library blocks at ``input_shape`` (the latency package's decomposition protocol)."""
+        return genotype_netspec(self.arch_spec["genotype"], tuple(input_shape), self.num_classes)
 
     def forward(self, x: torch.Tensor) -> SegOutput:
         feats = {"stem": self.stem[0](x)}

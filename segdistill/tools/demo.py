@@ -22,6 +22,7 @@ from ..data import build_dataset
 from ..engine.checkpoint import build_from_checkpoint
 from ..engine.evaluate import evaluate
 from ..engine.metrics import format_table
+from ..engine.hooks import build_hooks
 from ..engine.trainer import Trainer
 from .export import export_onnx
 from .profile import format_profile, profile_model
@@ -68,16 +69,12 @@ def run_demo(out_dir: str | Path = "runs/demo", fast: bool = False, overrides: l
     runs = {}
     for role, model in (("teacher", TEACHER), ("student", STUDENT), ("distilled", STUDENT)):
         cfg = apply_overrides(demo_config(out, role, model, iters, fast), overrides)
-        hooks = []
         if role == "distilled":
-            from ..distill.hook import DistillHook
-
             teacher = Path(runs["teacher"]["cfg"].train.out_dir) / "best.pt"
             cfg = apply_overrides(cfg, [f"distill.teacher={teacher}", *DEMO_KD])
-            hooks = [DistillHook(cfg)]
         print(f"\n== {role}: {cfg.model.name} (width {cfg.model.width_mult}), {cfg.train.iters} iterations on synthetic data")
         t = time.perf_counter()
-        Trainer(cfg, hooks).train()
+        Trainer(cfg, build_hooks(cfg)).train()
         runs[role] = {"cfg": cfg, "train_s": time.perf_counter() - t}
 
     # evaluate the best checkpoints on the val split

@@ -6,7 +6,6 @@ model is exported in eval mode and only ``SegOutput.logits`` is returned.
 """
 from __future__ import annotations
 
-import copy
 import os
 from pathlib import Path
 
@@ -16,7 +15,7 @@ import torch.nn as nn
 
 from ..errors import SegDistillError
 from ..latency.standalone import export_onnx_file, ort_session  # noqa: F401  (ort_session re-exported)
-from ..models.output import SegOutput, upsample_logits
+from ..models.output import DeployModel, deploy_copy
 
 
 class ExportError(SegDistillError):
@@ -28,27 +27,6 @@ class ExportError(SegDistillError):
     def __init__(self, message: str, result: dict | None = None):
         super().__init__(message)
         self.result = result
-
-
-class DeployModel(nn.Module):
-    """Wraps a segmentor for deployment: ``forward(image)`` returns logits bilinearly upsampled to the input size,
-    as a plain tensor. Call ``.eval()`` (done by :func:`export_onnx` and the profiler)."""
-
-    def __init__(self, model: nn.Module):
-        super().__init__()
-        self.model = model
-
-    def forward(self, image: torch.Tensor) -> torch.Tensor:
-        out = self.model(image)
-        logits = out.logits if isinstance(out, SegOutput) else out
-        return upsample_logits(logits, tuple(image.shape[-2:]))
-
-
-def _deploy_copy(model: nn.Module) -> DeployModel:
-    """A CPU, eval-mode DeployModel around a copy of ``model`` (the caller's model is left untouched)."""
-    if isinstance(model, DeployModel):
-        model = model.model
-    return DeployModel(copy.deepcopy(model).cpu()).eval()
 
 
 def _export(deploy: DeployModel, example: torch.Tensor, path: str, opset: int | None, dynamic_batch: bool) -> str:
@@ -93,7 +71,7 @@ def export_onnx(
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    deploy = _deploy_copy(model)
+    deploy = deploy_copy(model)
     shape = tuple(int(s) for s in input_shape)
     gen = torch.Generator().manual_seed(0)
     example = torch.randn(shape, generator=gen)

@@ -23,7 +23,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from ..latency import standalone as latency_core
 from ..latency.standalone import measure_latency  # noqa: F401  (the one routine; re-exported for callers)
 from ..models.layers import count_parameters as count_params  # one counter for the project
-from .export import _deploy_copy
+from ..models.output import deploy_copy
 
 PLATFORMS = ("torch-cpu", "onnxruntime-cpu", "torch-cuda")
 
@@ -84,7 +84,7 @@ def profile_model(
     if threads:
         torch.set_num_threads(int(threads))
     try:
-        deploy = _deploy_copy(model)
+        deploy = deploy_copy(model)
         shape = tuple(int(s) for s in input_shape)
         cost = count_flops(deploy.model, shape)
         timing = dict(warmup=warmup, min_runs=runs, min_time=min_time)

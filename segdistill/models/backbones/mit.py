@@ -181,17 +181,37 @@ class MixVisionTransformer(nn.Module):
 
     def stage(self, i: int, x: torch.Tensor) -> torch.Tensor:
         """Stage ``i`` (1..4): patch embedding, transformer blocks, norm; (B, C, H, W) map in and out."""
-        x, H, W = getattr(self, f"patch_embed{i}")(x)
-        for blk in getattr(self, f"block{i}"):
-            x = blk(x, H, W)
-        x = getattr(self, f"norm{i}")(x)
-        return x.reshape(x.shape[0], H, W, -1).permute(0, 3, 1, 2).contiguous()
+        return _run_stage(getattr(self, f"patch_embed{i}"), getattr(self, f"block{i}"), getattr(self, f"norm{i}"), x)
+
+    def units(self) -> list[tuple[str, nn.Module, str | None]]:
+        """The backbone as units run one after another: (name, module, feature taken after it or None).
+        The latency library times models unit by unit (``segdistill.latency.zoo``)."""
+        return [(f"stage{i}", MiTStage(self, i), f"stage{i}") for i in range(1, 5)]
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         out = {}
         for i in range(1, 5):
             x = out[f"stage{i}"] = self.stage(i, x)
         return out
+
+
+def _run_stage(patch_embed: nn.Module, blocks: nn.ModuleList, norm: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    x, H, W = patch_embed(x)
+    for blk in blocks:
+        x = blk(x, H, W)
+    x = norm(x)
+    return x.reshape(x.shape[0], H, W, -1).permute(0, 3, 1, 2).contiguous()
+
+
+class MiTStage(nn.Module):
+    """Stage ``i`` of a MixVisionTransformer as a module of its own (the same parameters, shared)."""
+
+    def __init__(self, mit: MixVisionTransformer, i: int):
+        super().__init__()
+        self.patch_embed, self.blocks, self.norm = getattr(mit, f"patch_embed{i}"), getattr(mit, f"block{i}"), getattr(mit, f"norm{i}")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return _run_stage(self.patch_embed, self.blocks, self.norm, x)
 
 
 def mit(arch: str, width_mult: float = 1.0, drop_path_rate: float = 0.1, **kw) -> MixVisionTransformer:

@@ -94,6 +94,12 @@ class MobileNetV2(nn.Module):
         self.feature_strides = {k: strides[i] for k, i in _TAPS.items()}
         self.apply(init_weights)
 
+    def units(self) -> list[tuple[str, nn.Module, str | None]]:
+        """The backbone as units run one after another: (name, module, feature taken after it or None).
+        The latency library times models unit by unit (``segdistill.latency.zoo``)."""
+        taps = {i: name for name, i in _TAPS.items()}
+        return [(f"features.{i}", f, taps.get(i)) for i, f in enumerate(self.features)]
+
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         out = {}
         start = 0

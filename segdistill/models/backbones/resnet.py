@@ -132,6 +132,15 @@ class ResNet(nn.Module):
         layers += [block(self.inplanes, planes, dilation=self.dilation) for _ in range(1, blocks)]
         return nn.Sequential(*layers)
 
+    def units(self) -> list[tuple[str, nn.Module, str | None]]:
+        """The backbone as units run one after another: (name, module, feature taken after it or None).
+        The latency library times models unit by unit (``segdistill.latency.zoo``)."""
+        units = [("stem", nn.Sequential(self.conv1, self.bn1, self.relu), None), ("maxpool", self.maxpool, "stem")]
+        for li in range(1, 5):
+            layer = getattr(self, f"layer{li}")
+            units += [(f"layer{li}.{j}", blk, f"stage{li}" if j == len(layer) - 1 else None) for j, blk in enumerate(layer)]
+        return units
+
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
         out = {"stem": x}

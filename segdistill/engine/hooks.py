@@ -1,0 +1,52 @@
+"""Which hooks a run gets: :func:`build_hooks` is the one place that turns a config into trainer hooks.
+
+Each capability registers a factory ``fn(cfg) -> Hook | None`` under a name with :func:`register_hook`; the factory
+looks at its own config section and returns its hook when that section asks for it (``None`` otherwise). The CLI, the
+demo and the benchmarks all call :func:`build_hooks`, so a new capability (search, dynamic depth ...) is enabled by its
+config alone. Factories run in registration order, which is also the order the trainer calls the hooks in.
+"""
+from __future__ import annotations
+
+import importlib
+from typing import Callable
+
+from .trainer import Hook
+
+_FACTORIES: dict[str, Callable] = {}
+
+#: Modules whose import registers the built-in factories (imported on the first :func:`build_hooks`).
+BUILTIN = ("segdistill.engine.hooks",)
+
+
+def register_hook(name: str):
+    """Register ``fn(cfg) -> Hook | None`` as the factory called ``name``."""
+
+    def deco(fn: Callable):
+        if name in _FACTORIES and _FACTORIES[name] is not fn:
+            raise ValueError(f"hook factory {name!r} is registered twice")
+        _FACTORIES[name] = fn
+        return fn
+
+    return deco
+
+
+def build_hooks(cfg) -> list[Hook]:
+    """The hooks ``cfg`` asks for, in factory registration order."""
+    for mod in BUILTIN:
+        importlib.import_module(mod)
+    hooks = [fn(cfg) for fn in _FACTORIES.values()]
+    return [h for h in hooks if h is not None]
+
+
+def hook_factories() -> list[str]:
+    return list(_FACTORIES)
+
+
+@register_hook("distill")
+def _distill(cfg):
+    """Distillation (:class:`~segdistill.distill.hook.DistillHook`) when ``distill.teacher`` is set."""
+    if not cfg.distill.teacher:
+        return None
+    from ..distill.hook import DistillHook
+
+    return DistillHook(cfg)
