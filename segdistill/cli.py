@@ -98,7 +98,7 @@ def cmd_predict(args):
     model, meta = build_from_checkpoint(args.checkpoint)
     data = meta.get("data", {})
     files = predict_paths(
-        model, args.inputs, args.out_dir, mean=data.get("mean", [0.485, 0.456, 0.406]), std=data.get("std", [0.229, 0.224, 0.225]),
+        model, args.inputs, args.out_dir, mean=data.get("mean"), std=data.get("std"),
         palette=data.get("palette"), resize=data.get("resize"), ignore_index=data.get("ignore_index", 255),
     )
     print(f"wrote {len(files)} files to {args.out_dir}")

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import yaml
 
+from .configs import resolve_config_path
 from .errors import ConfigError
 
 
@@ -288,7 +289,9 @@ DISTILL_PRESETS: dict[str, dict] = {
 
 def _read_yaml(p: Path) -> dict:
     if not p.is_file():
-        raise ConfigError(f"config file {p} not found; the shipped ones are in configs/")
+        from .configs import shipped_configs
+
+        raise ConfigError(f"config file {p} not found; give a path, or a shipped config by name: {', '.join(shipped_configs())}")
     try:
         data = yaml.safe_load(p.read_text()) or {}
     except yaml.YAMLError as e:
@@ -300,7 +303,7 @@ def _read_yaml(p: Path) -> dict:
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None, cls=Config):
     """Defaults, then the ``distill.method`` preset (if any), then the YAML file, then ``key=value`` overrides."""
-    data = _read_yaml(Path(path)) if path is not None else {}
+    data = _read_yaml(resolve_config_path(path)) if path is not None else {}
     layers = [(f"{path}: ", data)] + [("", parse_override(o)) for o in overrides or []]
     cfg = cls()
     method = None

@@ -50,7 +50,6 @@ def ref_kmm(z_s, z_t, y, T, mode, eps=1e-8):
     """Slow, element-by-element KMM + KEM term."""
     B, K, H, W = z_s.shape
     zs, zt = z_s.tolist(), z_t.tolist()
-    per_img = []  # per image: list of (pixel, [per-class score], [per-class ce])
     n_total = 0
     total = 0.0
     for b in range(B):

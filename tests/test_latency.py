@@ -17,10 +17,18 @@ from segdistill.errors import LatencyError, SegDistillError
 from segdistill.latency import standalone as core
 from segdistill.latency.lut import LatencyTable, MissingBlocksError
 from segdistill.latency.network import ChainNet, NetSpec, Node, sample_networks
-from segdistill.latency.predictor import (LatencyPredictor, apply_correction, cross_val_predictions,
-                                          select_correction)
-from segdistill.latency.report import (ReportConfig, _evaluate, _scatter, accuracy, format_markdown, noise,
-                                      refit_report, run_report, spearman)
+from segdistill.latency.predictor import LatencyPredictor, apply_correction, cross_val_predictions, select_correction
+from segdistill.latency.report import (
+    ReportConfig,
+    _evaluate,
+    _scatter,
+    accuracy,
+    format_markdown,
+    noise,
+    refit_report,
+    run_report,
+    spearman,
+)
 from segdistill.latency.spaces import build_space
 from segdistill.latency.standalone import BlockKey
 from segdistill.latency.zoo import decompose_model

@@ -10,7 +10,12 @@ import torch.nn as nn
 
 from segdistill.errors import CheckpointError, ConfigError
 from segdistill.models import (
-    SegOutput, build_model, count_parameters, list_models, load_backbone_weights, upsample_logits,
+    SegOutput,
+    build_model,
+    count_parameters,
+    list_models,
+    load_backbone_weights,
+    upsample_logits,
 )
 from segdistill.models.backbones import build_backbone
 from segdistill.models.layers import DropPath

@@ -12,10 +12,26 @@ from PIL import Image
 
 from segdistill.models import build_model
 from segdistill.models.layers import ConvBNAct
-from segdistill.search.ged import (DEFAULT_COSTS, correspondence, correspondence_ged, edit_path_cost, exact_ged,
-                                   expected_ged, graph_size)
-from segdistill.search.graph import (ABSENT, SoftGraph, channel_bucket, draw_graph, graph_summary, model_graph,
-                                     op_label, slot_depth, stage_of)
+from segdistill.search.ged import (
+    DEFAULT_COSTS,
+    correspondence,
+    correspondence_ged,
+    edit_path_cost,
+    exact_ged,
+    expected_ged,
+    graph_size,
+)
+from segdistill.search.graph import (
+    ABSENT,
+    SoftGraph,
+    channel_bucket,
+    draw_graph,
+    graph_summary,
+    model_graph,
+    op_label,
+    slot_depth,
+    stage_of,
+)
 
 
 # ---------------------------------------------------------------------------- helpers

@@ -490,8 +490,8 @@ class Trainer:
                 from torch.utils.tensorboard import SummaryWriter
 
                 self.tb = SummaryWriter(str(self.out_dir / "tb"))
-            except ImportError:  # tensorboard is a dependency, but training must not hinge on it
-                warnings.warn("tensorboard is not installed; logging to metrics.jsonl only")
+            except ImportError:  # tensorboard is optional (extra tb)
+                warnings.warn("tensorboard is not installed (pip install 'segdistill[tb]'); logging to metrics.jsonl only")
         from tqdm import tqdm
 
         bar = tqdm(

@@ -74,10 +74,10 @@ def _groups(args):
 
 
 def cmd_lut_build(args):
+    import torch
+
     from . import standalone as core
     from .lut import LatencyTable
-
-    import torch
 
     for p in args.plugin:
         core.load_plugin(p)
@@ -132,9 +132,9 @@ def cmd_lut_show(args):
 
 
 def cmd_latency_predict(args):
+    from ..engine.checkpoint import model_or_checkpoint
     from .lut import LatencyTable
     from .predictor import LatencyPredictor
-    from ..engine.checkpoint import model_or_checkpoint
     from .zoo import decompose_model, decomposition, model_spec
 
     table = LatencyTable.load(args.lut)
@@ -168,11 +168,11 @@ def cmd_latency_predict(args):
 
 
 def cmd_latency_fit(args):
+    from . import standalone as core
     from .lut import LatencyTable
     from .network import sample_networks
     from .predictor import LatencyPredictor, select_correction
     from .report import NetTimer, ReportConfig
-    from . import standalone as core
 
     table = LatencyTable.load(args.lut)
     why = table.local_problem()

@@ -188,13 +188,14 @@ def _table_for(cfg: ReportConfig, platform: str) -> LatencyTable:
 
 def run_report(cfg: ReportConfig, progress: bool = True, log=print) -> dict:
     """Run the whole report (see the module docstring); writes into ``cfg.out_dir`` and returns the results."""
-    from .zoo import decomposition, model_spec
-
     from ..models import list_models
+    from .zoo import decomposition, model_spec
 
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    bar = (lambda items, desc: core.progress_bar(items, desc, progress))
+    def bar(items, desc):
+        return core.progress_bar(items, desc, progress)
+
     zoo_names = cfg.zoo if cfg.zoo is not None else list_models()
     results = {"config": asdict(cfg), "device": core.machine_info(), "versions": core.library_versions(),
                "date": core.now_iso(), "platforms": {}}
@@ -360,7 +361,9 @@ def _summary_line(platform: str, res: dict) -> str:
 
 
 def _scatter(path: Path, platform: str, rows: list[dict], res: dict) -> Path:
-    import matplotlib
+    from .._optional import require
+
+    matplotlib = require("matplotlib", "plot", "the latency report's scatter plots")
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

@@ -46,7 +46,6 @@ from . import standalone as core
 from .network import NetSpec, Node
 from .standalone import BlockKey
 
-
 # ---------------------------------------------------------------------------- model specs in keys
 #: Architecture data seen in this process, by the hash that stands for it in model specs.
 _ARCHS: dict[str, dict] = {}

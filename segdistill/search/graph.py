@@ -704,6 +704,9 @@ def graph_summary(g: nx.DiGraph, max_nodes: int | None = None) -> str:
 def draw_graph(g: nx.DiGraph, path_png, title: str | None = None) -> str:
     """Draw ``g`` to a PNG: left to right by topological generation, nodes coloured by label (legend), each node
     marked with its label and stride. Uses matplotlib's object API on an Agg canvas (no display needed)."""
+    from .._optional import require
+
+    require("matplotlib", "plot", "drawing an architecture graph")
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
     from matplotlib.patches import Patch

@@ -21,8 +21,8 @@ from ..config import Config, apply_overrides, save_config
 from ..data import build_dataset
 from ..engine.checkpoint import build_from_checkpoint
 from ..engine.evaluate import evaluate
-from ..engine.metrics import format_table
 from ..engine.hooks import build_hooks
+from ..engine.metrics import format_table
 from ..engine.trainer import Trainer
 from .export import export_onnx
 from .profile import format_profile, profile_model
@@ -61,6 +61,10 @@ def demo_config(out_dir: Path, role: str, model: tuple[str, float, int], iters: 
 
 def run_demo(out_dir: str | Path = "runs/demo", fast: bool = False, overrides: list[str] | None = None) -> dict:
     from .. import viz
+    from .._optional import require
+
+    for mod, extra in (("matplotlib", "plot"), ("onnxruntime", "onnx"), ("onnxscript", "onnx")):
+        require(mod, extra, "segdistill demo")  # fail before training, not minutes in
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

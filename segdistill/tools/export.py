@@ -13,6 +13,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from .._optional import require
 from ..errors import SegDistillError
 from ..latency.standalone import export_onnx_file, ort_session  # noqa: F401  (ort_session re-exported)
 from ..models.output import DeployModel, deploy_copy
@@ -37,6 +38,7 @@ def _export(deploy: DeployModel, example: torch.Tensor, path: str, opset: int | 
 
 def compare_onnx(deploy: DeployModel, path: str | os.PathLike, inputs: list[torch.Tensor]) -> dict:
     """Run PyTorch and onnxruntime on each input; max/mean absolute difference and argmax agreement."""
+    require("onnxruntime", "onnx", "checking an ONNX export against PyTorch")
     sess = ort_session(path)
     max_diff, sum_diff, n, agree, pixels = 0.0, 0.0, 0, 0, 0
     for x in inputs:
@@ -69,6 +71,7 @@ def export_onnx(
     When the largest difference exceeds ``atol``: ``strict`` raises :class:`ExportError` (nothing is written);
     otherwise the file is written and the report has ``ok=False`` and the message.
     """
+    require("onnxscript", "onnx", "ONNX export")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     deploy = deploy_copy(model)
