@@ -218,7 +218,7 @@ def resolve_device(name: str) -> torch.device:
 @dataclass
 class TrainState:
     iteration: int = 0
-    best_miou: float = -1.0
+    best_miou: float = -math.inf  # the best validation score so far (mIoU unless a hook sets "score")
     history: list = field(default_factory=list)
 
 
