@@ -1,4 +1,4 @@
-"""The ``segdistill`` command line: train, distill, eval, predict, profile, export, models, demo.
+"""The ``segdistill`` command line: train, distill, eval, predict, profile, export, models, demo, lut, latency.
 
 Every command that takes a config also takes ``section.key=value`` overrides after it, e.g.::
 
@@ -44,8 +44,9 @@ def cmd_train(args, distill: bool = False):
     finally:
         dist.cleanup()
     if main_rank:
+        what = "the student alone" if distill else "the model's weights"
         print(f"done: best val mIoU {100 * result['best_miou']:.2f}; checkpoints in {cfg.train.out_dir} "
-              "(best.pt: the student alone, for eval/profile/export; last.pt: the full run, to resume)")
+              f"(best.pt: {what}, for eval/profile/export/predict; last.pt: the full run, to resume)")
 
 
 def cmd_distill(args):
@@ -227,7 +228,7 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("demo", help="train, evaluate, profile and export on the built-in synthetic data, with a report")
     s.add_argument("--out-dir", default="runs/demo")
     s.add_argument("--fast", action="store_true", help="a much shorter run (for tests)")
-    s.add_argument("overrides", nargs="*", help="section.key=value applied to both demo runs")
+    s.add_argument("overrides", nargs="*", help="section.key=value applied to every demo run (teacher, student, distilled student)")
     s.set_defaults(fn=cmd_demo)
 
     from .latency.cli import add_commands as add_latency_commands  # lut build/blocks/show, latency predict/fit/report

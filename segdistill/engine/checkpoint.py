@@ -56,7 +56,7 @@ def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
     except Exception as e:  # truncated zip, pickled code, random bytes ...
         raise CheckpointError(
             f"checkpoint {path} is damaged or not a safe segdistill checkpoint ({type(e).__name__}: {str(e)[:200]}); "
-            "resume from another checkpoint (best.pt, or an older copy) or start the run again"
+            "use another checkpoint (an older copy; to resume a run, its last.pt) or train again to write a new one"
         ) from None
     if not isinstance(state, dict) or state.get("format") != FORMAT or "model" not in state:
         raise CheckpointError(f"checkpoint {path} is not a segdistill checkpoint (no 'format'/'model' entries)")
@@ -91,7 +91,7 @@ def check_compatible(state: dict, path, model: nn.Module, num_classes: int):
     if int(meta.get("num_classes", -1)) != int(num_classes):
         raise CheckpointError(
             f"checkpoint {path} was trained for {meta.get('num_classes')} classes, but this run has {num_classes}; "
-            "use a checkpoint trained on this dataset (or set data.num_classes to match)"
+            "use a checkpoint trained on this dataset's classes"
         )
 
 
