@@ -140,6 +140,9 @@ def test_table_from_another_machine_loads_predicts_and_names_missing_blocks(tmp_
     (tmp_path / "orin.json").write_text(json.dumps(fake_table(entries)))
     table = LatencyTable.load(tmp_path / "orin.json")
     assert "another device" in table.local_problem()
+    note = table.device_note()  # said beside every prediction: the figures are the table's device's
+    assert "ANOTHER device" in note and repr(table.data["device"]["cpu"]) in note
+    assert "this device" in LatencyTable.new("torch-cpu", 1, TINY).device_note()
     pred = LatencyPredictor(table).predict(net)
     assert pred["raw_ms"] == pytest.approx(4.125) and pred["predicted_ms"] == pytest.approx(4.125)
     # a key it lacks: not measured here (other device), an error naming it

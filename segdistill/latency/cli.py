@@ -140,6 +140,8 @@ def cmd_latency_predict(args):
     table = LatencyTable.load(args.lut)
     predictor = LatencyPredictor(table, measure=not args.no_measure, progress=True)
     before = len(table)
+    note = table.device_note()
+    print(note)
     results = []
     names = [n for n in args.model if Path(n).is_file() or ":" in n]  # checkpoints and family:ARG models
     for name in _model_names([n for n in args.model if n not in names]) + names:
@@ -154,7 +156,8 @@ def cmd_latency_predict(args):
                 spec = model_spec(name, args.num_classes, args.width_mult, args.output_stride, shape[-2:])
                 net = decomposition(spec).net
             p = predictor.predict(net)
-            results.append({"model": name, "input": list(shape), **{k: v for k, v in p.items() if k != "entries"},
+            results.append({"model": name, "input": list(shape), "table_device": note,
+                            **{k: v for k, v in p.items() if k != "entries"},
                             "entries": [[k, ms] for k, ms in p["entries"]]})
             print(f"{name} @ {'x'.join(map(str, shape))} on {table.platform} ({table.threads} threads): "
                   f"{p['predicted_ms']:.3f} ms predicted (correction {p['correction']}; raw sum {p['raw_ms']:.3f} ms = "

@@ -138,6 +138,18 @@ class LatencyTable:
                 return f"it was built on another device ({field} {there.get(field)!r}, here {here.get(field)!r})"
         return None
 
+    def device_note(self) -> str:
+        """Which device the table's figures are for, beside this machine: said with every prediction, so a figure
+        from a table built elsewhere is never taken for this machine's."""
+        d, here = self.data["device"], core.machine_info()
+        same = all(here.get(f) == d.get(f) for f in ("cpu", "cpu_count", "gpu"))
+        table = f"{d.get('cpu')!r} ({d.get('cpu_count')} CPUs{', ' + d['gpu'] if d.get('gpu') else ''}), {self.data['date']}"
+        if same:
+            return f"table measured on this device: {table}"
+        return (f"table measured on ANOTHER device: {table}; this machine is {here.get('cpu')!r} "
+                f"({here.get('cpu_count')} CPUs{', ' + here['gpu'] if here.get('gpu') else ''}). The figures below are "
+                "for the table's device, not this one (build a table here with `segdistill lut build`)")
+
     def missing(self, keys: Iterable[str]) -> list[str]:
         return [k for k in dict.fromkeys(str(k) for k in keys) if k not in self]
 
