@@ -26,6 +26,7 @@ CNN_ARCHS = ["resnet18", "resnet34", "resnet50", "resnet101", "mobilenetv2"]
 EXPECTED_NAMES = sorted(
     [f"{h}_{a}" for h in ("fcn", "deeplabv3", "deeplabv3plus", "pspnet") for a in CNN_ARCHS]
     + ["lraspp_resnet18", "lraspp_mobilenetv2", "searched", "segformer_mitb0", "segformer_mitb1", "segformer_mitb2"]
+    + [f"ddnn_{h}_{a}" for h in ("fcn", "deeplabv3", "deeplabv3plus", "lraspp") for a in ("resnet34", "resnet50")]
 )
 STAGES = ["stage1", "stage2", "stage3", "stage4"]
 
@@ -72,7 +73,7 @@ def test_every_model_output_contract(name):
     # pre_logits is the input of the final classifier conv
     head = model.head
     assert out.features["pre_logits"].shape[1] == head.channels == head.classifier.in_channels
-    if not name.startswith("lraspp"):  # LR-ASPP adds a second (low-level) classifier
+    if "lraspp_" not in name:  # LR-ASPP adds a second (low-level) classifier
         torch.testing.assert_close(head.classifier(out.features["pre_logits"]), out.logits)
 
 

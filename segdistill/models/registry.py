@@ -55,4 +55,5 @@ COMMON_OPTIONS = ("width_mult", "output_stride", "aux", "pretrained", "pretraine
 
 
 def _import_zoo():
+    from ..dynamic import model as _ddnn  # noqa: F401  (ddnn_* depth-level dynamic networks)
     from . import searched, zoo  # noqa: F401  (registers every builder)

@@ -1,0 +1,10 @@
+"""Depth-level dynamic networks (DDNN) and their Embedded Knowledge Distillation (EKD) training.
+
+* :mod:`segdistill.dynamic.model`: ``ddnn_*`` models (dynamic-depth ResNet-34 / ResNet-50 backbones under the zoo's
+  heads), ``set_depth``, per-depth BN statistics;
+* :mod:`segdistill.dynamic.ekd`: the ``ekd`` trainer hook (``ekd.enabled=true``);
+* :mod:`segdistill.dynamic.cli`: ``segdistill ddnn pick`` and the ``--depth`` helpers of eval/profile/export/predict.
+"""
+from .model import DynamicResNet, DynamicSegmentor, bn_statistics_error, check_depths, is_dynamic, unwrap_dynamic
+
+__all__ = ["DynamicResNet", "DynamicSegmentor", "bn_statistics_error", "check_depths", "is_dynamic", "unwrap_dynamic"]

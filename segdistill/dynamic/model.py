@@ -1,0 +1,336 @@
+"""Depth-level dynamic networks (DDNN): one ResNet whose stages run a prefix of their blocks, switched at run time.
+
+Seed 001 (second abstract, arXiv:2103.00793): instead of training ResNet-18, -34 and -50 separately, train one network
+whose shallower sub-nets share its weights. Here it serves segmentation: ``ddnn_{fcn,deeplabv3,deeplabv3plus,lraspp}_
+{resnet34,resnet50}`` are the zoo's heads on a dynamic-depth ResNet.
+
+**Depth configuration.** Blocks per stage, ``[n1, n2, n3, n4]`` with ``1 <= n_i <= N_i`` (``N`` = ResNet-34's /
+ResNet-50's ``[3, 4, 6, 3]``). Depths are named (``model.arch.depths``, a mapping name -> list); the network is built
+with the element-wise maximum of the named depths, which must itself be one of them (the *full* net, EKD's teacher).
+Defaults: basic blocks ``r10 [1,1,1,1]``, ``r18 [2,2,2,2]``, ``r26 [2,3,4,3]``, ``r34 [3,4,6,3]``; bottlenecks
+``r14 [1,1,1,1]``, ``r26 [2,2,2,2]``, ``r38 [2,3,5,2]``, ``r50 [3,4,6,3]``.
+
+**Which blocks run: the first n_i of stage i** (methods.md's default). Why: (1) the first block of a stage is the one
+that changes resolution and width (strided conv, ``downsample`` projection, the dilation switch of a dilated stage), so
+it must always run, and keeping a prefix keeps every later block's input shape; (2) a prefix of ResNet-34 ``[3,4,6,3]``
+at ``[2,2,2,2]`` *is* ResNet-18's layout (torchvision's deeper ResNets append blocks to the same stages), so every
+sub-net is a plain ResNet whose keys are a subset of the full net's, and its exported graph is that ResNet; (3) the
+residual blocks after the first are refinements (identity + residual), so dropping the last ones is the mildest change
+(stochastic depth and the DDNN paper drop them too).
+
+**Batch norm: per-depth running statistics, shared affine parameters.** Every BN layer keeps its own buffers
+(``running_mean`` / ``running_var`` / ``num_batches_tracked``, torchvision's keys) for the *full* depth; the other named
+depths' running statistics live in ``model.depth_bn.<depth>`` (outside the backbone, so the backbone's state dict is
+exactly torchvision's and :func:`~segdistill.models.backbones.load_backbone_weights` loads into it). The scale and
+shift (``weight`` / ``bias``) are shared by all depths. Why not one set of statistics: a sub-net's features have other
+statistics than the full net's (fewer residual additions), so the shared running averages are a mixture that fits no
+depth; why not recalibration after training: it needs a pass over training data for every depth after every change of
+the weights (each validation, each resume), whereas per-depth statistics are updated for free by the sub-net forwards
+that EKD runs anyway, and a checkpoint is right for every depth as saved. The measured difference is in
+``tests/test_ddnn.py::test_per_depth_bn_beats_shared_statistics`` (see :func:`bn_statistics_error`).
+
+**Switching.** ``model.set_depth("r18")`` (or a list equal to a named depth) changes which blocks run and which BN
+statistics are read; nothing is copied. ``model.depth`` / ``model.depth_name`` say what is active. ``units()`` of the
+backbone lists only the active blocks, and ``model.arch_spec`` names the active depth when it is not the full one, so
+latency decomposition gives each depth its own cost keys (and ``build_model(..., depth=NAME)`` rebuilds a model at that
+depth from those keys).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ..errors import ConfigError
+from ..models.backbones import load_backbone_weights
+from ..models.backbones.resnet import BasicBlock, Bottleneck, ResNet
+from ..models.registry import register_model
+from ..models.segmentor import Segmentor
+from ..models.zoo import _make_head
+
+# family -> (block, the deepest depth, default named depths)
+FAMILIES = {
+    "resnet34": (BasicBlock, [3, 4, 6, 3],
+                 {"r10": [1, 1, 1, 1], "r18": [2, 2, 2, 2], "r26": [2, 3, 4, 3], "r34": [3, 4, 6, 3]}),
+    "resnet50": (Bottleneck, [3, 4, 6, 3],
+                 {"r14": [1, 1, 1, 1], "r26": [2, 2, 2, 2], "r38": [2, 3, 5, 2], "r50": [3, 4, 6, 3]}),
+}
+HEADS = ("fcn", "deeplabv3", "deeplabv3plus", "lraspp")
+
+
+def _fmt(depths: dict) -> str:
+    return ", ".join(f"{k} {list(v)}" for k, v in depths.items())
+
+
+def check_depths(depths, family: str) -> dict[str, list[int]]:
+    """Validate named depths (name -> 4 block counts) against ``family``'s deepest depth; returns a clean copy."""
+    deepest = FAMILIES[family][1]
+    if not isinstance(depths, dict) or not depths:
+        raise ConfigError(f"model.arch.depths must be a non-empty mapping name -> [n1, n2, n3, n4], got {depths!r}")
+    out = {}
+    for name, d in depths.items():
+        if not isinstance(name, str) or not name.isidentifier():
+            raise ConfigError(f"depth name {name!r} must be an identifier (it names metrics, e.g. miou@{name})")
+        if (not isinstance(d, (list, tuple)) or len(d) != 4
+                or not all(isinstance(n, int) and not isinstance(n, bool) for n in d)):
+            raise ConfigError(f"depth {name!r} must be 4 block counts [n1, n2, n3, n4], got {d!r}")
+        if any(n < 1 for n in d):
+            raise ConfigError(f"depth {name!r} {list(d)}: every stage runs at least its first block (n_i >= 1)")
+        if any(n > m for n, m in zip(d, deepest)):
+            raise ConfigError(f"depth {name!r} {list(d)} is deeper than {family} allows ({deepest} blocks per stage); "
+                              f"depths given: {_fmt(depths)}")
+        out[name] = [int(n) for n in d]
+    full = [max(d[i] for d in out.values()) for i in range(4)]
+    if full not in out.values():
+        raise ConfigError(f"the deepest configuration {full} (the full net, teacher of the others) must be one of the "
+                          f"named depths; depths given: {_fmt(out)}")
+    return out
+
+
+class DepthBatchNorm2d(nn.BatchNorm2d):
+    """BatchNorm whose running statistics depend on the active depth (see the module docstring).
+
+    Its own buffers are the full depth's; for another depth it reads and updates ``bank.stats(depth, key)``. The
+    bank is a plain reference (not a sub-module: the bank is registered once, on the segmentor), so deep copies of
+    the whole model keep the link."""
+
+    def forward(self, x):
+        bank = self.__dict__.get("_bank")
+        name = bank.active if bank is not None else None
+        if name is None or name == bank.full:
+            return super().forward(x)
+        mean, var, count = bank.stats(name, self.__dict__["_bank_key"])
+        if self.training:
+            count.add_(1)
+        return F.batch_norm(x, mean, var, self.weight, self.bias, self.training, self.momentum, self.eps)
+
+
+class DepthBank(nn.Module):
+    """Per-depth BN running statistics of every named depth but the full one: ``depth_bn.<depth>.<bn>_mean|_var|_n``
+    (``<bn>`` = the BN's backbone path with ``.`` as ``_``); only the BN layers that depth runs."""
+
+    def __init__(self, backbone: "DynamicResNet", depths: dict[str, list[int]], full: str):
+        super().__init__()
+        self.full, self.active = full, full
+        for name, d in depths.items():
+            if name == full:
+                continue
+            holder = nn.Module()
+            for path, bn in backbone.depth_bns(d):
+                key = path.replace(".", "_")
+                holder.register_buffer(f"{key}_mean", bn.running_mean.detach().clone())
+                holder.register_buffer(f"{key}_var", bn.running_var.detach().clone())
+                holder.register_buffer(f"{key}_n", torch.zeros((), dtype=torch.long))
+            self.add_module(name, holder)
+        for path, bn in backbone.depth_bns(backbone.deepest):
+            object.__setattr__(bn, "_bank", self)
+            object.__setattr__(bn, "_bank_key", path.replace(".", "_"))
+
+    def stats(self, depth: str, key: str):
+        b = getattr(self, depth)._buffers
+        return b[f"{key}_mean"], b[f"{key}_var"], b[f"{key}_n"]
+
+    def reset_from_full(self, backbone: "DynamicResNet"):
+        """Every depth's statistics := the full depth's (after loading ImageNet weights into the backbone)."""
+        for name, holder in self.named_children():
+            for path, bn in backbone.depth_bns(backbone.depths[name]):
+                mean, var, _ = self.stats(name, path.replace(".", "_"))
+                mean.copy_(bn.running_mean)
+                var.copy_(bn.running_var)
+
+
+class DynamicResNet(ResNet):
+    """A ResNet whose stage ``i`` runs its first ``depth[i]`` blocks (torchvision's module layout and keys)."""
+
+    def __init__(self, family: str, depths: dict[str, list[int]], width_mult: float = 1.0, output_stride: int = 32):
+        block = FAMILIES[family][0]
+        deepest = [max(d[i] for d in depths.values()) for i in range(4)]
+        super().__init__(block, deepest, width_mult=width_mult, output_stride=output_stride, arch=family)
+        self.depths, self.deepest = depths, deepest
+        self.full = next(k for k, v in depths.items() if v == deepest)
+        self.depth = list(deepest)
+        for m in self.modules():  # same buffers and keys; reads per-depth statistics once a bank is attached
+            if type(m) is nn.BatchNorm2d:
+                m.__class__ = DepthBatchNorm2d
+
+    def depth_bns(self, depth) -> list[tuple[str, nn.BatchNorm2d]]:
+        """(path, BN) of every BN layer that ``depth`` runs."""
+        out = [("bn1", self.bn1)]
+        for li, n in enumerate(depth, 1):
+            for j, blk in enumerate(getattr(self, f"layer{li}")[:n]):
+                out += [(f"layer{li}.{j}.{p}", m) for p, m in blk.named_modules() if isinstance(m, nn.BatchNorm2d)]
+        return out
+
+    def units(self):
+        """The active depth's units only: (name, module, feature tap), the tap after a stage's last *active* block."""
+        units = [("stem", nn.Sequential(self.conv1, self.bn1, self.relu), None), ("maxpool", self.maxpool, "stem")]
+        for li, n in enumerate(self.depth, 1):
+            layer = getattr(self, f"layer{li}")
+            units += [(f"layer{li}.{j}", layer[j], f"stage{li}" if j == n - 1 else None) for j in range(n)]
+        return units
+
+    def forward(self, x):
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        out = {"stem": x}
+        for li, n in enumerate(self.depth, 1):
+            layer = getattr(self, f"layer{li}")
+            for j in range(n):
+                x = layer[j](x)
+            out[f"stage{li}"] = x
+        return out
+
+
+class DynamicSegmentor(Segmentor):
+    """A zoo head on a :class:`DynamicResNet`, with per-depth BN statistics and ``set_depth``."""
+
+    def __init__(self, backbone: DynamicResNet, head, num_classes, aux=False):
+        super().__init__(backbone, head, num_classes, aux=aux)
+        self.depth_bn = DepthBank(backbone, backbone.depths, backbone.full)
+
+    # ---- depths
+    @property
+    def depths(self) -> dict[str, list[int]]:
+        return dict(self.backbone.depths)
+
+    @property
+    def depth_names(self) -> list[str]:
+        """Named depths, shallowest first (by blocks run, then by name)."""
+        return sorted(self.backbone.depths, key=lambda k: (sum(self.backbone.depths[k]), self.backbone.depths[k], k))
+
+    @property
+    def full_depth(self) -> str:
+        return self.backbone.full
+
+    @property
+    def depth_name(self) -> str:
+        return self.depth_bn.active
+
+    @property
+    def depth(self) -> list[int]:
+        return list(self.backbone.depth)
+
+    def resolve_depth(self, depth) -> str:
+        """The name of ``depth`` (a name, or a list equal to a named depth); a clear error otherwise."""
+        depths = self.backbone.depths
+        if isinstance(depth, str) and depth in depths:
+            return depth
+        if isinstance(depth, (list, tuple)):
+            for k, v in depths.items():
+                if list(depth) == v:
+                    return k
+            if any(n > m for n, m in zip(depth, self.backbone.deepest)) or len(depth) != 4:
+                why = f"{list(depth)} is deeper than this model ({self.backbone.deepest} blocks per stage)"
+            else:
+                why = (f"{list(depth)} is not a named depth (each named depth has its own BN statistics; add it to "
+                       "model.arch.depths and train it)")
+        else:
+            why = f"unknown depth {depth!r}"
+        raise ConfigError(f"{why}; the depths of {getattr(self, 'model_name', 'this model')} are: {_fmt(depths)}")
+
+    def set_depth(self, depth) -> "DynamicSegmentor":
+        """Run the blocks of ``depth`` (a name or a named list) from now on; no weight is copied. Returns self."""
+        name = self.resolve_depth(depth)
+        self.backbone.depth = list(self.backbone.depths[name])
+        self.depth_bn.active = name
+        return self
+
+    # ---- architecture as data (checkpoints, latency keys)
+    @property
+    def arch_spec(self) -> dict:
+        spec = {"depths": {k: list(v) for k, v in self.backbone.depths.items()}}
+        if self.depth_name != self.full_depth:
+            spec["depth"] = self.depth_name
+        return spec
+
+    @arch_spec.setter
+    def arch_spec(self, value):  # build_model only sets it when empty; ours never is
+        pass
+
+    def load_pretrained_backbone(self, path) -> dict:
+        """torchvision ImageNet weights into the full-depth backbone; every depth's BN statistics start from them."""
+        info = load_backbone_weights(self.backbone, path)
+        with torch.no_grad():
+            self.depth_bn.reset_from_full(self.backbone)
+        return info
+
+
+def is_dynamic(model) -> bool:
+    return isinstance(getattr(model, "model", model), DynamicSegmentor)
+
+
+def unwrap_dynamic(model) -> DynamicSegmentor:
+    """The DDNN inside ``model`` (itself, or the model a DeployModel wraps); a clear error for any other model."""
+    inner = getattr(model, "model", model)
+    if not isinstance(inner, DynamicSegmentor):
+        raise ConfigError(f"{getattr(inner, 'model_name', type(inner).__name__)} is not a depth-level dynamic network "
+                          "(ddnn_* models); --depth and ekd need one")
+    return inner
+
+
+def _register(kind: str, family: str):
+    name = f"ddnn_{kind}_{family}"
+    default_os = 16 if kind == "lraspp" else 8
+
+    def builder(num_classes, width_mult=1.0, output_stride=default_os, aux=False, pretrained=None, depths=None,
+                depth=None, pretrained_backbone=None):
+        pretrained = pretrained if pretrained is not None else pretrained_backbone
+        if width_mult <= 0:
+            raise ConfigError(f"width_mult must be > 0, got {width_mult}")
+        if pretrained and width_mult != 1.0:
+            raise ConfigError(f"pretrained backbone weights ({pretrained}) only fit width_mult=1.0, not {width_mult:g}")
+        depths = check_depths(FAMILIES[family][2] if depths is None else depths, family)
+        backbone = DynamicResNet(family, depths, width_mult, output_stride)
+        model = DynamicSegmentor(backbone, _make_head(kind, backbone, num_classes, width_mult, output_stride),
+                                 num_classes, aux=aux)
+        if pretrained:
+            model.load_pretrained_backbone(pretrained)
+        if depth is not None:
+            model.set_depth(depth)
+        return model
+
+    builder.__name__ = name
+    builder.__doc__ = (f"DDNN: {kind} head on a dynamic-depth {family} (depths {_fmt(FAMILIES[family][2])} by default; "
+                       "options depths={name: [n1..n4]}, depth=NAME to start at).")
+    register_model(name)(builder)
+
+
+for _family in FAMILIES:
+    for _kind in HEADS:
+        _register(_kind, _family)
+
+
+def bn_statistics_error(model: DynamicSegmentor, images: torch.Tensor) -> dict[str, dict[str, float]]:
+    """Why BN statistics are per depth, measured: for each depth, the mean |running mean - exact mean| over the BN
+    layers it runs (exact = the channel means of the BN inputs on ``images`` at that depth), with
+
+    * ``per_depth``: the depth's own running statistics (this module's choice);
+    * ``shared``: the average of the running means of every depth that runs the layer, which is what one shared set of
+      statistics, updated by every depth's forward in turn, tends to;
+    * ``full``: the full net's statistics (a sub-net switched on without any statistics of its own).
+    """
+    bb = model.backbone
+    was, training = model.depth_name, model.training
+
+    def running_mean(name, path, bn):
+        return bn.running_mean if name == model.full_depth else model.depth_bn.stats(name, path.replace(".", "_"))[0]
+
+    out = {}
+    for name in model.depth_names:
+        model.set_depth(name)
+        seen: dict[str, torch.Tensor] = {}
+        bns = bb.depth_bns(bb.depths[name])
+        handles = [bn.register_forward_pre_hook(lambda m, a, p=p: seen.__setitem__(p, a[0].detach().mean((0, 2, 3))))
+                   for p, bn in bns]
+        with torch.no_grad():
+            model.eval()(images)
+        for h in handles:
+            h.remove()
+        errs = {"per_depth": [], "shared": [], "full": []}
+        for p, bn in bns:
+            users = [d for d in model.depth_names if p in dict(bb.depth_bns(bb.depths[d]))]
+            shared = torch.stack([running_mean(d, p, bn) for d in users]).mean(0)
+            for kind, mean in (("per_depth", running_mean(name, p, bn)), ("shared", shared), ("full", bn.running_mean)):
+                errs[kind].append((mean - seen[p]).abs().mean())
+        out[name] = {k: float(torch.stack(v).mean()) for k, v in errs.items()}
+    model.set_depth(was).train(training)
+    return out
