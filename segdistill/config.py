@@ -178,6 +178,21 @@ class DistillConfig(OpenSections):
 
 
 @dataclass
+class EKDConfig:
+    """Embedded knowledge distillation of a depth-level dynamic network (``ddnn_*`` models; segdistill.dynamic.ekd)."""
+
+    enabled: bool = False  # train the full net and its sub-nets every iteration (the `ekd` hook)
+    subnets: str = "sandwich"  # all | sandwich (the smallest + num_random others at random)
+    num_random: int = 1
+    kl_weight: float = 1.0  # λ_kl on T^2 KL(full || sub) of the class posteriors (0: task loss only)
+    T: float = 1.0
+    att_weight: float = 1.0  # λ_att on the self-attention term between same-resolution features (0: off)
+    att_features: list[str] = field(default_factory=lambda: ["stage1", "stage2", "stage3", "stage4"])
+    att_patch: int = 1  # max-pool nodes before the attention maps (1: every position)
+    score: str = "mean"  # what picks best.pt: mean | min | full mIoU over depths, or a depth name
+
+
+@dataclass
 class Config:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -186,6 +201,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     distill: DistillConfig = field(default_factory=DistillConfig)
+    ekd: EKDConfig = field(default_factory=EKDConfig)
 
 
 def _check_type(value, tp, where: str):
