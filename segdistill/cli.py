@@ -53,6 +53,17 @@ def cmd_distill(args):
     cmd_train(args, distill=True)
 
 
+def _set_depth(model, depth: str | None) -> dict:
+    """``--depth NAME`` of a depth-level dynamic network (segdistill.dynamic); ``{"depth": NAME}`` or ``{}``."""
+    if not depth:
+        return {}
+    from .dynamic.cli import select_depths, set_depth
+
+    name = select_depths(model, depth, allow_all=False)[0]
+    set_depth(model, name)
+    return {"depth": name}
+
+
 def cmd_eval(args):
     from .config import apply_overrides, from_dict, load_config
     from .data import build_dataset
@@ -83,12 +94,19 @@ def cmd_eval(args):
         )
     ds.validate()
     model.to(device)
+    if args.depth == "all":  # depth-level dynamic networks: every depth's mIoU, params and MACs
+        from .dynamic.cli import eval_all_depths, select_depths
+
+        select_depths(model, args.depth)
+        eval_all_depths(model, ds, cfg, device, (1, *ds[0]["image"].shape), args.out)
+        return dist.cleanup()
+    depth = _set_depth(model, args.depth)
     metrics = evaluate(model, ds, cfg.eval, device, ds.num_classes, cfg.data.ignore_index)
     if dist.is_main():
         print(format_table(metrics, ds.class_names))
         if args.out:
             _write_json({"checkpoint": str(args.checkpoint), "split": ds.split, "root": str(ds.root),
-                         "class_names": list(ds.class_names), "eval": vars(cfg.eval), **metrics}, args.out)
+                         "class_names": list(ds.class_names), "eval": vars(cfg.eval), **depth, **metrics}, args.out)
     dist.cleanup()
 
 
@@ -97,6 +115,7 @@ def cmd_predict(args):
     from .tools.predict import predict_paths
 
     model, meta = build_from_checkpoint(args.checkpoint)
+    _set_depth(model, args.depth)
     data = meta.get("data", {})
     files = predict_paths(
         model, args.inputs, args.out_dir, mean=data.get("mean"), std=data.get("std"),
@@ -114,8 +133,16 @@ def cmd_profile(args):
     if args.threads:
         torch.set_num_threads(args.threads)
     model, _ = model_or_checkpoint(args.model, args.num_classes, args.width_mult)
+    if args.depth == "all":
+        from .dynamic.cli import profile_all_depths, select_depths
+
+        select_depths(model, args.depth)
+        profile_all_depths(model, parse_shape(args.input), args.platforms, args.runs, args.warmup, args.out)
+        return
+    depth = _set_depth(model, args.depth)
     result = profile_model(model, parse_shape(args.input), platforms=tuple(args.platforms), runs=args.runs, warmup=args.warmup)
     result["model"] = args.model
+    result.update(depth)
     print(format_profile(result))
     if args.out:
         _write_json(result, args.out)
@@ -126,6 +153,14 @@ def cmd_export(args):
     from .tools.export import export_onnx
 
     model, _ = model_or_checkpoint(args.model, args.num_classes, args.width_mult)
+    if args.depth:  # one ONNX file per depth of a depth-level dynamic network
+        from .dynamic.cli import export_depths, select_depths
+
+        for res in export_depths(model, select_depths(model, args.depth), args.out, parse_shape(args.input),
+                                 args.dynamic_batch):
+            if not res["ok"]:
+                raise SegDistillError(res.get("message", "ONNX output differs from PyTorch"))
+        return
     res = export_onnx(model, args.out, parse_shape(args.input), dynamic_batch=args.dynamic_batch)
     print(f"exported {res['path']}: max |onnx - torch| = {res['max_abs_diff']:.3g}, argmax agreement {100 * res['argmax_agreement']:.2f}%")
     if not res["ok"]:
@@ -189,12 +224,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--flip", action="store_true", default=None)
     s.add_argument("--scales", type=float, nargs="+")
     s.add_argument("--out", help="write the metrics as JSON here")
+    s.add_argument("--depth", help="ddnn_* models: evaluate this named depth (`all`: a table of every depth)")
     s.set_defaults(fn=cmd_eval)
 
     s = sub.add_parser("predict", help="write colorized masks and overlays for images or folders")
     s.add_argument("checkpoint")
     s.add_argument("inputs", nargs="+")
     s.add_argument("--out-dir", default="predictions")
+    s.add_argument("--depth", help="ddnn_* models: predict with this named depth")
     s.set_defaults(fn=cmd_predict)
 
     for name, fn, helptext in (
@@ -206,6 +243,8 @@ def build_parser() -> argparse.ArgumentParser:
         s.add_argument("--input", default="3x180x240", help="C x H x W (batch 1)")
         s.add_argument("--num-classes", type=int, default=11, help="for a model name (a checkpoint knows its own)")
         s.add_argument("--width-mult", type=float, default=1.0, help="for a model name")
+        s.add_argument("--depth", help="ddnn_* models: this named depth (`all`: every depth, "
+                       + ("a table)" if name == "profile" else "one ONNX file each, OUT_<depth>.onnx)"))
         s.set_defaults(fn=fn)
         if name == "profile":
             s.add_argument("--platforms", nargs="+", default=["torch-cpu", "onnxruntime-cpu", "torch-cuda"])
@@ -234,6 +273,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .latency.cli import add_commands as add_latency_commands  # lut build/blocks/show, latency predict/fit/report
 
     add_latency_commands(sub)
+    from .dynamic.cli import add_commands as add_ddnn_commands  # ddnn pick
+
+    add_ddnn_commands(sub)
     return p
 
 

@@ -135,7 +135,7 @@ class EKDHook(Hook):
         try:
             for d in model.depth_names:
                 if d == full:
-                    per[d] = metrics["miou"]  # the trainer evaluated the model at its full depth
+                    per[d] = metrics["miou"] * 1.0  # evaluated by the trainer; a new float, so it is logged too
                     continue
                 model.set_depth(d)
                 per[d] = trainer.evaluate()["miou"]

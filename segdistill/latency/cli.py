@@ -132,6 +132,7 @@ def cmd_lut_show(args):
 
 
 def cmd_latency_predict(args):
+    from ..dynamic.cli import select_depths, set_depth
     from ..engine.checkpoint import model_or_checkpoint
     from .lut import LatencyTable
     from .predictor import LatencyPredictor
@@ -143,25 +144,32 @@ def cmd_latency_predict(args):
     note = table.device_note()
     print(note)
     results = []
-    names = [n for n in args.model if Path(n).is_file() or ":" in n]  # checkpoints and family:ARG models
+    # checkpoints and family:ARG models (and, with --depth, every model: a depth is set on a built model)
+    names = [n for n in args.model if Path(n).is_file() or ":" in n or args.depth]
     for name in _model_names([n for n in args.model if n not in names]) + names:
         for text in args.input or ["3x180x240"]:
             shape = parse_shape(text)
             if name in names:  # built once per input: its meta (or the flags) give width and stride
                 model, meta = model_or_checkpoint(name, args.num_classes, args.width_mult)
                 m = meta.get("model", {})
-                net = decompose_model(model.model_name, shape, model.num_classes, m.get("width_mult", args.width_mult),
-                                      m.get("output_stride", args.output_stride), model=model).net
+                nets = []
+                for depth in select_depths(model, args.depth):  # [None] without --depth (ddnn_* models)
+                    set_depth(model, depth)
+                    nets.append((depth, decompose_model(model.model_name, shape, model.num_classes,
+                                                        m.get("width_mult", args.width_mult),
+                                                        m.get("output_stride", args.output_stride), model=model).net))
             else:
                 spec = model_spec(name, args.num_classes, args.width_mult, args.output_stride, shape[-2:])
-                net = decomposition(spec).net
-            p = predictor.predict(net)
-            results.append({"model": name, "input": list(shape), "table_device": note,
-                            **{k: v for k, v in p.items() if k != "entries"},
-                            "entries": [[k, ms] for k, ms in p["entries"]]})
-            print(f"{name} @ {'x'.join(map(str, shape))} on {table.platform} ({table.threads} threads): "
-                  f"{p['predicted_ms']:.3f} ms predicted (correction {p['correction']}; raw sum {p['raw_ms']:.3f} ms = "
-                  f"{p['blocks_ms']:.3f} library blocks + {p['fixed_ms']:.3f} fixed parts, {p['n_blocks']} nodes)")
+                nets = [(None, decomposition(spec).net)]
+            for depth, net in nets:
+                p = predictor.predict(net)
+                results.append({"model": name, **({"depth": depth} if depth else {}), "input": list(shape),
+                                "table_device": note, **{k: v for k, v in p.items() if k != "entries"},
+                                "entries": [[k, ms] for k, ms in p["entries"]]})
+                print(f"{name}{f' --depth {depth}' if depth else ''} @ {'x'.join(map(str, shape))} on {table.platform} "
+                      f"({table.threads} threads): {p['predicted_ms']:.3f} ms predicted (correction {p['correction']}; "
+                      f"raw sum {p['raw_ms']:.3f} ms = {p['blocks_ms']:.3f} library blocks + {p['fixed_ms']:.3f} fixed "
+                      f"parts, {p['n_blocks']} nodes)")
     if len(table) > before:
         table.save()
         print(f"added {len(table) - before} on-demand measurements to {args.lut}")
@@ -281,6 +289,7 @@ def add_commands(sub) -> None:
     s.add_argument("--input", action="append", help="C x H x W, repeatable (default 3x180x240)")
     s.add_argument("--no-measure", action="store_true", help="never measure missing blocks (error instead)")
     s.add_argument("--out", help="write predictions with per-block entries as JSON here")
+    s.add_argument("--depth", help="ddnn_* models: this named depth (`all`: every depth)")
     _model_options(s)
     s.set_defaults(fn=cmd_latency_predict)
     s = lsub.add_parser("fit", help="measure random networks whole and fit the table's correction")
