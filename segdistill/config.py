@@ -19,25 +19,82 @@ from .configs import resolve_config_path
 from .errors import ConfigError
 
 
+# ---------------------------------------------------------------------------- allowed values
+@dataclass(frozen=True)
+class Rule:
+    """What a field allows, stated once next to its definition (``field(..., metadata={"rule": rule})``)."""
+
+    text: str  # for messages: ">= 1", "one of sgd, adamw", ...
+    ok: typing.Callable[[typing.Any], bool]
+    bad: typing.Any  # a value it refuses (the tests try every field with it)
+
+
+def at_least(lo) -> Rule:
+    return Rule(f">= {lo}", lambda v: v >= lo, lo - 1)
+
+
+def above(lo) -> Rule:
+    return Rule(f"> {lo}", lambda v: v > lo, lo)
+
+
+def within(lo, hi) -> Rule:
+    return Rule(f"in [{lo}, {hi}]", lambda v: lo <= v <= hi, hi + 1)
+
+
+def one_of(*choices) -> Rule:
+    return Rule(f"one of {', '.join(map(str, choices))}", lambda v: v in choices, "bogus" if isinstance(choices[0], str) else -7)
+
+
+def checked(default, rule: Rule):
+    """A dataclass field with ``default`` (copied when mutable) whose values must satisfy ``rule``; a list's
+    elements must each satisfy it. ``None`` (where the type allows it) always passes."""
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: copy.deepcopy(default), metadata={"rule": rule})
+    return field(default=default, metadata={"rule": rule})
+
+
+def validate(cfg, prefix: str = "") -> None:
+    """Check every field that states a rule (recursively, open sections too); a :class:`ConfigError` naming the key,
+    the value and what is allowed, before any work starts."""
+    fields = {f.name: f for f in dataclasses.fields(cfg)}
+    for key, value in _items(cfg):
+        where = f"{prefix}{key}"
+        if dataclasses.is_dataclass(value):
+            validate(value, where + ".")
+            continue
+        rule = fields[key].metadata.get("rule") if key in fields else None
+        if rule is None or value is None:
+            continue
+        for v in value if isinstance(value, list) else [value]:
+            try:
+                good = rule.ok(v)
+            except TypeError:
+                good = False
+            if not good:
+                shown = f"{value!r}" + (f" (element {v!r})" if isinstance(value, list) else "")
+                raise ConfigError(f"{where}={shown} is not allowed: {where} must be {rule.text}"
+                                  + (" (each element)" if isinstance(value, list) else ""))
+
+
 @dataclass
 class DataConfig:
     name: str = "synthetic"  # synthetic | camvid | cityscapes | voc | ade20k | folder
     root: str = ""  # dataset folder in its standard layout
     train_split: str = "train"
     val_split: str = "val"
-    num_classes: int | None = None  # None: the dataset's own count
+    num_classes: int | None = checked(None, at_least(1))  # None: the dataset's own count
     ignore_index: int = 255  # label value ignored in loss and metrics (after the dataset's own mapping)
-    resize: list[int] | None = None  # [H, W]: resize every image first (camvid-cpu: [180, 240])
-    crop_size: list[int] | None = None  # [H, W] training crop, padded with ignore when the image is smaller
-    scale_range: list[float] = field(default_factory=lambda: [1.0, 1.0])  # random scale [min, max] in training
+    resize: list[int] | None = checked(None, at_least(1))  # [H, W]: resize every image first (camvid-cpu: [180, 240])
+    crop_size: list[int] | None = checked(None, at_least(1))  # [H, W] training crop, padded with ignore when the image is smaller
+    scale_range: list[float] = checked([1.0, 1.0], above(0))  # random scale [min, max] in training
     flip: bool = True  # random horizontal flip in training
-    jitter: float = 0.0  # photometric jitter strength (0 = off)
+    jitter: float = checked(0.0, at_least(0))  # photometric jitter strength (0 = off)
     mean: list[float] = field(default_factory=lambda: [0.485, 0.456, 0.406])
-    std: list[float] = field(default_factory=lambda: [0.229, 0.224, 0.225])
-    batch_size: int = 8
-    workers: int = 0
+    std: list[float] = checked([0.229, 0.224, 0.225], above(0))
+    batch_size: int = checked(8, at_least(1))
+    workers: int = checked(0, at_least(0))
     # synthetic data only
-    synthetic_size: list[int] = field(default_factory=lambda: [96, 128])  # [H, W]
+    synthetic_size: list[int] = checked([96, 128], at_least(8))  # [H, W]
     synthetic_train: int = 64  # images in the train split
     synthetic_val: int = 16
     seed: int = 0  # data seed (synthetic scenes)
@@ -46,8 +103,8 @@ class DataConfig:
 @dataclass
 class ModelConfig:
     name: str = "fcn_resnet18"
-    width_mult: float = 1.0
-    output_stride: int | None = None  # None: the model's own default (8 for ResNet/MobileNet heads, 16 for LR-ASPP)
+    width_mult: float = checked(1.0, above(0))
+    output_stride: int | None = checked(None, one_of(8, 16, 32))  # None: the model's own default (8 for ResNet/MobileNet heads, 16 for LR-ASPP)
     aux: bool = False  # auxiliary FCN head on stage 3
     pretrained: str | None = None  # local path to a torchvision/ImageNet backbone state dict
     sync_bn: bool = False
@@ -59,49 +116,49 @@ class ModelConfig:
 
 @dataclass
 class OptimConfig:
-    name: str = "sgd"  # sgd | adamw
-    lr: float = 0.01
-    momentum: float = 0.9
-    weight_decay: float = 1e-4
-    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
-    warmup_iters: int = 0
-    warmup_ratio: float = 0.1  # lr starts at lr * warmup_ratio and rises linearly
-    power: float = 0.9  # poly schedule exponent
-    min_lr: float = 0.0
-    clip_grad: float | None = None  # max gradient norm; None = no clipping
+    name: str = checked("sgd", one_of("sgd", "adamw"))
+    lr: float = checked(0.01, above(0))
+    momentum: float = checked(0.9, within(0, 1))
+    weight_decay: float = checked(1e-4, at_least(0))
+    betas: list[float] = checked([0.9, 0.999], within(0, 1))
+    warmup_iters: int = checked(0, at_least(0))
+    warmup_ratio: float = checked(0.1, within(0, 1))  # lr starts at lr * warmup_ratio and rises linearly
+    power: float = checked(0.9, at_least(0))  # poly schedule exponent
+    min_lr: float = checked(0.0, at_least(0))
+    clip_grad: float | None = checked(None, above(0))  # max gradient norm; None = no clipping
 
 
 @dataclass
 class LossConfig:
-    aux_weight: float = 0.4
+    aux_weight: float = checked(0.4, at_least(0))
     ohem: bool = False
-    ohem_thresh: float = 0.7  # keep pixels whose true-class probability is below this ...
-    ohem_min_kept: int = 10000  # ... but at least this many per batch
-    class_weights: list[float] | None = None
+    ohem_thresh: float = checked(0.7, within(0, 1))  # keep pixels whose true-class probability is below this ...
+    ohem_min_kept: int = checked(10000, at_least(1))  # ... but at least this many per batch
+    class_weights: list[float] | None = checked(None, at_least(0))
 
 
 @dataclass
 class TrainConfig:
-    iters: int = 1000
-    val_interval: int = 200
-    ckpt_interval: int = 200
-    log_interval: int = 10
-    amp: str = "none"  # none | bf16 | fp16 (CUDA only; ignored with a warning on CPU)
+    iters: int = checked(1000, at_least(1))
+    val_interval: int = checked(200, at_least(1))
+    ckpt_interval: int = checked(200, at_least(1))
+    log_interval: int = checked(10, at_least(1))
+    amp: str = checked("none", one_of("none", "bf16", "fp16"))  # (CUDA only; ignored with a warning on CPU)
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda
     out_dir: str = "runs/default"
     resume: str | None = None  # "auto" (out_dir/last.pt) or a checkpoint path
-    threads: int | None = None  # torch CPU threads; None = torch's default
+    threads: int | None = checked(None, at_least(1))  # torch CPU threads; None = torch's default
     progress: bool = True
 
 
 @dataclass
 class EvalConfig:
-    mode: str = "whole"  # whole | slide
-    crop_size: list[int] | None = None  # slide window [H, W]
-    stride: list[int] | None = None  # slide stride [H, W]; default 2/3 of the window
+    mode: str = checked("whole", one_of("whole", "slide"))
+    crop_size: list[int] | None = checked(None, at_least(1))  # slide window [H, W]
+    stride: list[int] | None = checked(None, at_least(1))  # slide stride [H, W]; default 2/3 of the window
     flip: bool = False
-    scales: list[float] = field(default_factory=lambda: [1.0])
+    scales: list[float] = checked([1.0], above(0))
 
 
 @dataclass
@@ -112,11 +169,11 @@ class KDTerm:
 
     Each registered KD term (:mod:`segdistill.distill.terms`) has its own subclass adding its settings."""
 
-    weight: float = 0.0
-    schedule: str = "constant"  # constant | linear | alw
-    start: float = 1.0  # linear: factor on weight at the start ...
-    end: float = 1.0  # ... and at the end
-    side: str = "late"  # alw: late (grows with a) | early (fades as 1 - a)
+    weight: float = checked(0.0, at_least(0))
+    schedule: str = checked("constant", one_of("constant", "linear", "alw"))
+    start: float = checked(1.0, at_least(0))  # linear: factor on weight at the start ...
+    end: float = checked(1.0, at_least(0))  # ... and at the end
+    side: str = checked("late", one_of("late", "early"))  # alw: late (grows with a) | early (fades as 1 - a)
 
 
 class OpenSections:
@@ -337,12 +394,14 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
             _apply(cfg, layer)
         except ConfigError as e:
             raise ConfigError(f"{prefix}{e}") from None
+    validate(cfg)
     return cfg
 
 
 def apply_overrides(cfg, overrides: list[str] | None):
     for o in overrides or []:
         _apply(cfg, parse_override(o))
+    validate(cfg)
     return cfg
 
 

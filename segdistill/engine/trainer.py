@@ -23,7 +23,7 @@ import torch
 import torch.nn as nn
 from torch.utils.data import DataLoader, DistributedSampler
 
-from ..config import Config, save_config, to_dict
+from ..config import Config, save_config, to_dict, validate
 from ..data import build_dataset
 from ..errors import CheckpointError, ConfigError, DataError, DivergenceError
 from ..models import build_model
@@ -224,6 +224,7 @@ class TrainState:
 
 class Trainer:
     def __init__(self, cfg: Config, hooks: list[Hook] | None = None):
+        validate(cfg)  # every value in its allowed range before any work starts
         self.cfg = cfg
         self.hooks = list(hooks or [])
         names = [h.name for h in self.hooks]
