@@ -5,6 +5,15 @@
 * :mod:`segdistill.dynamic.ekd`: the ``ekd`` trainer hook (``ekd.enabled=true``);
 * :mod:`segdistill.dynamic.cli`: ``segdistill ddnn pick`` and the ``--depth`` helpers of eval/profile/export/predict.
 """
-from .model import DynamicResNet, DynamicSegmentor, bn_statistics_error, check_depths, is_dynamic, unwrap_dynamic
+from .model import (
+    DynamicResNet,
+    DynamicSegmentor,
+    bn_statistics_error,
+    check_depths,
+    is_dynamic,
+    recalibrate_bn,
+    unwrap_dynamic,
+)
 
-__all__ = ["DynamicResNet", "DynamicSegmentor", "bn_statistics_error", "check_depths", "is_dynamic", "unwrap_dynamic"]
+__all__ = ["DynamicResNet", "DynamicSegmentor", "bn_statistics_error", "check_depths", "is_dynamic", "recalibrate_bn",
+           "unwrap_dynamic"]
