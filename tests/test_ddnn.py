@@ -296,6 +296,7 @@ def test_ekd_needs_a_dynamic_model(tmp_path):
 
 
 # ---------------------------------------------------------------------------- deployment per depth
+@pytest.mark.slow  # ~13 s on 2 cores: two dynamo exports
 def test_per_depth_onnx_export_parity(tmp_path):
     pytest.importorskip("onnxscript")
     pytest.importorskip("onnxruntime")
