@@ -250,6 +250,40 @@ class EKDConfig:
 
 
 @dataclass
+class SearchConfig:
+    """Architecture search (``segdistill search``; segdistill.search.hook): a supernet of ``space`` trained on half
+    of the train split, its architecture weights on the other half with their own Adam, under
+    ``CE + lambda_kd * KD + lambda_ged * E[GED] + sum_p lambda_p * latency penalty_p``. ``space: null``: no search."""
+
+    space: str | None = checked(None, one_of("chain"))
+    input: list[int] = checked([1, 3, 180, 240], at_least(1))  # deployment shape [1, 3, H, W] of the latency keys
+    layers: int = checked(4, at_least(0))  # searchable layers per stage
+    width_ratios: list[float] = checked([0.5, 0.75, 1.0], within(0.01, 1))  # width options, of each base width
+    base_widths: list[int] = checked([48, 96, 160], at_least(1))  # stages at strides 8, 16, 32
+    stem_widths: list[int] = checked([16, 24], at_least(1))
+    head_channels: int = checked(64, at_least(1))
+    budget: dict[str, float] = field(default_factory=dict)  # platform -> ms, e.g. search.budget.torch-cpu=20
+    lut: dict[str, str] = field(default_factory=dict)  # platform -> table JSON; none: measured here if local
+    lambda_kd: float = checked(1.0, at_least(0))  # on the distill.* terms (their own weights apply), teacher only
+    lambda_ged: float = checked(0.0, at_least(0))  # on the expected GED to the teacher (needs distill.teacher)
+    lambda_lat: float = checked(1.0, above(0))  # initial lambda of every platform (then adapted per platform)
+    penalty: str = checked("proxyless", one_of("proxyless", "hinge"))  # lambda*E/B | lambda*max(0, E/B - 1)
+    band: list[float] = checked([0.9, 1.0], within(0.01, 1))  # target [lo, hi] x budget of the derived network
+    band_factor: float = checked(2.0, above(1))  # lambda x factor above the band, / factor below (FasterSeg: 2)
+    band_interval: int = checked(0, at_least(0))  # iterations between band checks (0: one epoch)
+    arch_lr: float = checked(3e-3, above(0))
+    arch_betas: list[float] = checked([0.5, 0.999], within(0, 1))
+    arch_weight_decay: float = checked(1e-3, at_least(0))
+    arch_interval: int = checked(1, at_least(1))  # an architecture step every this many iterations ...
+    warmup_iters: int = checked(0, at_least(0))  # ... after this many weights-only iterations
+    gumbel: bool = False  # Gumbel-softmax sampling in the supernet's training forward
+    hard: bool = False  # straight-through one-hot Gumbel samples
+    tau_start: float = checked(5.0, above(0))  # Gumbel temperature, annealed exponentially after warm-up ...
+    tau_end: float = checked(0.5, above(0))  # ... to this at the last iteration
+    ged_timeout: float = checked(5.0, above(0))  # seconds of exact GED search per validation (else an upper bound)
+
+
+@dataclass
 class Config:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -259,6 +293,7 @@ class Config:
     eval: EvalConfig = field(default_factory=EvalConfig)
     distill: DistillConfig = field(default_factory=DistillConfig)
     ekd: EKDConfig = field(default_factory=EKDConfig)
+    search: SearchConfig = field(default_factory=SearchConfig)
 
 
 def _check_type(value, tp, where: str):

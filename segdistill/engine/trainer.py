@@ -42,6 +42,9 @@ class Hook:
 
     Set-up (once):
 
+    0. ``train_indices(trainer, n) -> list[int] | None``: the dataset indices (of the train split's ``n``) that the
+       trainer's loop draws from; ``None``: all of them. The first hook that returns a list wins (e.g. a search that
+       keeps the other half for its architecture steps). Order and resume stay pure functions of (seed, epoch).
     1. ``wrap_model(trainer, model) -> model``: the model is built and on its device, not yet wrapped in DDP. Return
        it, or a module that replaces or wraps it (e.g. a supernet); what is returned is ``trainer.model``, the module
        that is trained, validated and saved in ``best.pt``.
@@ -51,7 +54,8 @@ class Hook:
        (``{"params": [...], "lr": 0.001, "weight_decay": 0.0}``; the lr schedule scales every group alike).
        Parameters that need an optimizer of their own (architecture weights under Adam, a discriminator) are
        stepped by the hook itself; list those optimizers in ``optimizers()`` (name -> optimizer) so that the
-       trainer saves and restores their state with the run.
+       trainer saves and restores their state with the run. Parameters held by a hook's optimizer are kept out
+       of the main optimizer (and its gradient clipping), even when they belong to the model.
     4. ``on_train_start(trainer)``: the optimizer exists; resume (if any) happens right after this.
 
     Per iteration:
@@ -83,6 +87,9 @@ class Hook:
         super().__init_subclass__(**kw)
         if not cls.__dict__.get("name"):
             cls.name = cls.__name__.lower()
+
+    def train_indices(self, trainer: "Trainer", n: int) -> list[int] | None:
+        return None
 
     def wrap_model(self, trainer: "Trainer", model: nn.Module) -> nn.Module:
         return model
@@ -128,10 +135,13 @@ class Hook:
 
 
 class ResumableSampler(DistributedSampler):
-    """DistributedSampler that can start part-way through an epoch (for exact resume)."""
+    """DistributedSampler that can start part-way through an epoch (for exact resume); with ``indices``, it
+    shuffles and shares those dataset indices only."""
 
-    def __init__(self, dataset, num_replicas, rank, seed):
-        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=True, seed=seed, drop_last=False)
+    def __init__(self, dataset, num_replicas, rank, seed, indices: list[int] | None = None):
+        self.indices = None if indices is None else [int(i) for i in indices]
+        super().__init__(dataset if indices is None else range(len(self.indices)), num_replicas=num_replicas,
+                         rank=rank, shuffle=True, seed=seed, drop_last=False)
         self.start = 0
 
     def set_position(self, epoch: int, start: int):
@@ -139,7 +149,10 @@ class ResumableSampler(DistributedSampler):
         self.start = start
 
     def __iter__(self):
-        return iter(list(super().__iter__())[self.start:])
+        order = list(super().__iter__())
+        if self.indices is not None:
+            order = [self.indices[i] for i in order]
+        return iter(order[self.start:])
 
     def __len__(self):
         return self.num_samples - self.start
@@ -244,14 +257,17 @@ class Trainer:
             self.train_set.validate()
             self.val_set.validate()
         self.num_classes = self.train_set.num_classes
-        per_rank = math.ceil(len(self.train_set) / dist.world_size())
+        indices = next((i for h in self.hooks if (i := h.train_indices(self, len(self.train_set))) is not None), None)
+        n_train = len(self.train_set) if indices is None else len(indices)
+        per_rank = math.ceil(n_train / dist.world_size())
         if per_rank < cfg.data.batch_size:
+            part = "" if indices is None else f" (the {n_train} the training loop uses)"
             raise DataError(
-                f"split {cfg.data.train_split!r} of {cfg.data.root or cfg.data.name} has {len(self.train_set)} images, "
-                f"fewer than one batch of {cfg.data.batch_size} per process; lower data.batch_size"
+                f"split {cfg.data.train_split!r} of {cfg.data.root or cfg.data.name} has {len(self.train_set)} images"
+                f"{part}, fewer than one batch of {cfg.data.batch_size} per process; lower data.batch_size"
             )
         self.iters_per_epoch = per_rank // cfg.data.batch_size
-        self.sampler = ResumableSampler(self.train_set, dist.world_size(), dist.rank(), cfg.train.seed)
+        self.sampler = ResumableSampler(self.train_set, dist.world_size(), dist.rank(), cfg.train.seed, indices)
 
         # ---- model, optimizer, schedule, precision
         m = cfg.model
@@ -299,8 +315,10 @@ class Trainer:
 
     def trainable_parameters(self):
         """The model's parameters plus the hooks' training-only ones (adapters, projectors ...) that the main
-        optimizer steps with the default rules (not those of ``param_groups``, nor the hooks' own optimizers)."""
-        return list(self.model.parameters()) + [p for h in self.hooks for p in h.parameters()]
+        optimizer steps with the default rules (not those of ``param_groups``, nor those the hooks' own optimizers
+        hold, e.g. a supernet's architecture weights)."""
+        own = {id(p) for h in self.hooks for o in h.optimizers().values() for g in o.param_groups for p in g["params"]}
+        return [p for p in [*self.model.parameters(), *(p for h in self.hooks for p in h.parameters())] if id(p) not in own]
 
     def hook(self, name: str) -> Hook:
         """The hook called ``name`` in this run (hooks read each other's state through this)."""

@@ -13,21 +13,25 @@ import torch.nn as nn
 from ..errors import ConfigError
 
 _REGISTRY: dict[str, Callable[..., nn.Module]] = {}
+_UNLISTED: set[str] = set()  # buildable by name (checkpoints) but not listed: training-only models (a supernet)
 
 
-def register_model(name: str):
+def register_model(name: str, listed: bool = True):
     def deco(fn: Callable[..., nn.Module]):
         if name in _REGISTRY:
             raise ValueError(f"model {name!r} is registered twice")
         _REGISTRY[name] = fn
+        if not listed:
+            _UNLISTED.add(name)
         return fn
 
     return deco
 
 
 def list_models() -> list[str]:
+    """The deployable models (not the unlisted training-only ones, e.g. the search's ``chain_supernet``)."""
     _import_zoo()
-    return sorted(_REGISTRY)
+    return sorted(n for n in _REGISTRY if n not in _UNLISTED)
 
 
 def build_model(name: str, num_classes: int, **kwargs) -> nn.Module:

@@ -92,3 +92,25 @@ def searched(num_classes, width_mult=1.0, output_stride=None, aux=False, pretrai
     model = SearchedNet(g, num_classes, aux=aux)
     model.arch_spec = {"genotype": g}
     return model
+
+
+@register_model("chain_supernet", listed=False)
+def chain_supernet(num_classes, width_mult=1.0, output_stride=None, aux=False, pretrained=None, **space_options):
+    """The supernet of the chain search space (``segdistill/search/space_chain.py``) from its options (``input``,
+    ``layers``, ``width_ratios``, ``base_widths``, ``stem_widths``, ``head_channels``): what a search run trains,
+    so its ``best.pt`` / ``last.pt`` rebuild it, architecture weights included (``arch_spec``: the options).
+    Unlisted: it is not a deployable model (derive a genotype from it: ``searched:genotype.json``)."""
+    from ..search.space_chain import build_supernet
+
+    pretrained = _pop_pretrained(pretrained, space_options)
+    _check_kw("chain_supernet", space_options,
+              allowed=("input", "layers", "width_ratios", "base_widths", "stem_widths", "head_channels"))
+    if width_mult != 1.0 or output_stride not in (None, 32) or aux or pretrained:
+        raise ConfigError("chain_supernet: the search space fixes widths and strides; width_mult must be 1, "
+                          "output_stride null or 32, aux false and no pretrained weights")
+    model = build_supernet(num_classes, **{"input_shape" if k == "input" else k: v for k, v in space_options.items()})
+    sp = model.space
+    model.arch_spec = {"input": list(sp.input_shape), "layers": sp.layers, "width_ratios": list(sp.width_ratios),
+                       "base_widths": list(sp.base_widths), "stem_widths": list(sp.stem_widths),
+                       "head_channels": sp.head_channels}
+    return model
