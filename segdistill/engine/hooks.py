@@ -15,7 +15,7 @@ from .trainer import Hook
 _FACTORIES: dict[str, Callable] = {}
 
 #: Modules whose import registers the built-in factories (imported on the first :func:`build_hooks`).
-BUILTIN = ("segdistill.engine.hooks", "segdistill.dynamic.ekd")
+BUILTIN = ("segdistill.engine.hooks", "segdistill.dynamic.ekd", "segdistill.search.hook")
 
 
 def register_hook(name: str):

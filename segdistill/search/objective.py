@@ -1,0 +1,164 @@
+"""The pieces of the search objective (``segdistill/search/hook.py``) that need no trainer.
+
+``L_arch = CE + lambda_kd * KD + lambda_ged * E[GED] + sum_p lambda_p * penalty_p`` (seed 000,
+``../shared/docs/methods.md`` "Structural KD with architecture search"):
+
+* :func:`soft_graph`: the supernet's architecture distribution (:meth:`ChainSupernet.describe`) as a
+  :class:`~segdistill.search.graph.SoftGraph` at fixed positions, for :func:`~segdistill.search.ged.expected_ged`.
+* :func:`latency_penalty`: per platform p with budget B_p and expected latency E_p (ms, differentiable):
+
+  - ``proxyless`` (default, ProxylessNAS's additive form): ``E_p / B_p``. It always pulls towards faster ops, with
+    a strength lambda_p that band control tunes, so the search neither overshoots nor wastes the budget.
+  - ``hinge``: ``max(0, E_p / B_p - 1)``: no pull at all while the expectation is within budget.
+
+* :func:`band_update`: FasterSeg's rule. Every band check the argmax network is derived and its latency predicted
+  (``P_p``); ``lambda_p`` is multiplied by ``factor`` when ``P_p > hi * B_p`` (too slow: pull harder), divided by it
+  when ``P_p < lo * B_p`` (budget left unused: let the task loss buy accuracy), kept inside the band
+  (default [0.9, 1.0] x budget), and clamped to [1e-6, 1e6].
+* :func:`platform_predictors`: one latency predictor per budgeted platform: ``search.lut.<p>`` when given, else a
+  new table measured here (only when the platform runs on this machine; otherwise a ConfigError naming it). Every
+  key of the space is made present before the search starts (tables measured here are saved as
+  ``<out_dir>/lut_<platform>.json`` and reused on resume, so a resumed search sees the same numbers).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from ..errors import ConfigError, LatencyError
+from ..latency import standalone as core
+from ..latency.lut import LatencyTable
+from ..latency.predictor import LatencyPredictor
+from .graph import SoftGraph, slot_depth
+from .space_chain import ChainSpace, ChainSupernet
+
+PENALTIES = ("proxyless", "hinge")
+LAMBDA_RANGE = (1e-6, 1e6)
+
+
+# ---------------------------------------------------------------------------- structure
+def soft_graph(supernet: ChainSupernet) -> SoftGraph:
+    """The supernet as a :class:`SoftGraph` (gradients flow to alpha, beta and the width logits).
+
+    Nodes in the order a traced derived network runs them: stem (conv-k3 at stride 2, dw-conv at stride 4), per
+    stage the strided layer and the L searchable layers (skip = absent; widths with their probabilities; edge i -> j
+    with probability softmax(beta_j)_i), then the head: conv-k1 on stride 32, resize to stride 8, conv-k1 on the
+    stride-8 stage, merge, conv-k3 (refine), conv-k1 (classifier). Relative depths count every node a stage can
+    hold (the head's stride-8 nodes join stage 1, its stride-32 conv stage 3), as :func:`model_graph` counts them
+    in a network where every layer is present."""
+    sp = supernet.space
+    desc = supernet.describe()
+    L = sp.layers
+    counts = {1: 1 + L + 5, 2: 1 + L, 3: 1 + L + 1}  # nodes per graph stage (strides 8, 16, 32)
+    sg = SoftGraph()
+    stem = sg.add_fixed("conv-k3", stride=2, channels=sp.stem_widths[0], depth=slot_depth(0, 2), name="stem")
+    prev = sg.add_fixed("dw-conv", stride=4, channels=sp.stem_widths[1], depth=slot_depth(1, 2), name="stage1")
+    sg.add_edge(stem, prev)
+    outs = []
+    for s, st in enumerate(desc):
+        n = counts[s + 1]
+        ids = [sg.add_layer(st["down"]["ops"], st["down"]["probs"], stride=st["stride"], channels=st["widths"],
+                            width_probs=st["width_probs"], depth=slot_depth(0, n), name=f"{st['stage']}.down")]
+        sg.add_edge(prev, ids[0])
+        for j, layer in enumerate(st["layers"], start=1):
+            ids.append(sg.add_layer(layer["ops"], layer["probs"], stride=st["stride"], channels=st["widths"],
+                                    width_probs=st["width_probs"], depth=slot_depth(j, n),
+                                    name=f"{st['stage']}.layer{j}"))
+            for i, p in zip(layer["inputs"], layer["input_probs"]):
+                sg.add_edge(ids[i], ids[j], p)
+        prev = ids[-1]
+        outs.append(prev)
+    ch, k = sp.head_channels, sp.num_classes
+    high = sg.add_fixed("conv-k1", stride=32, channels=ch, depth=slot_depth(1 + L, counts[3]), name="head.high")
+    up = sg.add_fixed("resize", stride=8, channels=ch, depth=slot_depth(1 + L, counts[1]), name="head.up")
+    low = sg.add_fixed("conv-k1", stride=8, channels=ch, depth=slot_depth(2 + L, counts[1]), name="head.low")
+    fuse = sg.add_fixed("merge", stride=8, channels=ch, depth=slot_depth(3 + L, counts[1]), name="head.fuse")
+    refine = sg.add_fixed("conv-k3", stride=8, channels=ch, depth=slot_depth(4 + L, counts[1]), name="head.refine")
+    cls = sg.add_fixed("conv-k1", stride=8, channels=k, depth=slot_depth(5 + L, counts[1]), name="head.classifier")
+    for u, v in ((outs[2], high), (high, up), (outs[0], low), (up, fuse), (low, fuse), (fuse, refine), (refine, cls)):
+        sg.add_edge(u, v)
+    return sg
+
+
+# ---------------------------------------------------------------------------- latency
+def latency_penalty(expected: torch.Tensor, budget: float, form: str = "proxyless") -> torch.Tensor:
+    """The latency term of one platform before its lambda (see the module docstring)."""
+    ratio = expected / float(budget)
+    if form == "proxyless":
+        return ratio
+    if form == "hinge":
+        return torch.clamp(ratio - 1.0, min=0.0)
+    raise ConfigError(f"search.penalty={form!r} is not a latency penalty; choose one of {', '.join(PENALTIES)}")
+
+
+def band_update(lam: float, predicted: float, budget: float, band=(0.9, 1.0), factor: float = 2.0) -> tuple[float, str]:
+    """FasterSeg's band control: ``(new lambda, "up" | "down" | "in")`` for a derived network predicted at
+    ``predicted`` ms against ``budget`` ms and the target band ``[lo, hi] x budget``."""
+    lo, hi = band
+    if predicted > hi * budget:
+        lam, move = lam * factor, "up"
+    elif predicted < lo * budget:
+        lam, move = lam / factor, "down"
+    else:
+        move = "in"
+    return float(min(max(lam, LAMBDA_RANGE[0]), LAMBDA_RANGE[1])), move
+
+
+def check_budgets(search) -> None:
+    """Budgets are positive numbers, every table belongs to a budgeted platform, the band is ordered."""
+    for p, b in search.budget.items():
+        if isinstance(b, bool) or not isinstance(b, (int, float)) or not b > 0:
+            raise ConfigError(f"search.budget.{p}={b!r} is not allowed: a budget is a latency in ms, > 0")
+    extra = sorted(set(search.lut) - set(search.budget))
+    if extra:
+        raise ConfigError(f"search.lut names {extra} but search.budget has no budget for them; add "
+                          f"search.budget.{extra[0]}=MS or drop the table")
+    if len(search.band) != 2 or search.band[0] > search.band[1]:
+        raise ConfigError(f"search.band={search.band} must be [lo, hi] with lo <= hi (fractions of the budget)")
+    if len(search.input) != 4 or search.input[0] != 1:
+        raise ConfigError(f"search.input={search.input} must be the deployment shape [1, 3, H, W]")
+
+
+def _table_for(platform: str, lut: str | None, copy: Path, threads: int) -> LatencyTable:
+    if copy.is_file():
+        return LatencyTable.load(copy)
+    if lut:
+        table = LatencyTable.load(lut)
+        if table.platform != platform:
+            raise ConfigError(f"search.lut.{platform}={lut} is a table of platform {table.platform!r}, not "
+                              f"{platform!r}; give that platform's table")
+        return table
+    plat = core.PLATFORMS.get(platform)
+    why = "it is not a known platform (known: " + ", ".join(core.PLATFORMS) + ")" if plat is None else plat.available()
+    if why:
+        raise ConfigError(f"search.budget.{platform}: platform {platform!r} has no latency table (search.lut."
+                          f"{platform}) and cannot be measured here: {why}. Build a table on that device "
+                          f"(`segdistill lut build --space chain ... --platform {platform}` there, or "
+                          f"`segdistill lut blocks` + standalone.py) and set search.lut.{platform}=PATH")
+    return LatencyTable.new(platform, threads)
+
+
+def platform_availability(search) -> None:
+    """Raise the ConfigError of a platform that has neither a table nor a local device (cheap: no measuring)."""
+    for p in search.budget:
+        if p not in search.lut:
+            _table_for(p, None, Path("/nonexistent-segdistill-table"), 1)
+
+
+def platform_predictors(search, space: ChainSpace, out_dir: Path, threads: int,
+                        progress: bool = False) -> dict[str, LatencyPredictor]:
+    """``{platform: LatencyPredictor}`` with every key of ``space`` present (module docstring)."""
+    preds = {}
+    keys = space.keys()
+    for p in search.budget:
+        copy = Path(out_dir) / f"lut_{p}.json"
+        table = _table_for(p, search.lut.get(p), copy, threads)
+        try:
+            measured = table.ensure(keys, measure=True, progress=progress)
+        except LatencyError as e:
+            raise ConfigError(f"search.lut.{p}: {e}") from None
+        if measured:
+            table.save(copy)
+        preds[p] = LatencyPredictor(table, measure=True, progress=False)
+    return preds
