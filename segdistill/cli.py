@@ -276,6 +276,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .dynamic.cli import add_commands as add_ddnn_commands  # ddnn pick
 
     add_ddnn_commands(sub)
+    from .search.cli import add_commands as add_search_commands  # search, graph
+
+    add_search_commands(sub)
     return p
 
 

@@ -447,6 +447,8 @@ def _is_pointwise(d: dict) -> bool:
 
 def _fold_zoomed(g: nx.DiGraph) -> None:
     for n in sorted(g.nodes):
+        if n not in g:  # a resize absorbed by an earlier zoomed conv
+            continue
         d = g.nodes[n]
         if d["kind"] != "conv":
             continue

@@ -1,0 +1,84 @@
+"""``segdistill search CONFIG [overrides]`` and ``segdistill graph MODEL [--teacher T] [--png PATH]``."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..shapes import parse_shape
+
+
+def cmd_search(args):
+    from ..config import load_config
+    from ..engine import distributed as dist
+    from ..engine.hooks import build_hooks
+    from ..engine.trainer import Trainer
+    from ..errors import ConfigError
+
+    cfg = load_config(args.config, args.overrides)
+    if not cfg.search.space:
+        raise ConfigError(f"{args.config} sets no search space: add search.space=chain (and search.budget.<platform>"
+                          "=MS), or run `segdistill train` / `segdistill distill` for a fixed model")
+    hooks = build_hooks(cfg)
+    dist.setup_distributed()
+    main_rank = dist.is_main()
+    try:
+        result = Trainer(cfg, hooks).train()
+    finally:
+        dist.cleanup()
+    if main_rank:
+        out = Path(cfg.train.out_dir)
+        print(f"done: searched architecture in {out / 'genotype.json'} (report: {out / 'report.md'}); supernet best "
+              f"val mIoU {100 * result['best_miou']:.2f}. Train the derived student with "
+              f"model.name=searched:{out / 'genotype.json'}")
+
+
+def load_any_model(spec: str, num_classes: int):
+    """A genotype JSON file, a checkpoint, or a registered model name (``family:ARG`` too)."""
+    from ..engine.checkpoint import model_or_checkpoint
+    from ..models import build_model
+
+    if spec.endswith(".json") and Path(spec).is_file():
+        return build_model("searched", num_classes, genotype=spec).eval()
+    return model_or_checkpoint(spec, num_classes)[0]
+
+
+def cmd_graph(args):
+    from .ged import correspondence_ged, exact_ged, graph_size
+    from .graph import draw_graph, graph_summary, model_graph
+
+    shape = parse_shape(args.input)
+    g = model_graph(load_any_model(args.model, args.num_classes), shape)
+    g.graph["model"] = args.model
+    print(graph_summary(g, max_nodes=args.max_nodes))
+    if args.png:
+        print(f"wrote {draw_graph(g, args.png)}")
+    if args.teacher:
+        t = model_graph(load_any_model(args.teacher, args.num_classes), shape)
+        res = exact_ged(g, t, timeout=args.timeout)
+        corr = correspondence_ged(g, t)
+        size = max(1, graph_size(t))
+        kind = "exact" if res.exact else f"upper bound (search stopped after {args.timeout:g} s)"
+        print(f"teacher {args.teacher}: {t.number_of_nodes()} nodes, {t.number_of_edges()} edges")
+        print(f"GED to the teacher: {res.value:g} ({kind}); normalised by the teacher's size {size}: "
+              f"{res.value / size:.3f}")
+        print(f"fixed-correspondence GED: {corr:g}; normalised: {corr / size:.3f}")
+
+
+def add_commands(sub) -> None:
+    """Register ``search`` and ``graph`` on the segdistill argparse sub-parsers."""
+    s = sub.add_parser("search", help="search a student architecture for latency budgets (chain space, KD, GED)",
+                       description="search.* keys: space, budget.<platform>=MS, lut.<platform>=TABLE, lambda_kd, "
+                                   "lambda_ged, lambda_lat, penalty, band, arch_lr, warmup_iters, gumbel ... "
+                                   "(see configs/search-camvid-cpu.yaml); writes genotype.json and report.md.")
+    s.add_argument("config")
+    s.add_argument("overrides", nargs="*", help="section.key=value, e.g. search.budget.torch-cpu=20")
+    s.set_defaults(fn=cmd_search)
+
+    s = sub.add_parser("graph", help="an architecture as a block graph, and its graph edit distance to a teacher")
+    s.add_argument("model", help="a genotype JSON, a checkpoint, or a registered model name")
+    s.add_argument("--teacher", help="a checkpoint or model name: print the exact and correspondence GED to it")
+    s.add_argument("--png", help="draw the graph to this PNG")
+    s.add_argument("--input", default="3x180x240", help="C x H x W (batch 1) of the dry run")
+    s.add_argument("--num-classes", type=int, default=11, help="for a model name or genotype")
+    s.add_argument("--timeout", type=float, default=10.0, help="seconds of exact GED search (else an upper bound)")
+    s.add_argument("--max-nodes", type=int, default=60, help="node lines printed")
+    s.set_defaults(fn=cmd_graph)
