@@ -1,0 +1,575 @@
+"""CamVid search benchmark under camvid-cpu (issue 10): searched + distilled students against the hand-designed ones
+distilled the same way, an ablation of the search objective, random architectures at the same predicted latency, and
+the headline rows again on Stanford Background.
+
+Rows (one iteration budget per table: every retrain uses ``RETRAIN`` below, every search ``SEARCH``; the distillation
+recipe is camvid_kd.py's ``--recipe`` row, default ``best`` = pixel KD (T 1, weight 10) + CWD on logits (T 4, weight 3),
+teacher-output cache, with camvid_kd.py's teacher):
+
+* ``kd_<student>``: every hand-designed student of camvid_baselines.py / camvid_kd.py, distilled;
+* ``torch<B>`` (one per ``--torch-budgets``, default 15,25,35 ms) and ``ort<B>`` (``--ort-budget``, default 14 ms):
+  ``segdistill search`` (configs/search-camvid-cpu.yaml: chain space, CE + KD + GED + latency, 920 iterations at
+  120x160 crops, latency keys at 1x3x180x240, 2 threads) with that one budget, then the derived student retrained;
+* ablation at the middle torch budget: ``abl_ce`` (no teacher in the search: CE only, lambda_kd 0, lambda_ged 0),
+  ``abl_cekd`` (lambda_ged 0); the full objective is ``torch<mid>``;
+* ``random<i>`` (``--random-archs``, default 3): genotypes drawn uniformly from the same space (random logits,
+  derived like a search's), kept when the predicted torch-cpu latency is within +-10% of the middle budget;
+* Stanford Background (8 classes, folder layout, resized to 180x240 like CamVid): ``sb_teacher`` (the
+  camvid_baselines teacher recipe, 1,200 iterations, seed 0; distillation there needs a teacher of 8 classes),
+  ``sb_kd_<student>`` and ``sb_torch<mid>`` (searched on Stanford Background with its teacher, then retrained).
+
+Every retrained row: val mIoU per seed, params and MACs at 1x3x180x240, predicted latency per platform whose table
+exists (searched and random rows), budget; ``--latency`` adds measured torch-cpu and onnxruntime-cpu latency
+(segdistill's ``profile_model``, batch 1, median of >= 50 runs, ``--threads``) to every finished row, in one process:
+run it with nothing else on the machine. Searched rows add the search's wall time and peak RSS (the search runs in a
+child process of its own).
+
+    python benchmarks/camvid_search.py --rows all --seeds 0,1          # every row (resumable; see RESULTS.md)
+    python benchmarks/camvid_search.py --latency --report               # measured latency, then table + Pareto plot
+
+Latency tables: ``--lut-dir`` holds ``lut-<platform>.json``; a missing one is built first (``segdistill lut build
+--space chain --platform P --threads 2 --input 3x180x240``, seeded from benchmarks/latency/lut-P.json when that
+table was measured on this machine, which keeps its fitted correction; otherwise ``segdistill latency fit`` fits one
+afterwards). **Build tables on a quiet machine**: every figure of a search comes from them.
+
+Resumable: runs train with ``train.resume=auto`` (a killed run continues from its last.pt); a finished row
+(``result.json``, ``search/genotype.json`` + ``search/search.json``) is skipped unless ``--force``.
+Results: OUT_DIR/<row>/seed<k>/result.json, searches OUT_DIR/<row>/search/ (default OUT_DIR ../runs/camvid_search).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import shlex
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import camvid_baselines as base  # noqa: E402  (the hand-designed students' overrides)
+import camvid_kd as kd  # noqa: E402  (teacher, students and the distillation recipe)
+
+REPO = kd.REPO
+CONFIG = REPO / "segdistill" / "configs" / "camvid-cpu.yaml"
+SEARCH_CONFIG = REPO / "segdistill" / "configs" / "search-camvid-cpu.yaml"
+SHARED = REPO.parent / "shared" / "data"
+DATASETS = {  # name -> (description, data overrides)
+    "camvid": ("CamVid (SegNet layout, 11 classes, train 367 -> val 101, 240x180)",
+               [f"data.root={SHARED / 'camvid'}"]),
+    "sb": ("Stanford Background (8 classes, folder layout, train 500 -> val 100, resized to 240x180)",
+           ["data.name=folder", f"data.root={SHARED / 'stanford-background'}"]),
+}
+PROTOCOL = ("camvid-cpu (../shared/docs/benchmark-protocol.md): train->val, images resized to 240x180, void/unknown "
+            "ignored; whole-image val mIoU of best.pt; latency batch 1, eval, no grad, 1x3x180x240, median of >= 50 "
+            "runs after warm-up")
+LAT_SHAPE = (1, 3, 180, 240)
+PLATFORMS = ("torch-cpu", "onnxruntime-cpu")
+SHORT = {"torch-cpu": "torch", "onnxruntime-cpu": "ort"}
+# One budget per table (protocol: >= 400 iterations at batch 8 for a comparison table).
+RETRAIN = ["train.iters=400", "train.val_interval=100", "train.ckpt_interval=50", "optim.warmup_iters=50"]
+SEARCH = ["train.iters=920", "train.val_interval=115", "train.ckpt_interval=115", "search.warmup_iters=230"]
+TEACHER_ITERS = ["train.iters=1200", "train.val_interval=300", "train.ckpt_interval=100", "optim.warmup_iters=100"]
+# The hand-designed students: camvid_kd.py's two (LR-ASPP at OS 16) and camvid_baselines.py's other two.
+STUDENTS = {**{k: v for k, v in kd.STUDENTS.items()},
+            **{k: (base.ROWS[k][0], base.ROWS[k][1]) for k in ("dlv3_r18_half", "dlv3p_mbv2")}}
+RANDOM_TOL = 0.10
+SEARCHED_OV = ["model.output_stride=null"]  # the chain space fixes its strides (camvid-cpu.yaml says 8)
+
+
+# ---------------------------------------------------------------------------- rows
+def define_rows(torch_budgets: list[float], ort_budget: float, n_random: int) -> dict[str, dict]:
+    """row -> {desc, kind (kd | search | random | teacher), dataset, student | platform + budget + search_ov}."""
+    mid = sorted(torch_budgets)[len(torch_budgets) // 2]
+    rows: dict[str, dict] = {}
+
+    def headline(ds: str, prefix: str, budgets: list[float]):
+        if ds == "sb":
+            rows["sb_teacher"] = {"desc": base.ROWS["teacher"][0], "kind": "teacher", "dataset": ds}
+        for s, (desc, _) in STUDENTS.items():
+            rows[f"{prefix}kd_{s}"] = {"desc": f"{desc}, distilled", "kind": "kd", "dataset": ds, "student": s}
+        for b in budgets:
+            rows[f"{prefix}torch{b:g}"] = {"desc": f"searched for torch-cpu {b:g} ms (CE + KD + GED), distilled",
+                                           "kind": "search", "dataset": ds, "platform": "torch-cpu", "budget": b,
+                                           "search_ov": []}
+
+    headline("camvid", "", torch_budgets)
+    rows[f"ort{ort_budget:g}"] = {"desc": f"searched for onnxruntime-cpu {ort_budget:g} ms (CE + KD + GED), distilled",
+                                  "kind": "search", "dataset": "camvid", "platform": "onnxruntime-cpu",
+                                  "budget": ort_budget, "search_ov": []}
+    rows["abl_ce"] = {"desc": f"ablation: searched for torch-cpu {mid:g} ms, CE only (no teacher in the search), "
+                              "distilled", "kind": "search", "dataset": "camvid", "platform": "torch-cpu", "budget": mid,
+                      "search_ov": ["distill.teacher=null", "search.lambda_kd=0", "search.lambda_ged=0"]}
+    rows["abl_cekd"] = {"desc": f"ablation: searched for torch-cpu {mid:g} ms, CE + KD (lambda_ged 0), distilled",
+                        "kind": "search", "dataset": "camvid", "platform": "torch-cpu", "budget": mid,
+                        "search_ov": ["search.lambda_ged=0"]}
+    for i in range(n_random):
+        rows[f"random{i}"] = {"desc": f"random architecture {i} of the space, predicted torch-cpu {mid:g} ms "
+                                      f"+-{RANDOM_TOL:.0%}, distilled", "kind": "random", "dataset": "camvid",
+                              "platform": "torch-cpu", "budget": mid, "index": i}
+    headline("sb", "sb_", [mid])
+    return rows
+
+
+def teacher_for(dataset: str, out_dir: Path) -> Path:
+    return kd.TEACHER if dataset == "camvid" else out_dir / "sb_teacher" / "seed0" / "best.pt"
+
+
+def recipe_overrides(dataset: str, out_dir: Path, recipe: str) -> list[str]:
+    """camvid_kd.py's distillation row ``recipe``: its terms, the teacher, and the teacher cache for logit terms."""
+    cache = f"distill.cache={out_dir / 'teacher_cache'}" if recipe in kd.LOGIT_ONLY else "distill.cache=null"
+    return [*kd.ROWS[recipe][1], f"distill.teacher={teacher_for(dataset, out_dir)}", cache]
+
+
+# ---------------------------------------------------------------------------- latency tables
+def lut_path(lut_dir: Path, platform: str) -> Path:
+    return lut_dir / f"lut-{platform}.json"
+
+
+def ensure_lut(lut_dir: Path, platform: str, threads: int, search_input: list[int], timing: list[str]) -> Path:
+    """The table of ``platform`` in ``lut_dir``; built first when missing (run this on a quiet machine)."""
+    from segdistill.errors import LatencyError
+    from segdistill.latency.lut import LatencyTable
+
+    path = lut_path(lut_dir, platform)
+    if path.is_file():
+        return path
+    lut_dir.mkdir(parents=True, exist_ok=True)
+    seed = REPO / "benchmarks" / "latency" / f"lut-{platform}.json"
+    try:
+        seeded = seed.is_file() and LatencyTable.load(seed).local_problem() is None and \
+            LatencyTable.load(seed).threads == threads
+    except LatencyError:
+        seeded = False
+    if seeded:
+        shutil.copy(seed, path)
+        print(f"lut: {path} starts from {seed} (measured on this machine; keeps its correction)", flush=True)
+    size = "x".join(map(str, search_input[1:]))
+    cli = [sys.executable, "-m", "segdistill"]
+    cmd = cli + ["lut", "build", "--space", "chain", "--platform", platform, "--threads", str(threads), "--input", size,
+                 "--out", str(path), *timing]
+    print(f"lut: building {path} (needs a quiet machine): {shlex.join(cmd[2:])}", flush=True)
+    subprocess.run(cmd, check=True, cwd=REPO)
+    if LatencyTable.load(path).correction is None:
+        fit = cli + ["latency", "fit", "--lut", str(path), "--nets", "30", "--input", size, *timing]
+        print(f"lut: fitting its correction: {shlex.join(fit[2:])}", flush=True)
+        subprocess.run(fit, check=True, cwd=REPO)
+    return path
+
+
+def predictor(lut_dir: Path, platform: str, measure: bool = False):
+    from segdistill.latency.lut import LatencyTable
+    from segdistill.latency.predictor import LatencyPredictor
+
+    path = lut_path(lut_dir, platform)
+    return LatencyPredictor(LatencyTable.load(path), measure=measure, progress=False) if path.is_file() else None
+
+
+def predict_genotype(genotype, lut_dir: Path, num_classes: int) -> dict:
+    """Predicted latency (ms) of a genotype per platform with a table, at the genotype's (the search's) input."""
+    from segdistill.errors import LatencyError
+    from segdistill.search.genotype import genotype_netspec
+
+    out = {}
+    for p in PLATFORMS:
+        pred = predictor(lut_dir, p)
+        if pred is None:
+            continue
+        try:
+            out[p] = float(pred.predict(genotype_netspec(genotype, tuple(genotype["input"]), num_classes))["predicted_ms"])
+        except LatencyError as e:
+            print(f"   predicted {p}: {str(e).splitlines()[0]}", flush=True)
+    return out
+
+
+# ---------------------------------------------------------------------------- training, evaluation
+def train_eval(config: Path, ov: list[str], run_dir: Path) -> dict:
+    import torch
+
+    from segdistill.config import load_config
+    from segdistill.data import build_dataset
+    from segdistill.engine.checkpoint import build_from_checkpoint
+    from segdistill.engine.evaluate import evaluate
+    from segdistill.engine.hooks import build_hooks
+    from segdistill.engine.trainer import Trainer
+    from segdistill.tools.profile import profile_model
+
+    ov = ov + [f"train.out_dir={run_dir}", "train.resume=auto" if (run_dir / "last.pt").exists() else "train.resume=null"]
+    cfg = load_config(config, ov)
+    t0 = time.perf_counter()
+    trainer = Trainer(cfg, build_hooks(cfg))
+    start = trainer.state.iteration
+    trainer.train()
+    wall = time.perf_counter() - t0
+    prev = json.loads((run_dir / "wall.json").read_text())["s"] if (run_dir / "wall.json").exists() and start else 0.0
+    (run_dir / "wall.json").write_text(json.dumps({"s": prev + wall}))
+    model, _ = build_from_checkpoint(run_dir / "best.pt")
+    val = build_dataset(cfg.data, "val", train=False)
+    m = evaluate(model, val, cfg.eval, torch.device("cpu"), val.num_classes, val.ignore_index, progress=False)
+    cost = profile_model(model, LAT_SHAPE, platforms=())  # params and MACs only
+    return {"miou": m["miou"], "iou": m["iou"], "pixel_acc": m.get("pixel_acc"), "class_names": list(val.class_names),
+            "params": cost["params_inference"], "macs": cost["macs"], "train_wall_s": prev + wall,
+            "iters": cfg.train.iters, "batch_size": cfg.data.batch_size, "overrides": ov,
+            "num_classes": val.num_classes}
+
+
+# ---------------------------------------------------------------------------- search
+def search_config(row: dict, search_dir: Path, lut_dir: Path) -> Path:
+    """configs/search-camvid-cpu.yaml with ``search.budget`` and ``search.lut`` set to this row's one platform.
+
+    Written as a file beside the search: overrides merge into the shipped ``budget: {torch-cpu: 25}`` mapping and no
+    override removes a platform from it (an onnxruntime-cpu-only search needs that)."""
+    import yaml
+
+    data = yaml.safe_load(SEARCH_CONFIG.read_text())
+    p = row["platform"]
+    data["search"]["budget"] = {p: float(row["budget"])}
+    data["search"]["lut"] = {p: str(lut_path(lut_dir, p))}
+    search_dir.mkdir(parents=True, exist_ok=True)
+    path = search_dir / "search-config.yaml"
+    path.write_text(f"# {SEARCH_CONFIG.name} with one budget, written by benchmarks/camvid_search.py\n"
+                    + yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+def search_one(request: Path) -> dict:
+    """Child process: run one search (``request``: config + overrides), report its wall time and peak RSS."""
+    from segdistill.config import load_config
+    from segdistill.engine.hooks import build_hooks
+    from segdistill.engine.trainer import Trainer
+
+    req = json.loads(request.read_text())
+    cfg = load_config(req["config"], req["overrides"])
+    t0 = time.perf_counter()
+    trainer = Trainer(cfg, build_hooks(cfg))
+    start = trainer.state.iteration
+    trainer.train()
+    return {"wall_s": time.perf_counter() - t0, "start_iter": start, "iters": cfg.train.iters,
+            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            "peak_rss_children_mb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024}
+
+
+def run_search(name: str, row: dict, out_dir: Path, lut_dir: Path, opts) -> dict:
+    """The search of a row (once; resumable), in its own process. Returns OUT_DIR/<row>/search/search.json."""
+    sdir = out_dir / name / "search"
+    done = sdir / "search.json"
+    if done.exists() and (sdir / "genotype.json").exists() and not opts.force:
+        return json.loads(done.read_text())
+    ensure_lut(lut_dir, row["platform"], opts.threads, opts.search_input, opts.lut_timing)
+    config = search_config(row, sdir, lut_dir)
+    ov = [*DATASETS[row["dataset"]][1], "train.seed=0", *opts.search_budget,
+          f"distill.teacher={teacher_for(row['dataset'], out_dir)}", f"distill.cache={out_dir / 'teacher_cache'}",
+          *row["search_ov"], *opts.common, *opts.search_extra, f"train.out_dir={sdir}",
+          "train.resume=auto" if (sdir / "last.pt").exists() else "train.resume=null"]
+    if opts.force and done.exists():
+        done.unlink()
+    request = sdir / "request.json"
+    request.write_text(json.dumps({"config": str(config), "overrides": ov}, indent=1))
+    print(f"== {name} / search: {row['desc']}\n   segdistill search {config} {shlex.join(ov)}", flush=True)
+    p = subprocess.run([sys.executable, __file__, "--search-one", str(request)], stdout=subprocess.PIPE, text=True)
+    if p.returncode != 0:
+        raise SystemExit(f"{name}: the search failed (exit {p.returncode}); its output is above, its run folder {sdir}")
+    piece = json.loads(p.stdout.strip().splitlines()[-1])
+    parts = json.loads((sdir / "pieces.json").read_text()) if (sdir / "pieces.json").exists() and piece["start_iter"] else []
+    parts.append(piece)
+    (sdir / "pieces.json").write_text(json.dumps(parts, indent=1))
+    log = [json.loads(ln) for ln in (sdir / "search_log.jsonl").read_text().splitlines() if ln.strip()]
+    last = [r for r in log if r.get("event") == "validate"][-1]
+    res = {"row": name, "platform": row["platform"], "budget_ms": row["budget"], "config": str(config), "overrides": ov,
+           "wall_s": sum(x["wall_s"] for x in parts), "pieces": len(parts),
+           "peak_rss_mb": max(x["peak_rss_mb"] for x in parts),
+           "peak_rss_workers_mb": max(x["peak_rss_children_mb"] for x in parts),
+           "search_input": last.get("search_input") or json.loads((sdir / "genotype.json").read_text())["input"],
+           "final": last, "genotype": str(sdir / "genotype.json"), "date": time.strftime("%Y-%m-%d"),
+           "command": "python benchmarks/camvid_search.py " + shlex.join(sys.argv[1:])}
+    done.write_text(json.dumps(res, indent=2))
+    print(f"   search done in {res['wall_s']:.0f} s, peak RSS {res['peak_rss_mb']:.0f} MB; derived network predicted "
+          + ", ".join(f"{k.split('/')[1]} {v:.2f} ms" for k, v in last.items() if k.startswith("predicted_ms/")), flush=True)
+    return res
+
+
+# ---------------------------------------------------------------------------- random architectures
+def sample_random(index: int, row: dict, out_dir: Path, lut_dir: Path, opts, tries: int = 20000) -> Path:
+    """Genotype ``index``: random logits (argmax = a uniform choice of every width, op and predecessor), derived as a
+    search derives, kept when its predicted latency is within +-RANDOM_TOL of the budget. Deterministic per index."""
+    import torch
+
+    from segdistill.config import load_config
+    from segdistill.models import build_model
+    from segdistill.search.genotype import derive, genotype_netspec, save_genotype
+    from segdistill.search.hook import space_options
+
+    path = out_dir / f"random{index}" / "genotype.json"
+    if path.exists() and not opts.force:
+        return path
+    ensure_lut(lut_dir, row["platform"], opts.threads, opts.search_input, opts.lut_timing)
+    cfg = load_config(SEARCH_CONFIG, [*DATASETS["camvid"][1], *opts.search_extra])
+    net = build_model("chain_supernet", 11, **space_options(cfg.search))
+    pred = predictor(lut_dir, row["platform"], measure=True)
+    gen = torch.Generator().manual_seed(1000 + index)
+    lo, hi = (1 - RANDOM_TOL) * row["budget"], (1 + RANDOM_TOL) * row["budget"]
+    seen = []
+    with torch.no_grad():
+        for t in range(tries):
+            for p in net.arch_parameters():
+                p.copy_(torch.randn(p.shape, generator=gen))
+            g = derive(net)
+            ms = float(pred.predict(genotype_netspec(g, tuple(g["input"]), 11))["predicted_ms"])
+            seen.append(ms)
+            if lo <= ms <= hi:
+                g["sampled"] = {"index": index, "tries": t + 1, "predicted_ms": ms, "platform": row["platform"],
+                                "budget_ms": row["budget"], "tolerance": RANDOM_TOL, "generator_seed": 1000 + index}
+                path.parent.mkdir(parents=True, exist_ok=True)
+                save_genotype(g, path)
+                print(f"== random{index}: accepted draw {t + 1} at {ms:.2f} ms predicted ({row['platform']}, budget "
+                      f"{row['budget']:g} ms +-{RANDOM_TOL:.0%})", flush=True)
+                return path
+    raise SystemExit(f"random{index}: none of {tries} random genotypes predicted within +-{RANDOM_TOL:.0%} of "
+                     f"{row['budget']:g} ms (range {min(seen):.2f}-{max(seen):.2f} ms); choose a budget in that range")
+
+
+# ---------------------------------------------------------------------------- one row
+def run(name: str, row: dict, seed: int, out_dir: Path, lut_dir: Path, opts) -> dict | None:
+    run_dir = out_dir / name / f"seed{seed}"
+    res_path = run_dir / "result.json"
+    if res_path.exists() and not opts.force:
+        print(f"== {name} / seed {seed}: done ({res_path})", flush=True)
+        return json.loads(res_path.read_text())
+    if row["kind"] == "teacher" and seed != 0:
+        return None  # one teacher, seed 0 (the protocol's rule for teachers)
+    ds = row["dataset"]
+    extra, search = {}, None
+    if row["kind"] == "teacher":
+        config, ov = CONFIG, [*DATASETS[ds][1], "train.seed=0", *base.ROWS["teacher"][1], *opts.teacher_budget]
+    else:
+        config = CONFIG
+        ov = [*DATASETS[ds][1], f"train.seed={seed}", *opts.budget, *recipe_overrides(ds, out_dir, opts.recipe)]
+        if row["kind"] == "kd":
+            ov += STUDENTS[row["student"]][1]
+        else:
+            if row["kind"] == "search":
+                search = run_search(name, row, out_dir, lut_dir, opts)
+                genotype = Path(search["genotype"])
+            else:
+                genotype = sample_random(row["index"], row, out_dir, lut_dir, opts)
+            ov += [f"model.name=searched:{genotype}", *SEARCHED_OV]
+            extra["genotype"] = json.loads(genotype.read_text())
+    ov += opts.common
+    teacher = teacher_for(ds, out_dir)
+    if row["kind"] != "teacher" and not teacher.exists():
+        print(f"== {name} / seed {seed}: not run, its teacher {teacher} is missing (run the row "
+              f"{'sb_teacher' if ds == 'sb' else 'teacher of camvid_baselines.py'} first)", flush=True)
+        return None
+    print(f"== {name} / seed {seed}: {row['desc']}\n   overrides: {shlex.join(ov)}", flush=True)
+    r = train_eval(config, ov, run_dir)
+    if "genotype" in extra:
+        r["predicted_ms"] = predict_genotype(extra["genotype"], lut_dir, r["num_classes"])
+        r["predicted_input"] = extra["genotype"]["input"]
+    result = {"row": name, "seed": seed, "kind": row["kind"], "dataset": ds, "description": row["desc"],
+              "platform": row.get("platform"), "budget_ms": row.get("budget"), "protocol": PROTOCOL, **r,
+              "search": search, "recipe": opts.recipe, "budget_overrides": opts.budget, "date": time.strftime("%Y-%m-%d"),
+              "checkpoint": str(run_dir / "best.pt"),
+              "command": "python benchmarks/camvid_search.py " + shlex.join(sys.argv[1:])}
+    res_path.write_text(json.dumps(result, indent=2, default=float))
+    pred = ", ".join(f"predicted {p} {v:.2f} ms" for p, v in result.get("predicted_ms", {}).items())
+    print(f"   val mIoU {100 * r['miou']:.2f}, {r['params'] / 1e6:.2f} M params, {r['macs'] / 1e9:.3f} GMACs"
+          + (f", {pred}" if pred else ""), flush=True)
+    return result
+
+
+def add_latency(out_dir: Path, threads: int, force: bool = False):
+    """Measured latency of every finished row (both CPU platforms, segdistill's profile routine), in this process:
+    run it with nothing else on the machine."""
+    from segdistill.engine.checkpoint import build_from_checkpoint
+    from segdistill.tools.profile import profile_model
+
+    measured = set()
+    for path in sorted(out_dir.glob("*/seed*/result.json"), key=lambda q: (q.parent.parent.name, q.parent.name)):
+        res = json.loads(path.read_text())
+        if res["row"] in measured or ("latency" in res and not force):  # the architecture sets it: one seed per row
+            measured.add(res["row"])
+            continue
+        measured.add(res["row"])
+        model, _ = build_from_checkpoint(path.parent / "best.pt")
+        prof = profile_model(model, LAT_SHAPE, platforms=PLATFORMS, runs=50, warmup=10, threads=threads)
+        res["latency"] = {p: {k: v.get(k) for k in ("median_ms", "p90_ms", "error", "skipped") if k in v}
+                          for p, v in prof["latency"].items()}
+        res["latency_meta"] = {"threads": prof["threads"], "input": list(LAT_SHAPE), "min_runs": 50, "warmup": 10,
+                               "machine": prof["machine"], "date": prof["date"],
+                               "command": "python benchmarks/camvid_search.py " + shlex.join(sys.argv[1:])}
+        path.write_text(json.dumps(res, indent=2, default=float))
+        print(f"latency {res['row']} seed {res['seed']}: " + ", ".join(
+            f"{p} {v.get('median_ms', float('nan')):.2f} ms" for p, v in res["latency"].items()), flush=True)
+
+
+# ---------------------------------------------------------------------------- report
+def _ms(v) -> str:
+    return f"{v:.1f}" if isinstance(v, (int, float)) else "-"
+
+
+def report(out_dir: Path, rows: dict[str, dict], seeds: list[int]) -> str:
+    results = [json.loads(p.read_text()) for p in sorted(out_dir.glob("*/seed*/result.json"))]
+    by_row: dict[str, list] = {}
+    for r in results:
+        by_row.setdefault(r["row"], []).append(r)
+    done = [n for n in rows if n in by_row and {r["seed"] for r in by_row[n]} >= set(seeds if rows[n]["kind"] != "teacher" else [0])]
+    partial = [n for n in rows if n in by_row and n not in done]
+    missing = [n for n in rows if n not in by_row]
+    r0 = results[0] if results else {}
+    lat_meta = next((r["latency_meta"] for r in results if "latency_meta" in r), None)
+    lines = [f"Protocol: {PROTOCOL}. Retrain budget (every distilled row, the same): "
+             f"{' '.join(r0.get('budget_overrides', []) or RETRAIN)} at batch 8; distillation: camvid_kd.py's "
+             f"`{r0.get('recipe', 'best')}` row ({kd.ROWS[r0.get('recipe', 'best')][0]}). Search budget: "
+             f"{' '.join(SEARCH)} (configs/search-camvid-cpu.yaml: 120x160 crops, latency keys at the search input)."
+             + (f" Measured latency: {lat_meta['threads']} threads, batch 1, {'x'.join(map(str, lat_meta['input']))}, "
+                f"median of >= {lat_meta['min_runs']} runs after {lat_meta['warmup']} warm-up, one seed per row, "
+                f"`--latency`, {lat_meta['date'][:10]}." if lat_meta else " Measured latency: not measured yet (`--latency`)."),
+             "", f"Rows done ({len(done)}): {', '.join(done) or 'none'}",
+             f"Rows partly done ({len(partial)}): {', '.join(partial) or 'none'}",
+             f"Rows not done ({len(missing)}): {', '.join(missing) or 'none'}", ""]
+    head = ("| row | what | seeds | val mIoU % (each) | params M | GMACs | torch-cpu ms | ORT-cpu ms | predicted ms "
+            "(platform) | budget ms | search wall s | search peak RSS MB |")
+    groups = [("CamVid: hand-designed distilled vs searched + distilled", lambda n, r: r["dataset"] == "camvid" and
+               r["kind"] in ("kd", "search") and not n.startswith("abl_")),
+              ("CamVid ablation at the middle budget (search objective; random architectures at the same predicted "
+               "latency)", lambda n, r: r["dataset"] == "camvid" and (n.startswith("abl_") or r["kind"] == "random"
+                                                                       or n == mid_row(rows))),
+              ("Stanford Background (second dataset)", lambda n, r: r["dataset"] == "sb")]
+    points = []
+    for title, keep in groups:
+        lines += [f"**{title}**", "", head, "|---" * 12 + "|"]
+        for n, row in rows.items():
+            if not keep(n, row):
+                continue
+            rs = sorted(by_row.get(n, []), key=lambda r: r["seed"])
+            if not rs:
+                lines.append(f"| {n} | {row['desc']} | not done |  |  |  |  |  |  |  |  |  |")
+                continue
+            m = [100 * r["miou"] for r in rs]
+            lat = next((r["latency"] for r in rs if "latency" in r), {})
+            x = rs[0]
+            pred = ", ".join(f"{v:.1f} ({SHORT[p]})" for p, v in x.get("predicted_ms", {}).items())
+            s = x.get("search") or {}
+            lines.append(
+                f"| {n} | {row['desc']} | {','.join(str(r['seed']) for r in rs)} | {statistics.mean(m):.2f} "
+                f"({', '.join(f'{v:.2f}' for v in m)}) | {x['params'] / 1e6:.2f} | {x['macs'] / 1e9:.3f} | "
+                f"{_ms(lat.get('torch-cpu', {}).get('median_ms'))} | {_ms(lat.get('onnxruntime-cpu', {}).get('median_ms'))} | "
+                f"{pred or '-'} | {_ms(row.get('budget'))}{' (' + SHORT[row['platform']] + ')' if row.get('platform') else ''} | "
+                f"{_ms(s.get('wall_s'))} | {_ms(s.get('peak_rss_mb'))} |")
+            for p in PLATFORMS:
+                if isinstance(lat.get(p, {}).get("median_ms"), (int, float)):
+                    points.append((p, row["dataset"], row["kind"], n, lat[p]["median_ms"], statistics.mean(m)))
+        lines.append("")
+    if any(r.get("predicted_input") and tuple(r["predicted_input"]) != LAT_SHAPE for r in results):
+        lines.append("Predicted latency is at the search input of each genotype, which differs from the measured "
+                     f"{'x'.join(map(str, LAT_SHAPE))} for some rows (a smoke run's tiny search input).")
+    if points:
+        png = out_dir / "pareto.png"
+        _plot(points, png)
+        lines.append(f"Pareto plot (mIoU vs measured latency, per platform): {png}")
+    lines += ["", "Commands:", ""] + sorted({f"    {r['command']}" for r in results}
+                                             | {f"    {r['latency_meta']['command']}" for r in results if "latency_meta" in r})
+    text = "\n".join(lines)
+    (out_dir / "report.md").write_text(text + "\n")
+    return text
+
+
+def mid_row(rows: dict[str, dict]) -> str | None:
+    abl = rows.get("abl_cekd")
+    return f"torch{abl['budget']:g}" if abl else None
+
+
+def _plot(points, path: Path):
+    from segdistill.viz import new_figure, save_figure
+
+    fig = new_figure(11, 4.5, "the Pareto plot")
+    markers = {"kd": "s", "search": "*", "random": "x", "teacher": "o"}
+    for i, p in enumerate(PLATFORMS):
+        ax = fig.add_subplot(1, 2, i + 1)
+        for ds, colour in (("camvid", "tab:blue"), ("sb", "tab:orange")):
+            for kind, mk in markers.items():
+                ps = [q for q in points if q[0] == p and q[1] == ds and q[2] == kind]
+                if ps:
+                    ax.scatter([q[4] for q in ps], [q[5] for q in ps], marker=mk, color=colour, s=60 if mk == "*" else 30,
+                               label=f"{'CamVid' if ds == 'camvid' else 'Stanford Bg'} {kind}")
+                for q in ps:
+                    ax.annotate(q[3], (q[4], q[5]), fontsize=6)
+        ax.set_xlabel(f"{p} latency (ms, measured, batch 1, 180x240)")
+        ax.set_ylabel("val mIoU % (seed mean)")
+        ax.set_title(p, fontsize=9)
+        ax.legend(fontsize=6)
+    save_figure(fig, path)
+
+
+# ---------------------------------------------------------------------------- main
+def main():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--rows", default="", help="comma-separated row names, or all (see --list)")
+    p.add_argument("--list", action="store_true", help="print the rows and exit")
+    p.add_argument("--seeds", default="0,1", help="seeds of every retrain (searches: seed 0)")
+    p.add_argument("--iters", type=int, help="smoke run: train.iters of retrains, searches and teacher (intervals follow)")
+    p.add_argument("--torch-budgets", default="15,25,35", help="torch-cpu budgets (ms at 1x3x180x240); the middle one "
+                                                                 "is the ablation's and Stanford Background's")
+    p.add_argument("--ort-budget", type=float, default=14.0, help="the onnxruntime-cpu search's budget (ms)")
+    p.add_argument("--random-archs", type=int, default=3, help="random architectures at the middle budget")
+    p.add_argument("--recipe", default="best", help=f"camvid_kd.py row used as the distillation recipe ({','.join(kd.ROWS)})")
+    p.add_argument("--out-dir", default=str(REPO.parent / "runs" / "camvid_search"))
+    p.add_argument("--lut-dir", help="latency tables lut-<platform>.json (default OUT_DIR/lut); missing ones are built "
+                                     "(on a quiet machine!)")
+    p.add_argument("--lut-timing", default="", help="'WARMUP,RUNS,MIN_TIME' for tables built here (smoke runs only; "
+                                                    "default: segdistill lut build's)")
+    p.add_argument("--threads", type=int, default=2, help="threads of latency tables and measured latency")
+    p.add_argument("--force", action="store_true", help="redo finished rows (and searches, random draws)")
+    p.add_argument("--latency", action="store_true", help="measure latency of every finished row (quiet machine)")
+    p.add_argument("--report", action="store_true", help="Markdown table (OUT_DIR/report.md) and OUT_DIR/pareto.png")
+    p.add_argument("--search-one", help=argparse.SUPPRESS)
+    p.add_argument("overrides", nargs="*", help="extra section.key=value: search.* ones go to the searches (and the "
+                                                "random sampler's space), the others to every run")
+    args = p.parse_args()
+    if args.search_one:
+        print(json.dumps(search_one(Path(args.search_one))))
+        return
+    out_dir = Path(args.out_dir)
+    lut_dir = Path(args.lut_dir) if args.lut_dir else out_dir / "lut"
+    budgets = [float(b) for b in args.torch_budgets.split(",") if b]
+    rows = define_rows(budgets, args.ort_budget, args.random_archs)
+    if args.list:
+        for n, r in rows.items():
+            print(f"{n}: {r['desc']}")
+        return
+    if args.recipe not in kd.ROWS:
+        p.error(f"unknown --recipe {args.recipe}; known: {', '.join(kd.ROWS)}")
+    print(f"protocol: {PROTOCOL}\ncommand: python benchmarks/camvid_search.py {shlex.join(sys.argv[1:])}", flush=True)
+    names = list(rows) if args.rows == "all" else [r for r in args.rows.split(",") if r]
+    bad = set(names) - set(rows)
+    if bad:
+        p.error(f"unknown rows {sorted(bad)}; known (--list): {', '.join(rows)}")
+    args.search_extra = [o for o in args.overrides if o.startswith("search.")]
+    args.common = [o for o in args.overrides if not o.startswith("search.")]
+    args.budget, args.search_budget, args.teacher_budget = list(RETRAIN), list(SEARCH), list(TEACHER_ITERS)
+    if args.iters:
+        n = args.iters
+        its = [f"train.iters={n}", f"train.val_interval={n}", f"train.ckpt_interval={n}"]
+        args.budget = args.teacher_budget = its + [f"optim.warmup_iters={n // 2}"]
+        args.search_budget = its + [f"search.warmup_iters={n // 2}", f"optim.warmup_iters={n // 2}"]
+    t = [float(v) for v in args.lut_timing.split(",") if v]
+    args.lut_timing = ["--warmup", str(int(t[0])), "--runs", str(int(t[1])), "--min-time", str(t[2])] if t else []
+    from segdistill.config import load_config
+    from segdistill.search.hook import space_options
+
+    args.search_input = space_options(load_config(SEARCH_CONFIG, args.search_extra).search)["input"]
+    order = sorted(names, key=lambda n: rows[n]["kind"] != "teacher")  # a teacher before the rows distilled from it
+    for n in order:
+        for seed in map(int, args.seeds.split(",")):
+            run(n, rows[n], seed, out_dir, lut_dir, args)
+    if args.latency:
+        add_latency(out_dir, args.threads, args.force)
+    if args.report:
+        print(report(out_dir, rows, [int(s) for s in args.seeds.split(",")]))
+
+
+if __name__ == "__main__":
+    main()
