@@ -16,7 +16,7 @@ from segdistill.config import KDTerm, from_dict, load_config, save_config, to_di
 from segdistill.data import build_dataset
 from segdistill.distill.distiller import Distiller
 from segdistill.distill.hook import DistillHook
-from segdistill.distill.losses import _match_size
+from segdistill.distill.losses import match_size
 from segdistill.distill.terms import FeatureTerm, KDInputs, Term, register_term, term_types, unregister_term
 from segdistill.engine.trainer import Trainer
 from segdistill.errors import CheckpointError, ConfigError
@@ -39,7 +39,7 @@ class LogitLp(Term):
     needs = frozenset({"logits"})
 
     def forward(self, x: KDInputs):
-        return {"kd_lp": (x.z_s - _match_size(x.z_t, x.z_s)).abs().pow(self.cfg.p).mean()}
+        return {"kd_lp": (x.z_s - match_size(x.z_t, x.z_s)).abs().pow(self.cfg.p).mean()}
 
 
 class FeatureL2(FeatureTerm):
@@ -52,7 +52,7 @@ class FeatureL2(FeatureTerm):
     def forward(self, x: KDInputs):
         f_s, f_t = self.features(x)
         a = self.parts["adapter"](f_s)
-        return {"kd_feat_l2": (a - _match_size(f_t.detach(), a)).square().mean()}
+        return {"kd_feat_l2": (a - match_size(f_t.detach(), a)).square().mean()}
 
 
 @pytest.fixture

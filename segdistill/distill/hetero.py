@@ -11,7 +11,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .losses import PixelKD, _match_size, _match_target
+from .losses import PixelKD, match_size, match_target
 
 __all__ = ["LogitProjector", "reliability", "HeteroAKD"]
 
@@ -139,8 +139,8 @@ class HeteroAKD(nn.Module):
         zero on ignored pixels.
         """
         z_s = z_s.detach()
-        z_t = _match_size(z_t.detach(), z_s)
-        target = _match_target(target, z_s)
+        z_t = match_size(z_t.detach(), z_s)
+        target = match_target(target, z_s)
         valid = target != self.ignore_index  # (B, H, W)
         red = "mean" if self.weight_over == "space" else "none"
         rel = lambda z: reliability(z, target, self.num_classes, self.ignore_index, red)  # noqa: E731
@@ -160,8 +160,8 @@ class HeteroAKD(nn.Module):
         return z_mix, w, valid
 
     def forward(self, z_s: torch.Tensor, z_t: torch.Tensor, target: torch.Tensor) -> dict[str, torch.Tensor]:
-        z_t = _match_size(z_t.detach(), z_s)
-        target = _match_target(target, z_s)
+        z_t = match_size(z_t.detach(), z_s)
+        target = match_target(target, z_s)
         z_mix, w, valid = self.mix(z_s, z_t, target)
         T = self.T
         p_mix = torch.softmax(z_mix / T, dim=1)

@@ -11,7 +11,7 @@ import torch
 import torch.nn as nn
 from torch.nn.utils.parametrizations import spectral_norm
 
-from .losses import _match_size
+from .losses import match_size
 
 __all__ = ["SelfAttention", "Discriminator", "gradient_penalty", "HolisticKD"]
 
@@ -85,7 +85,7 @@ class Discriminator(nn.Module):
         if self.condition_on_image:
             if image is None:
                 raise ValueError("this discriminator is conditioned on the image: pass image=")
-            image = _match_size(image.to(seg.dtype), seg)
+            image = match_size(image.to(seg.dtype), seg)
             seg = torch.cat([seg, image], dim=1)
         x = self.features(self.in_norm(seg))
         return self.last(x).mean(dim=(1, 2, 3))
@@ -128,7 +128,7 @@ class HolisticKD(nn.Module):
 
     def d_loss(self, z_s: torch.Tensor, z_t: torch.Tensor, image: torch.Tensor | None = None) -> torch.Tensor:
         s = torch.softmax(z_s.detach(), dim=1)
-        t = torch.softmax(_match_size(z_t.detach(), z_s), dim=1)
+        t = torch.softmax(match_size(z_t.detach(), z_s), dim=1)
         wd = self._D(s, image).mean() - self._D(t, image).mean()
         return wd + self.gp_weight * gradient_penalty(self.discriminator, t, s, image)
 

@@ -15,14 +15,14 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 
-def _match_size(t: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
+def match_size(t: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
     """Bilinear resize of ``t`` (B, C, h, w) to ``ref``'s spatial size; no-op when equal."""
     if tuple(t.shape[-2:]) == tuple(ref.shape[-2:]):
         return t
     return F.interpolate(t, size=ref.shape[-2:], mode="bilinear", align_corners=False)
 
 
-def _match_target(target: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
+def match_target(target: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
     """Nearest resize of labels (B, h, w) to ``ref``'s spatial size; no-op when equal."""
     if tuple(target.shape[-2:]) == tuple(ref.shape[-2:]):
         return target
@@ -51,14 +51,14 @@ class PixelKD(nn.Module):
         self.ignore_index = ignore_index
 
     def forward(self, z_s: torch.Tensor, z_t: torch.Tensor, target: torch.Tensor | None = None) -> torch.Tensor:
-        z_t = _match_size(z_t.detach(), z_s)
+        z_t = match_size(z_t.detach(), z_s)
         T = self.T
         log_p_s = F.log_softmax(z_s / T, dim=1)
         log_p_t = F.log_softmax(z_t / T, dim=1)
         kl = (log_p_t.exp() * (log_p_t - log_p_s)).sum(dim=1)  # (B, H, W)
         if target is None:
             return T * T * kl.mean()
-        target = _match_target(target, z_s)
+        target = match_target(target, z_s)
         valid = target != self.ignore_index
         n = valid.sum()
         if n == 0:
@@ -95,7 +95,7 @@ class ChannelWiseKD(nn.Module):
     def forward(self, z_s: torch.Tensor, z_t: torch.Tensor) -> torch.Tensor:
         if self.adapter is not None:
             z_s = self.adapter(z_s)
-        z_t = _match_size(z_t.detach(), z_s)
+        z_t = match_size(z_t.detach(), z_s)
         if z_s.shape != z_t.shape:
             raise ValueError(f"student {tuple(z_s.shape)} and teacher {tuple(z_t.shape)} differ; use an adapter")
         B, K = z_s.shape[:2]
@@ -139,7 +139,7 @@ class PairwiseKD(nn.Module):
         return f
 
     def forward(self, f_s: torch.Tensor, f_t: torch.Tensor) -> torch.Tensor:
-        f_t = _match_size(f_t.detach(), f_s)
+        f_t = match_size(f_t.detach(), f_s)
         s = self._nodes(f_s)  # (B, C_s, N)
         t = self._nodes(f_t)  # (B, C_t, N)
         n = s.shape[-1]
@@ -186,7 +186,7 @@ class InterClassSimilarityKD(nn.Module):
         self.tau = float(tau)
 
     def forward(self, z_s: torch.Tensor, z_t: torch.Tensor) -> torch.Tensor:
-        z_t = _match_size(z_t.detach(), z_s)
+        z_t = match_size(z_t.detach(), z_s)
         ics_s = inter_class_similarity(z_s, self.tau)
         ics_t = inter_class_similarity(z_t, self.tau)
         return (ics_s - ics_t).square().mean()

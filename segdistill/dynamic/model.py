@@ -52,7 +52,7 @@ from ..models.backbones import load_backbone_weights
 from ..models.backbones.resnet import BasicBlock, Bottleneck, ResNet
 from ..models.registry import register_model
 from ..models.segmentor import Segmentor
-from ..models.zoo import _make_head
+from ..models.zoo import make_head
 
 # family -> (block, the deepest depth, default named depths)
 FAMILIES = {
@@ -289,7 +289,7 @@ def _register(kind: str, family: str):
             raise ConfigError(f"pretrained backbone weights ({pretrained}) only fit width_mult=1.0, not {width_mult:g}")
         depths = check_depths(FAMILIES[family][2] if depths is None else depths, family)
         backbone = DynamicResNet(family, depths, width_mult, output_stride)
-        model = DynamicSegmentor(backbone, _make_head(kind, backbone, num_classes, width_mult, output_stride),
+        model = DynamicSegmentor(backbone, make_head(kind, backbone, num_classes, width_mult, output_stride),
                                  num_classes, aux=aux)
         if pretrained:
             model.load_pretrained_backbone(pretrained)

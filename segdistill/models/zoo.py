@@ -22,12 +22,12 @@ from .registry import register_model
 from .segmentor import Segmentor
 
 
-def _pop_pretrained(pretrained, kw):
+def pop_pretrained(pretrained, kw):
     alias = kw.pop("pretrained_backbone", None)
     return pretrained if pretrained is not None else alias
 
 
-def _check_kw(name, kw, allowed=()):
+def check_options(name, kw, allowed=()):
     extra = sorted(set(kw) - set(allowed))
     if extra:
         raise ConfigError(
@@ -50,7 +50,7 @@ def _backbone(arch, width_mult, output_stride, pretrained, **kw):
     return backbone
 
 
-def _make_head(kind, backbone, num_classes, width_mult, output_stride):
+def make_head(kind, backbone, num_classes, width_mult, output_stride):
     ch = backbone.feature_channels
     if kind == "fcn":
         return FCNHead(ch["stage4"], num_classes)
@@ -69,10 +69,10 @@ def _register_cnn(kind: str, arch: str, default_os: int = 8):
     name = f"{kind}_{arch}"
 
     def builder(num_classes, width_mult=1.0, output_stride=default_os, aux=False, pretrained=None, **kw):
-        pretrained = _pop_pretrained(pretrained, kw)
-        _check_kw(name, kw)
+        pretrained = pop_pretrained(pretrained, kw)
+        check_options(name, kw)
         backbone = _backbone(arch, width_mult, output_stride, pretrained)
-        head = _make_head(kind, backbone, num_classes, width_mult, output_stride)
+        head = make_head(kind, backbone, num_classes, width_mult, output_stride)
         return Segmentor(backbone, head, num_classes, aux=aux)
 
     builder.__name__ = name
@@ -84,8 +84,8 @@ def _register_segformer(variant: str, embed_dim: int):
     name = f"segformer_mit{variant}"
 
     def builder(num_classes, width_mult=1.0, output_stride=8, aux=False, pretrained=None, **kw):
-        pretrained = _pop_pretrained(pretrained, kw)
-        _check_kw(name, kw, allowed=("drop_path_rate",))
+        pretrained = pop_pretrained(pretrained, kw)
+        check_options(name, kw, allowed=("drop_path_rate",))
         # output_stride is accepted for a uniform signature and ignored: MiT is always 4..32, logits at 1/4.
         backbone = _backbone(f"mit_{variant}", width_mult, 32, pretrained, drop_path_rate=kw.get("drop_path_rate", 0.1))
         head = SegFormerHead(backbone.feature_channels, num_classes, make_divisible(embed_dim * width_mult))

@@ -48,7 +48,7 @@ from typing import Sequence
 import networkx as nx
 import torch
 
-from .graph import ABSENT, STAGE_STRIDES, SoftGraph, _node_key, node_positions
+from .graph import ABSENT, STAGE_STRIDES, SoftGraph, node_key, node_positions
 
 
 @dataclass(frozen=True)
@@ -138,10 +138,10 @@ def exact_ged(g1: nx.DiGraph, g2: nx.DiGraph, timeout: float | None = 10.0, norm
 def _preferences(student_pos: dict, teacher_pos: dict) -> dict:
     """Each student node's preferred teacher node (same stage, nearest depth, ties: smaller id) or None."""
     by_stage: dict[int, list] = {}
-    for t in sorted(teacher_pos, key=_node_key):
+    for t in sorted(teacher_pos, key=node_key):
         by_stage.setdefault(teacher_pos[t][0], []).append(t)
     pref = {}
-    for s in sorted(student_pos, key=_node_key):
+    for s in sorted(student_pos, key=node_key):
         stage, depth = student_pos[s]
         options = by_stage.get(stage, [])
         pref[s] = min(options, key=lambda t: abs(teacher_pos[t][1] - depth)) if options else None
@@ -155,7 +155,7 @@ def _rivals(pref: dict, student_pos: dict, teacher_pos: dict) -> dict:
         if t is not None:
             out[t].append(s)
     for t, ss in out.items():
-        ss.sort(key=lambda s: (abs(student_pos[s][1] - teacher_pos[t][1]), _node_key(s)))
+        ss.sort(key=lambda s: (abs(student_pos[s][1] - teacher_pos[t][1]), node_key(s)))
     return out
 
 

@@ -180,16 +180,16 @@ def op_label(op_name: str, projects: bool = False) -> str:
                      f"dwsep_*, mbconv_*, dilconv_* and the labels {', '.join(LABELS)}")
 
 
-def _node_key(n):
+def node_key(n):
     return (0, n, "") if isinstance(n, (int, float)) else (1, 0, str(n))
 
 
 def topological_order(g: nx.DiGraph) -> list:
     """Nodes in topological order, ties broken by node id (ints first); sorted ids when the graph has a cycle."""
     try:
-        return list(nx.lexicographical_topological_sort(g, key=_node_key))
+        return list(nx.lexicographical_topological_sort(g, key=node_key))
     except nx.NetworkXUnfeasible:
-        return sorted(g.nodes, key=_node_key)
+        return sorted(g.nodes, key=node_key)
 
 
 def node_positions(g: nx.DiGraph, stage_strides: Sequence[int] = STAGE_STRIDES) -> dict:
@@ -693,7 +693,7 @@ def graph_summary(g: nx.DiGraph, max_nodes: int | None = None) -> str:
     nodes = topological_order(g)
     for n in nodes[:max_nodes] if max_nodes else nodes:
         d = g.nodes[n]
-        preds = ",".join(str(p) for p in sorted(g.predecessors(n), key=_node_key)) or "-"
+        preds = ",".join(str(p) for p in sorted(g.predecessors(n), key=node_key)) or "-"
         ch = f"c{d['channels']}" if "channels" in d else ""
         pos = f"st{d['stage']} d{d['depth']:.2f}" if "stage" in d and "depth" in d else ""
         lines.append(f"{n!s:>4} {d.get('label', '?'):<9} s{d.get('stride', '?')!s:<3} {ch:<6} "
@@ -714,7 +714,7 @@ def draw_graph(g: nx.DiGraph, path_png, title: str | None = None) -> str:
     from matplotlib.patches import Patch
 
     try:
-        generations = [sorted(gen, key=_node_key) for gen in nx.topological_generations(g)]
+        generations = [sorted(gen, key=node_key) for gen in nx.topological_generations(g)]
     except nx.NetworkXUnfeasible:
         generations = [[n] for n in topological_order(g)]
     pos = {}

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from ...config import KDTerm
 from ...errors import ConfigError
 from ..hetero import HeteroAKD, LogitProjector
-from ..losses import _match_target
+from ..losses import match_target
 from .base import BuildContext, KDInputs, Term, register_term
 
 
@@ -77,7 +77,7 @@ class HeteroTerm(Term):
         return out
 
     def _ce(self, logits, masks):
-        masks = _match_target(masks, logits)
+        masks = match_target(masks, logits)
         if not (masks != self.ignore_index).any():
             return logits.sum() * 0.0
         return F.cross_entropy(logits, masks, ignore_index=self.ignore_index)
