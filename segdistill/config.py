@@ -255,13 +255,17 @@ class SearchConfig:
     of the train split, its architecture weights on the other half with their own Adam, under
     ``CE + lambda_kd * KD + lambda_ged * E[GED] + sum_p lambda_p * latency penalty_p``. ``space: null``: no search."""
 
-    space: str | None = checked(None, one_of("chain"))
+    space: str | None = checked(None, one_of("chain", "lgcnet"))
     input: list[int] = checked([1, 3, 180, 240], at_least(1))  # deployment shape [1, 3, H, W] of the latency keys
     layers: int = checked(4, at_least(0))  # searchable layers per stage
     width_ratios: list[float] = checked([0.5, 0.75, 1.0], within(0.01, 1))  # width options, of each base width
     base_widths: list[int] = checked([48, 96, 160], at_least(1))  # stages at strides 8, 16, 32
     stem_widths: list[int] = checked([16, 24], at_least(1))
     head_channels: int = checked(64, at_least(1))
+    nodes: int = checked(3, at_least(1))  # lgcnet: intermediate nodes per cell
+    share_cells: bool = False  # lgcnet: one alpha for all cells (DARTS cell-sharing baseline; needs ggm_gamma=0)
+    ggm_gamma: float = checked(0.5, at_least(0))  # lgcnet: GCN-guided module weight (0: off, cell-independent)
+    fusion: bool = True  # lgcnet: dense-connected fusion cell (false: the chain space's fixed head)
     budget: dict[str, float] = field(default_factory=dict)  # platform -> ms, e.g. search.budget.torch-cpu=20
     lut: dict[str, str] = field(default_factory=dict)  # platform -> table JSON; none: measured here if local
     lambda_kd: float = checked(1.0, at_least(0))  # on the distill.* terms (their own weights apply), teacher only
@@ -284,6 +288,19 @@ class SearchConfig:
 
 
 @dataclass
+class PipelineConfig:
+    """``segdistill pipeline`` (segdistill.search.pipeline): teacher -> search -> retrain -> eval -> profile ->
+    export -> report, one subfolder of ``train.out_dir`` per stage; the search uses ``search.*`` and ``train.*``."""
+
+    teacher_model: str | None = None  # trained as the teacher when distill.teacher is null (null: model.*)
+    teacher_iters: int | None = checked(None, at_least(1))  # the teacher run's train.iters (null: train.iters)
+    teacher_overrides: list[str] = field(default_factory=list)  # key=value for the teacher run only
+    retrain_iters: int | None = checked(None, at_least(1))  # the searched student's train.iters (null: train.iters)
+    retrain_overrides: list[str] = field(default_factory=list)  # key=value for the retrain only, e.g. data.crop_size=null
+    profile_runs: int = checked(50, at_least(1))  # timed runs per platform in the profile stage
+
+
+@dataclass
 class Config:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -294,6 +311,7 @@ class Config:
     distill: DistillConfig = field(default_factory=DistillConfig)
     ekd: EKDConfig = field(default_factory=EKDConfig)
     search: SearchConfig = field(default_factory=SearchConfig)
+    pipeline: PipelineConfig = field(default_factory=PipelineConfig)
 
 
 def _check_type(value, tp, where: str):

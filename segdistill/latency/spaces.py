@@ -84,6 +84,16 @@ def _chain(input_shape=(1, 3, 180, 240), num_classes: int = 11):
 SPACES["chain"] = _chain
 
 
+def _lgcnet(input_shape=(1, 3, 180, 240), num_classes: int = 11):
+    """The LGCNet cell space (``segdistill/search/space_lgcnet.py``), default options."""
+    from ..search.space_lgcnet import LgcSpace
+
+    return LgcSpace(tuple(input_shape), num_classes)
+
+
+SPACES["lgcnet"] = _lgcnet
+
+
 def build_space(name: str, input_shape=(1, 3, 180, 240), num_classes: int = 11) -> SearchSpace:
     if name not in SPACES:
         raise LatencyError(f"unknown search space {name!r}; known: {', '.join(SPACES)}")

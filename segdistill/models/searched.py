@@ -1,4 +1,4 @@
-"""``searched``: the discrete network of a chain-space genotype (``segdistill/search/genotype.py``).
+"""``searched``: the discrete network of a genotype of the chain or lgcnet space (``segdistill/search/genotype.py``).
 
 ``build_model("searched", K, genotype=PATH_OR_MAPPING)`` or ``build_model("searched:PATH", K)``. The network is
 made of the same library blocks as the supernet (``segdistill/search/space_chain.py``): the fixed stem, per stage
@@ -15,13 +15,15 @@ import torch
 import torch.nn as nn
 
 from ..errors import ConfigError
+from ..search import SPACES
 from ..search.genotype import as_genotype, genotype_netspec, genotype_space, stage_plan
 from ..search.space_chain import STAGE_NAMES, ChainHead, build_op, feature_layout
+from ..search.space_lgcnet import LgcNet
 from .heads import FCNHead
 from .layers import init_weights
 from .output import SegOutput
 from .registry import register_model
-from .zoo import _check_kw, _pop_pretrained
+from .zoo import check_options, pop_pretrained
 
 
 class PlanStage(nn.Module):
@@ -76,11 +78,15 @@ class SearchedNet(nn.Module):
         return SegOutput(logits=logits, features=feats, aux_logits=aux)
 
 
+#: The derived network's class per genotype ``space``.
+NETWORKS = {"chain": SearchedNet, "lgcnet": LgcNet}
+
+
 @register_model("searched")
 def searched(num_classes, width_mult=1.0, output_stride=None, aux=False, pretrained=None, genotype=None, **kw):
-    """The network of a chain-space genotype (a JSON path or a loaded mapping; None: the default genotype)."""
-    pretrained = _pop_pretrained(pretrained, kw)
-    _check_kw("searched", kw, allowed=("genotype",))
+    """The network of a chain- or lgcnet-space genotype (a JSON path or a loaded mapping; None: the default genotype)."""
+    pretrained = pop_pretrained(pretrained, kw)
+    check_options("searched", kw, allowed=("genotype",))
     if width_mult != 1.0:
         raise ConfigError(f"searched: the genotype fixes every width; width_mult must be 1.0, not {width_mult:g}")
     if output_stride not in (None, 32):
@@ -89,7 +95,7 @@ def searched(num_classes, width_mult=1.0, output_stride=None, aux=False, pretrai
         raise ConfigError(f"searched: no pretrained backbone fits a searched network ({pretrained}); "
                           "set model.pretrained=null")
     g = as_genotype(genotype)
-    model = SearchedNet(g, num_classes, aux=aux)
+    model = NETWORKS[g["space"]](g, num_classes, aux=aux)
     model.arch_spec = {"genotype": g}
     return model
 
@@ -102,8 +108,8 @@ def chain_supernet(num_classes, width_mult=1.0, output_stride=None, aux=False, p
     Unlisted: it is not a deployable model (derive a genotype from it: ``searched:genotype.json``)."""
     from ..search.space_chain import build_supernet
 
-    pretrained = _pop_pretrained(pretrained, space_options)
-    _check_kw("chain_supernet", space_options,
+    pretrained = pop_pretrained(pretrained, space_options)
+    check_options("chain_supernet", space_options,
               allowed=("input", "layers", "width_ratios", "base_widths", "stem_widths", "head_channels"))
     if width_mult != 1.0 or output_stride not in (None, 32) or aux or pretrained:
         raise ConfigError("chain_supernet: the search space fixes widths and strides; width_mult must be 1, "
@@ -114,3 +120,18 @@ def chain_supernet(num_classes, width_mult=1.0, output_stride=None, aux=False, p
                        "base_widths": list(sp.base_widths), "stem_widths": list(sp.stem_widths),
                        "head_channels": sp.head_channels}
     return model
+
+
+@register_model("lgcnet_supernet", listed=False)
+def lgcnet_supernet(num_classes, width_mult=1.0, output_stride=None, aux=False, pretrained=None, **space_options):
+    """The supernet of the lgcnet search space (``segdistill/search/space_lgcnet.py``) from its options (``input``,
+    ``nodes``, ``base_widths``, ``stem_widths``, ``head_channels``, ``fusion``, ``share_cells``, ``ggm_gamma``), so
+    search checkpoints rebuild it (GGM weights included). Unlisted, like ``chain_supernet``."""
+    from ..search.space_lgcnet import build_supernet
+
+    pretrained = pop_pretrained(pretrained, space_options)
+    check_options("lgcnet_supernet", space_options, allowed=SPACES["lgcnet"]["options"])
+    if width_mult != 1.0 or output_stride not in (None, 32) or aux or pretrained:
+        raise ConfigError("lgcnet_supernet: the search space fixes widths and strides; width_mult must be 1, "
+                          "output_stride null or 32, aux false and no pretrained weights")
+    return build_supernet(num_classes, **{"input_shape" if k == "input" else k: v for k, v in space_options.items()})

@@ -87,8 +87,12 @@ def _resolve_stage(ops: list[str], inputs: list[list[int]]) -> tuple[list[dict],
     return layers, [new[i] for i in alias[last]]
 
 
-def derive(supernet: ChainSupernet, top_k: int = 1) -> dict:
-    """The genotype of the most likely network of ``supernet`` (see the module docstring)."""
+def derive(supernet: ChainSupernet, top_k: int | None = None) -> dict:
+    """The genotype of the most likely network of ``supernet`` (see the module docstring; ``top_k`` default 1).
+    Supernets of other spaces derive themselves (``supernet.derive(top_k)``, their own default)."""
+    if not isinstance(supernet, ChainSupernet):
+        return supernet.derive() if top_k is None else supernet.derive(top_k)
+    top_k = 1 if top_k is None else top_k
     if top_k < 1:
         raise ConfigError(f"top_k must be >= 1, got {top_k}")
     sp = supernet.space
@@ -121,8 +125,12 @@ def check_genotype(g, source: str = "genotype") -> dict:
     if g.get("version") != VERSION:
         raise ConfigError(f"{source} has genotype version {g.get('version')!r}; this segdistill reads version "
                           f"{VERSION} (upgrade segdistill or {redo})")
+    if g.get("space") == "lgcnet":
+        from .space_lgcnet import check_lgcnet
+
+        return check_lgcnet(g, source)
     if g.get("space") != "chain":
-        raise ConfigError(f"{source} is a genotype of space {g.get('space')!r}; only 'chain' is known")
+        raise ConfigError(f"{source} is a genotype of space {g.get('space')!r}; known: 'chain', 'lgcnet'")
     problems = []
     if not _int_list(g.get("stem_widths"), 2) or min(g["stem_widths"]) < 1:
         problems.append("stem_widths must be 2 positive integers")
@@ -229,6 +237,10 @@ def genotype_netspec(genotype, input_shape=(1, 3, 180, 240), num_classes: int = 
     """The derived network of ``genotype`` (path or mapping) as library blocks at ``input_shape``, for
     :meth:`LatencyPredictor.predict`: stem, stages, head, and the final resize of the logits to the input size."""
     g = as_genotype(genotype)
+    if g["space"] == "lgcnet":
+        from .space_lgcnet import genotype_netspec as lgcnet_netspec
+
+        return lgcnet_netspec(g, input_shape, num_classes)
     space = genotype_space(g, input_shape, num_classes)
     nodes = [Node(str(k), (i - 1,)) for i, k in enumerate(space.stem_keys())]
     taps, cin = [], space.stem_widths[1]

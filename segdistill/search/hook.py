@@ -52,17 +52,19 @@ from ..engine.hooks import register_hook
 from ..engine.trainer import Hook
 from ..errors import CheckpointError, ConfigError, DataError, SegDistillError
 from ..models import build_model
+from . import SPACES
 from .genotype import derive, genotype_netspec, save_genotype
 from .objective import band_update, check_budgets, latency_penalty, platform_availability, platform_predictors, soft_graph
 from .space_chain import ChainSupernet
 
-SPACE_KEYS = ("input", "layers", "width_ratios", "base_widths", "stem_widths", "head_channels")
+SPACE_KEYS = SPACES["chain"]["options"]
 
 
 def space_options(search) -> dict:
-    """The ``chain_supernet`` builder options (``model.arch``) of a ``search`` config section."""
+    """The supernet builder options (``model.arch``) of a ``search`` config section (its space's keys,
+    :data:`segdistill.search.SPACES`; the chain space's when ``space`` is unset)."""
     return {k: (list(getattr(search, k)) if isinstance(getattr(search, k), (list, tuple)) else getattr(search, k))
-            for k in SPACE_KEYS}
+            for k in SPACES[search.space or "chain"]["options"]}
 
 
 class SearchHook(Hook):
@@ -70,18 +72,18 @@ class SearchHook(Hook):
 
     def __init__(self, cfg):
         s = cfg.search
-        if s.space != "chain":
-            raise ConfigError(f"search.space={s.space!r}: only 'chain' is implemented")
+        if s.space not in SPACES:
+            raise ConfigError(f"search.space={s.space!r}: known spaces are {', '.join(SPACES)}")
         check_budgets(s)
         if s.lambda_ged > 0 and not cfg.distill.teacher:
             raise ConfigError(f"search.lambda_ged={s.lambda_ged:g} needs a teacher for its structure: set "
                               "distill.teacher=PATH/best.pt, or search.lambda_ged=0")
         platform_availability(s)  # a platform with neither table nor local device: an error before any work
-        m = cfg.model
-        if m.name != "chain_supernet" and dist.is_main() and m.name != type(m)().name:
-            print(f"search: training the chain supernet (search.*); model.name={m.name} is not used")
+        m, supernet = cfg.model, SPACES[s.space]["model"]
+        if m.name != supernet and dist.is_main() and m.name != type(m)().name:
+            print(f"search: training the {s.space} supernet (search.*); model.name={m.name} is not used")
         m.name, m.arch, m.width_mult, m.output_stride, m.aux, m.pretrained = (
-            "chain_supernet", space_options(s), 1.0, None, False, None)
+            supernet, space_options(s), 1.0, None, False, None)
         self.cfg, self.s = cfg, s
         self.lambdas = {p: float(s.lambda_lat) for p in s.budget}
         self.arch_pos = 0
@@ -107,8 +109,9 @@ class SearchHook(Hook):
         return self.weight_indices
 
     def wrap_model(self, trainer, model):
-        if not isinstance(model, ChainSupernet) or getattr(model, "arch_spec", None) != space_options(self.s):
-            model = build_model("chain_supernet", trainer.num_classes, **space_options(self.s)).to(trainer.device)
+        if not hasattr(model, "arch_parameters") or getattr(model, "arch_spec", None) != space_options(self.s):
+            model = build_model(SPACES[self.s.space]["model"], trainer.num_classes,
+                                **space_options(self.s)).to(trainer.device)
         model.gumbel, model.hard, model.tau = bool(self.s.gumbel), bool(self.s.hard), self.tau
         self.supernet = model
         return model
@@ -146,7 +149,7 @@ class SearchHook(Hook):
         self.band_interval = s.band_interval or trainer.iters_per_epoch
         if dist.is_main():
             budgets = ", ".join(f"{p} {b:g} ms" for p, b in s.budget.items()) or "none"
-            print(f"search: chain space, {len(self.weight_indices)} images for weights, {len(self.arch_indices)} "
+            print(f"search: {s.space} space, {len(self.weight_indices)} images for weights, {len(self.arch_indices)} "
                   f"for the architecture; budgets {budgets}; penalty {s.penalty}; lambda_kd {s.lambda_kd:g} "
                   f"({'teacher ' + self.distill.teacher_desc['weights'] if self.distill else 'no teacher'}), "
                   f"lambda_ged {s.lambda_ged:g}")
@@ -306,6 +309,10 @@ class SearchHook(Hook):
         except SegDistillError as e:  # matplotlib missing: the search goes on without pictures
             warnings.warn(str(e))
             return
+        if hasattr(self.supernet, "draw_arch"):  # a space that draws its own (lgcnet)
+            with torch.no_grad():
+                self.supernet.draw_arch(fig, it)
+            return save_figure(fig, path)
         sp = self.supernet.space
         with torch.no_grad():
             desc = self.supernet.describe()
@@ -336,7 +343,7 @@ class SearchHook(Hook):
     def _report(self, rec: dict, genotype: dict, metrics: dict):
         s = self.s
         lines = [f"# Search report: {self.out_dir}", "",
-                 f"Chain space at {'x'.join(map(str, s.input))} (latency keys), {self.cfg.train.iters} iterations "
+                 f"{s.space} space at {'x'.join(map(str, s.input))} (latency keys), {self.cfg.train.iters} iterations "
                  f"({s.warmup_iters} weights-only), penalty `{s.penalty}`, lambda_kd {s.lambda_kd:g}, lambda_ged "
                  f"{s.lambda_ged:g}, Gumbel {'on' if s.gumbel else 'off'}; supernet val mIoU "
                  f"{100 * float(metrics.get('miou', float('nan'))):.2f}.", "",
@@ -363,9 +370,14 @@ class SearchHook(Hook):
                       f"{rec['expected_ged']:.3f}"]
         else:
             lines.append("- no teacher: no structural term")
-        lines += ["", "## Derived network (`genotype.json`)", "", "| stage | width | strided op | layers |",
-                  "|---|---|---|---|"]
-        for name, st in zip(("stride 8", "stride 16", "stride 32"), genotype["stages"]):
+        lines += ["", "## Derived network (`genotype.json`)", ""]
+        if genotype["space"] == "lgcnet":
+            from .space_lgcnet import report_rows
+
+            lines += report_rows(genotype)
+        else:
+            lines += ["| stage | width | strided op | layers |", "|---|---|---|---|"]
+        for name, st in zip(("stride 8", "stride 16", "stride 32"), genotype.get("stages", [])):
             layers = ", ".join(f"{la['op']}<-{la['inputs']}" for la in st["layers"]) or "(none)"
             lines.append(f"| {name} | {st['width']} | {st['down']} | {layers} |")
         lines += ["", "Files: `genotype.json` (train it: `model.name=searched:genotype.json`), `search_log.jsonl`, "

@@ -46,7 +46,9 @@ def soft_graph(supernet: ChainSupernet) -> SoftGraph:
     with probability softmax(beta_j)_i), then the head: conv-k1 on stride 32, resize to stride 8, conv-k1 on the
     stride-8 stage, merge, conv-k3 (refine), conv-k1 (classifier). Relative depths count every node a stage can
     hold (the head's stride-8 nodes join stage 1, its stride-32 conv stage 3), as :func:`model_graph` counts them
-    in a network where every layer is present."""
+    in a network where every layer is present. A supernet with its own ``soft_graph()`` (lgcnet) gives that."""
+    if hasattr(supernet, "soft_graph"):
+        return supernet.soft_graph()
     sp = supernet.space
     desc = supernet.describe()
     L = sp.layers
