@@ -1,4 +1,4 @@
-"""``segdistill search CONFIG [overrides]`` and ``segdistill graph MODEL [--teacher T] [--png PATH]``."""
+"""``segdistill search CONFIG [overrides]``, ``segdistill pipeline CONFIG`` (:mod:`.pipeline`) and ``segdistill graph MODEL [--teacher T] [--png PATH]``."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -64,7 +64,7 @@ def cmd_graph(args):
 
 
 def add_commands(sub) -> None:
-    """Register ``search`` and ``graph`` on the segdistill argparse sub-parsers."""
+    """Register ``search``, ``pipeline`` and ``graph`` on the segdistill argparse sub-parsers."""
     s = sub.add_parser("search", help="search a student architecture for latency budgets (chain space, KD, GED)",
                        description="search.* keys: space, budget.<platform>=MS, lut.<platform>=TABLE, lambda_kd, "
                                    "lambda_ged, lambda_lat, penalty, band, arch_lr, warmup_iters, gumbel ... "
@@ -72,6 +72,19 @@ def add_commands(sub) -> None:
     s.add_argument("config")
     s.add_argument("overrides", nargs="*", help="section.key=value, e.g. search.budget.torch-cpu=20")
     s.set_defaults(fn=cmd_search)
+
+    from .pipeline import cmd_pipeline
+
+    s = sub.add_parser("pipeline", help="teacher -> search -> distilled retrain -> eval -> profile -> ONNX -> report",
+                       description="What a user runs end to end: the teacher (distill.teacher, or trained first: "
+                                   "pipeline.teacher_model / teacher_iters), the search (search.*), the derived network "
+                                   "retrained with distill.* (pipeline.retrain_iters, default train.iters), val mIoU, "
+                                   "measured vs predicted latency per budgeted platform, a checked ONNX file, and "
+                                   "report.md with a Pareto plot. One subfolder of train.out_dir per stage; a re-run "
+                                   "skips finished stages and resumes a killed one (see configs/pipeline-camvid-cpu.yaml).")
+    s.add_argument("config")
+    s.add_argument("overrides", nargs="*", help="section.key=value, e.g. distill.teacher=runs/t/best.pt")
+    s.set_defaults(fn=cmd_pipeline)
 
     s = sub.add_parser("graph", help="an architecture as a block graph, and its graph edit distance to a teacher")
     s.add_argument("model", help="a genotype JSON, a checkpoint, or a registered model name")
