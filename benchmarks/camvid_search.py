@@ -114,8 +114,11 @@ def define_rows(torch_budgets: list[float], ort_budget: float, n_random: int) ->
     return rows
 
 
+CAMVID_TEACHER = [kd.TEACHER]  # --teacher changes it (a smoke run's own teacher)
+
+
 def teacher_for(dataset: str, out_dir: Path) -> Path:
-    return kd.TEACHER if dataset == "camvid" else out_dir / "sb_teacher" / "seed0" / "best.pt"
+    return CAMVID_TEACHER[0] if dataset == "camvid" else out_dir / "sb_teacher" / "seed0" / "best.pt"
 
 
 def recipe_overrides(dataset: str, out_dir: Path, recipe: str) -> list[str]:
@@ -517,6 +520,7 @@ def main():
     p.add_argument("--random-archs", type=int, default=3, help="random architectures at the middle budget")
     p.add_argument("--recipe", default="best", help=f"camvid_kd.py row used as the distillation recipe ({','.join(kd.ROWS)})")
     p.add_argument("--out-dir", default=str(REPO.parent / "runs" / "camvid_search"))
+    p.add_argument("--teacher", default=str(kd.TEACHER), help="the CamVid teacher checkpoint (default camvid_kd.py's)")
     p.add_argument("--lut-dir", help="latency tables lut-<platform>.json (default OUT_DIR/lut); missing ones are built "
                                      "(on a quiet machine!)")
     p.add_argument("--lut-timing", default="", help="'WARMUP,RUNS,MIN_TIME' for tables built here (smoke runs only; "
@@ -533,6 +537,7 @@ def main():
         print(json.dumps(search_one(Path(args.search_one))))
         return
     out_dir = Path(args.out_dir)
+    CAMVID_TEACHER[0] = Path(args.teacher)
     lut_dir = Path(args.lut_dir) if args.lut_dir else out_dir / "lut"
     budgets = [float(b) for b in args.torch_budgets.split(",") if b]
     rows = define_rows(budgets, args.ort_budget, args.random_archs)
