@@ -1,0 +1,269 @@
+"""The LGCNet space (issue 11, segdistill/search/space_lgcnet.py, ggm.py): library keys of every candidate, expected
+latency against a hand sum, the GCN-guided module in isolation, cell sharing, fusion on/off, a 2-iteration search
+(and its exact resume), derived genotypes (build, train a step, JSON round trip, no GGM, ONNX).
+
+Tiny on purpose: 1x3x48x64 inputs, 2 nodes per cell, narrow widths, fake latency tables; nothing is timed.
+"""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from test_search_hook import search_cfg
+from test_search_space import fake_predictor
+
+from segdistill.engine.checkpoint import build_from_checkpoint, load_checkpoint
+from segdistill.engine.hooks import build_hooks
+from segdistill.engine.trainer import Trainer
+from segdistill.errors import ConfigError
+from segdistill.latency import standalone as core
+from segdistill.latency.spaces import build_space
+from segdistill.latency.standalone import BlockKey
+from segdistill.models import build_model, count_parameters
+from segdistill.search.genotype import derive, genotype_netspec, load_genotype, save_genotype
+from segdistill.search.ggm import GCNGuidedModule
+from segdistill.search.objective import soft_graph
+from segdistill.search.space_lgcnet import CELL_OPS, FUSION_OPS, LEVELS, LgcSpace, LgcSupernet, cell_edges
+
+SHAPE = (1, 3, 48, 64)
+K = 8
+TINY = dict(stem_widths=(8, 8), base_widths=(16, 24, 32), nodes=2, head_channels=16)
+OPTS = dict(input=list(SHAPE), nodes=2, base_widths=[16, 24, 32], stem_widths=[8, 8], head_channels=16)
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    with core.torch_threads(1):
+        yield
+
+
+def tiny(seed=0, fusion=True, **kw) -> LgcSupernet:
+    torch.manual_seed(seed)
+    return LgcSupernet(LgcSpace(SHAPE, K, fusion=fusion, **TINY), **kw)
+
+
+def set_one_hot(net: LgcSupernet, rng) -> None:
+    """Sharp logits: per node two random inputs with a random non-none op, the others ``none``; per fusion level a
+    random op (``none`` allowed, at least one level kept)."""
+    with torch.no_grad():
+        for a in net.alpha:
+            a.fill_(-30.0)
+            for i in range(net.space.nodes):
+                rows = [e for e, (n, _) in enumerate(cell_edges(net.space.nodes)) if n == i]
+                keep = rng.choice(rows, size=2, replace=False)
+                for e in rows:
+                    a[e, int(rng.integers(1, len(CELL_OPS))) if e in keep else 0] = 30.0
+        if net.alpha_fusion is not None:
+            net.alpha_fusion.fill_(-30.0)
+            ops = [int(rng.integers(len(FUSION_OPS))) for _ in LEVELS]
+            ops[int(rng.integers(4))] = int(rng.integers(1, len(FUSION_OPS)))
+            for lv, o in enumerate(ops):
+                net.alpha_fusion[lv, o] = 30.0
+
+
+def test_every_candidate_is_a_library_block_matching_its_key():
+    sp = LgcSpace(SHAPE, K, **TINY)
+    keys = sp.keys()
+    assert len(keys) == len(set(keys))
+    for key in keys:
+        bk = BlockKey.parse(key)
+        module = core.build_block(bk)
+        xs = core.example_inputs(bk.input_shapes())
+        assert tuple(module(*xs).shape[1:]) == bk.out_shape(), key
+    net = tiny()
+    assert set(net.keys()) == set(keys)
+    assert build_space("lgcnet", SHAPE, K).keys() == LgcSpace(SHAPE, K).keys()  # `lut build --space lgcnet`
+
+
+@pytest.mark.parametrize("fusion", [True, False])
+def test_expected_latency_is_the_hand_sum_at_one_hot_weights(fusion):
+    net = tiny(fusion=fusion, ggm_gamma=0)
+    sp = net.space
+    predictor, values = fake_predictor(net.keys(), correction={"model": "linear", "coef": {"raw": 2.0, "const": 0.5}})
+    rng = np.random.default_rng(0)
+    for _ in range(3):
+        set_one_hot(net, rng)
+        g = derive(net)
+        assert all(len(n["inputs"]) == 2 for c in g["cells"] for n in c["nodes"])
+        spec = genotype_netspec(g, SHAPE, K)
+        hand = sum(values[n.key] for n in spec.nodes)
+        hand -= values[str(sp.head_keys()["add"])] * (len(g["fusion_edges"]) - 1) if fusion else 0
+        assert net.expected_latency(predictor, correction=None).item() == pytest.approx(hand, rel=1e-5)
+        assert net.expected_latency(predictor).item() == pytest.approx(2 * hand + 0.5, rel=1e-5)
+        if fusion:  # the kept fusion edges are the non-none argmaxes
+            kept = [LEVELS[lv] for lv in range(4) if int(net.alpha_fusion[lv].argmax()) != 0]
+            assert [e["level"] for e in g["fusion_edges"]] == kept
+    e = net.expected_latency(predictor)
+    net.zero_grad()
+    with torch.no_grad():
+        for a in net.arch_parameters():
+            a.zero_()
+    net.expected_latency(predictor).backward()
+    assert all(a.grad is not None and a.grad.abs().sum() > 0 for a in net.alpha)
+    assert e.item() >= net.smallest_latency(predictor) > 0
+
+
+def test_ggm_in_isolation_shapes_gradients_and_gamma_zero():
+    torch.manual_seed(0)
+    E, n_ops = 9, 10
+    prev, nxt = torch.randn(E, n_ops, requires_grad=True), torch.randn(E, n_ops, requires_grad=True)
+    ggm = GCNGuidedModule(n_ops, hidden=8, gamma=0.5)
+    A = ggm.adjacency(prev, nxt)
+    assert A.shape == (E, E) and torch.allclose(A.sum(1), torch.ones(E))
+    out = ggm(prev, nxt)
+    assert out.shape == (E, n_ops) and not torch.equal(out, nxt)
+    out.square().sum().backward()
+    assert prev.grad.abs().sum() > 0 and nxt.grad.abs().sum() > 0  # both cells' alpha
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in ggm.parameters())
+    assert torch.equal(GCNGuidedModule(n_ops, gamma=0.0)(prev, nxt), nxt)  # gamma = 0: plain alpha
+    assert GCNGuidedModule(n_ops, cross=False).adjacency(prev, nxt).shape == (E, E)
+
+
+def test_ggm_in_the_supernet_and_gamma_zero_is_the_plain_search():
+    on, off = tiny(ggm_gamma=0.5), tiny(ggm_gamma=0.0)
+    assert [n for n, _ in on.named_arch_parameters() if n.startswith("ggm.")] and off.ggm is None
+    x = torch.randn(2, *SHAPE[1:])
+    on(x).logits.sum().backward()
+    assert all(a.grad.abs().sum() > 0 for a in on.alpha) and all(p.grad is not None for p in on.ggm.parameters())
+    assert all(a is b for a, b in zip(off.cell_alphas(), off.alpha))  # gamma = 0: each cell its own alpha, untouched
+    eff = on.cell_alphas()
+    assert eff[0] is on.alpha[0] and not torch.equal(eff[1], on.alpha[1])
+    # search-time only: a derived network has no GGM (nor any architecture) parameter
+    model = build_model("searched", K, genotype=on.derive())
+    assert not any("ggm" in n or "alpha" in n for n, _ in model.named_parameters())
+    assert {id(p) for p in on.arch_parameters()}.isdisjoint(id(p) for p in on.weight_parameters())
+
+
+def test_share_cells_ties_alpha():
+    net = tiny(share_cells=True, ggm_gamma=0)
+    assert len(net.alpha) == 1 and all(a is net.alpha[0] for a in net.cell_alphas())
+    g = derive(net)
+    assert g["cells"][0] == g["cells"][1] == g["cells"][2]
+    with pytest.raises(ConfigError, match="ggm_gamma=0"):
+        tiny(share_cells=True, ggm_gamma=0.5)
+
+
+def test_fusion_on_and_off():
+    x = torch.randn(2, *SHAPE[1:])
+    for fusion in (True, False):
+        net = tiny(fusion=fusion)
+        out = net(x)
+        assert out.logits.shape == (2, K, 6, 8)
+        assert list(out.features) == ["stem", "stage1", "stage2", "stage3", "stage4", "pre_logits"]
+        assert {k: tuple(v.shape[1:2]) for k, v in out.features.items()} == {
+            k: (c,) for k, c in net.feature_channels.items()}
+        assert (net.alpha_fusion is not None) == fusion
+        g = derive(net)
+        assert g["fusion"] == fusion and bool(g["fusion_edges"]) == fusion
+        sg = soft_graph(net)  # the structural term's graph (objective dispatches to the supernet's own)
+        assert any(n.name.startswith("fusion.") for n in sg.nodes) == fusion
+        assert build_model("searched", K, genotype=g)(x).logits.shape == (2, K, 6, 8)
+    assert len(LgcSpace(SHAPE, K, **TINY).keys()) > len(LgcSpace(SHAPE, K, fusion=False, **TINY).keys())
+
+
+def test_derived_genotype_builds_trains_round_trips_and_errors(tmp_path):
+    net = tiny()
+    g = derive(net)
+    path = save_genotype(g, tmp_path / "genotype.json")
+    assert load_genotype(path) == g == json.loads(path.read_text()) and g["space"] == "lgcnet"
+    model = build_model(f"searched:{path}", K)
+    assert model.arch_spec == {"genotype": g} and count_parameters(model) < count_parameters(net)
+    again = build_model("searched", K, **model.arch_spec)
+    assert again.state_dict().keys() == model.state_dict().keys()
+    x, y = torch.randn(2, *SHAPE[1:]), torch.randint(0, K, (2, *SHAPE[2:]))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    before = [p.detach().clone() for p in model.parameters()]
+    logits = torch.nn.functional.interpolate(model(x).logits, size=SHAPE[2:], mode="bilinear", align_corners=False)
+    loss = torch.nn.functional.cross_entropy(logits, y)
+    loss.backward()
+    opt.step()
+    assert torch.isfinite(loss) and any(not torch.equal(a, b) for a, b in zip(before, model.parameters()))
+    spec = model.latency_netspec(SHAPE)
+    assert all(core.BlockKey.parse(n.key) for n in spec.nodes)
+
+    bad = dict(g, cells=[{"nodes": [{"inputs": [0, 7], "ops": ["conv_3x3", "warp"]}]}] * 3)
+    (tmp_path / "bad.json").write_text(json.dumps(bad))
+    with pytest.raises(ConfigError, match="bad.json.*cell 1 node 0: inputs.*ops must be"):
+        load_genotype(tmp_path / "bad.json")
+    (tmp_path / "bad2.json").write_text(json.dumps(dict(g, fusion_edges=[])))
+    with pytest.raises(ConfigError, match="bad2.json.*fusion_edges"):
+        load_genotype(tmp_path / "bad2.json")
+
+
+def lgcnet_cfg(tmp_path, **kw):
+    lut = tmp_path / "lut.json"
+    if not lut.exists():
+        _, values = fake_predictor(LgcSpace(SHAPE, K, **TINY).keys())
+        table = json.loads(json.dumps({"format": "segdistill-latency-table", "version": 1, "platform": "torch-cpu",
+                                       "platform_info": {}, "threads": 1, "timing": {}, "device": core.machine_info(),
+                                       "versions": {}, "date": "2026-12-01", "units": "ms", "built_for": [],
+                                       "entries": {k: {"median_ms": v} for k, v in values.items()}}))
+        lut.write_text(json.dumps(table))
+    cfg = search_cfg(tmp_path, budget=60.0, **kw)
+    cfg.search.space = "lgcnet"
+    for k, v in OPTS.items():
+        setattr(cfg.search, k, v)
+    return cfg
+
+
+def test_two_iteration_lgcnet_search_moves_alpha_and_writes_a_genotype(tmp_path):
+    cfg = lgcnet_cfg(tmp_path)
+    hooks = build_hooks(cfg)
+    assert cfg.model.name == "lgcnet_supernet"
+    trainer = Trainer(cfg, hooks)
+    net = trainer.model
+    assert isinstance(net, LgcSupernet)
+    main_params = {id(p) for g in trainer.optimizer.param_groups for p in g["params"]}
+    assert not main_params & {id(p) for p in net.arch_parameters()}  # alpha and the GGM under the arch Adam
+    before = {n: p.detach().clone() for n, p in net.named_arch_parameters()}
+    trainer.train()
+    assert any(not torch.equal(before[n], p) for n, p in net.named_arch_parameters() if n.startswith("alpha"))
+    assert any(not torch.equal(before[n], p) for n, p in net.named_arch_parameters() if n.startswith("ggm"))
+    out = tmp_path / "run"
+    for name in ("genotype.json", "search_log.jsonl", "arch_000002.png", "report.md", "last.pt"):
+        assert (out / name).is_file(), name
+    g = load_genotype(out / "genotype.json")
+    assert g["space"] == "lgcnet" and "Fusion cell" in (out / "report.md").read_text()
+    model, meta = build_from_checkpoint(out / "last.pt")
+    assert meta["model"]["name"] == "lgcnet_supernet" and isinstance(model, LgcSupernet)
+    assert all(torch.equal(p, dict(net.named_arch_parameters())[n]) for n, p in model.named_arch_parameters())
+
+
+@pytest.mark.slow
+def test_lgcnet_search_resume_equals_a_search_never_stopped(tmp_path):
+    from test_search_hook import StopAt
+
+    def cfg_for(name):
+        cfg = lgcnet_cfg(tmp_path, out=name, iters=4, band_interval=1)
+        cfg.data.synthetic_train = 16
+        cfg.train.val_interval = 10
+        return cfg
+
+    # a full run; a run stopped after iteration 2; that run resumed
+    for name, extra, resume in (("full", [], None), ("cut", [StopAt(3)], None), ("cut", [], "auto")):
+        cfg = cfg_for(name)
+        cfg.train.resume = resume
+        try:
+            Trainer(cfg, build_hooks(cfg) + extra).train()
+        except KeyboardInterrupt:
+            assert extra
+    a, b = load_checkpoint(tmp_path / "full" / "last.pt"), load_checkpoint(tmp_path / "cut" / "last.pt")
+    arch = [k for k in a["model"] if k.startswith(("alpha", "ggm"))]
+    assert arch and all(torch.equal(a["model"][k], b["model"][k]) for k in arch)
+    assert a["hooks"]["search"] == b["hooks"]["search"]
+
+
+@pytest.mark.slow  # the ONNX exporter
+def test_derived_lgcnet_network_exports_to_onnx(tmp_path):
+    from segdistill.tools.export import export_onnx
+
+    net = tiny()
+    with torch.no_grad():  # make sure zoomed convs and strided skips are in the exported network
+        net.alpha[0][:, CELL_OPS.index("zoomconv_3x3")] = 5.0
+        net.alpha_fusion[:, FUSION_OPS.index("skip")] = 5.0
+    g = derive(net)
+    model = build_model("searched", K, genotype=g)
+    report = export_onnx(model, tmp_path / "lgcnet.onnx", SHAPE)
+    assert report["ok"] and report["max_abs_diff"] < 1e-3 and report["argmax_agreement"] > 0.99
