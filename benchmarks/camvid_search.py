@@ -312,6 +312,7 @@ def sample_random(index: int, row: dict, out_dir: Path, lut_dir: Path, opts, tri
     cfg = load_config(SEARCH_CONFIG, [*DATASETS["camvid"][1], *opts.search_extra])
     net = build_model("chain_supernet", 11, **space_options(cfg.search))
     pred = predictor(lut_dir, row["platform"], measure=True)
+    n_before = len(pred.table)
     gen = torch.Generator().manual_seed(1000 + index)
     lo, hi = (1 - RANDOM_TOL) * row["budget"], (1 + RANDOM_TOL) * row["budget"]
     seen = []
@@ -327,6 +328,8 @@ def sample_random(index: int, row: dict, out_dir: Path, lut_dir: Path, opts, tri
                                 "budget_ms": row["budget"], "tolerance": RANDOM_TOL, "generator_seed": 1000 + index}
                 path.parent.mkdir(parents=True, exist_ok=True)
                 save_genotype(g, path)
+                if len(pred.table) > n_before:  # keys measured on demand (a space not in the table): keep them
+                    pred.table.save()
                 print(f"== random{index}: accepted draw {t + 1} at {ms:.2f} ms predicted ({row['platform']}, budget "
                       f"{row['budget']:g} ms +-{RANDOM_TOL:.0%})", flush=True)
                 return path
