@@ -457,8 +457,10 @@ def report(out_dir: Path, rows: dict[str, dict], seeds: list[int]) -> str:
             m = [100 * r["miou"] for r in rs]
             lat = next((r["latency"] for r in rs if "latency" in r), {})
             x = rs[0]
-            pred = ", ".join(f"{v:.1f} ({SHORT[p]})" for p, v in x.get("predicted_ms", {}).items())
             s = x.get("search") or {}
+            predicted = {k.split("/", 1)[1]: v for k, v in s.get("final", {}).items() if k.startswith("predicted_ms/")}
+            predicted.update(x.get("predicted_ms", {}))  # the search's own figure where the lut-dir table lacks keys
+            pred = ", ".join(f"{v:.1f} ({SHORT[p]})" for p, v in predicted.items())
             lines.append(
                 f"| {n} | {row['desc']} | {','.join(str(r['seed']) for r in rs)} | {statistics.mean(m):.2f} "
                 f"({', '.join(f'{v:.2f}' for v in m)}) | {x['params'] / 1e6:.2f} | {x['macs'] / 1e9:.3f} | "
