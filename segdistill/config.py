@@ -373,8 +373,9 @@ def _apply(obj, data: dict, prefix: str = ""):
             if not isinstance(value, dict):
                 raise ConfigError(f"{where}: expected a mapping of keys, got {value!r}")
             _apply(current, value, where + ".")
-        elif isinstance(current, dict) and isinstance(value, dict):  # open mappings merge key by key
-            setattr(obj, key, {**current, **_check_type(value, hints[key], where)})
+        elif isinstance(current, dict) and isinstance(value, dict):  # open mappings merge key by key; null removes
+            merged = {**current, **_check_type(value, hints[key], where)}
+            setattr(obj, key, {k: v for k, v in merged.items() if v is not None})
         else:
             setattr(obj, key, _check_type(value, hints[key], where))
 

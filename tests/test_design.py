@@ -78,6 +78,12 @@ def test_resume_refuses_another_architecture(tmp_path):
         Trainer(cfg)
 
 
+def test_open_mappings_merge_per_key_and_null_removes_one():
+    cfg = load_config(None, ["model.arch.depths=[1, 2]", "model.arch.x=3", "model.arch.x=null",
+                             "search.budget.torch-cpu=20", "search.budget.onnxruntime-cpu=9", "search.budget.torch-cpu=null"])
+    assert cfg.model.arch == {"depths": [1, 2]} and cfg.search.budget == {"onnxruntime-cpu": 9}
+
+
 def test_model_meta_records_arch_and_old_meta_rebuilds():
     model = build_model("segformer_mitb0", 3, width_mult=0.25, drop_path_rate=0.0)
     assert model_meta(model)["arch"] == {"drop_path_rate": 0.0}
