@@ -28,6 +28,20 @@ def test_demo_writes_report_plots_and_onnx(demo_dir):
     assert summary["profile"]["latency"]["torch-cpu"]["runs"] >= 50
     report = (demo_dir / "report.md").read_text()
     assert "mIoU" in report and "student_predictions.png" in report and "without it" in report
+    # the tiny search: the pipeline's stages in searched/, its student in the report beside the hand-designed one
+    for name in ("lut_torch-cpu.json", "searched/search/genotype.json", "searched/retrain/best.pt",
+                 "searched/export/student.onnx", "searched/pareto.png", "searched/report.md"):
+        assert (demo_dir / name).exists(), name
+    s = summary["searched"]
+    assert s["model"] == "searched" and 0.0 <= s["miou"] <= 1.0
+    assert s["budget_ms"] > 0 and s["predicted_ms"] > 0 and s["measured_ms"] > 0
+    assert all(not st["skipped"] for st in s["stages"].values())
+    assert "kd_pixel" in (demo_dir / "searched" / "retrain" / "metrics.jsonl").read_text()  # retrained with KD
+    for words in ("Searched student", "searched/pareto.png", "searched/search/arch_", "searched/search/genotype.json",
+                  "predicted ms", "measured ms", "budget", "## Time", "torch CPU threads", "load average",
+                  "search: retrain"):
+        assert words in report, words
+    assert summary["timing"]["threads"] >= 1 and "train teacher" in summary["timing"]["stages_s"]
 
 
 def test_eval_matches_demo_and_writes_json(demo_dir, tmp_path, capsys):

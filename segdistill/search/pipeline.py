@@ -146,6 +146,14 @@ def _flat(d, prefix: str = "") -> dict:
     return {prefix[:-1]: d}
 
 
+def file_digest(path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()[:16]
+
+
 def fingerprint(obj) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
@@ -281,7 +289,8 @@ def run_pipeline(cfg: Config, extra_points: dict | None = None, title: str = "se
     # 1. teacher
     if _teacher_given(cfg):
         teacher = cfg.distill.teacher
-        teacher_key = {"given": teacher, "weights": cfg.distill.teacher_weights}
+        teacher_key = {"given": teacher, "weights": cfg.distill.teacher_weights,
+                       "sha256": file_digest(cfg.distill.teacher_weights or teacher)}  # a new teacher file: redo
     else:
         tc = teacher_config(cfg)
         teacher_key = run_key(tc, drop=("search", "distill"))  # neither is used
