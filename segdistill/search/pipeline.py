@@ -452,10 +452,11 @@ def pareto_plot(summary: dict, path: Path) -> Path | None:
                            label=label)
         if r.get("budget_ms"):
             ax.axvline(r["budget_ms"], color="gray", ls="--", lw=1, label=f"budget {r['budget_ms']:g} ms")
-        ax.set_xlabel(f"measured latency on {p} (ms, batch 1, {summary['threads']} threads)")
+        ax.set_xlabel(f"measured latency on {p} (ms, batch 1, torch threads: {summary['threads']})")
         ax.set_ylabel("val mIoU (%)")
         ax.set_title(f"{p}: mIoU vs latency (upper left is better)", fontsize=9)
         ax.grid(alpha=0.3)
+        ax.margins(x=0.2, y=0.25)  # room for the legend
         ax.legend(fontsize=7, loc="best")
     return save_figure(fig, path)
 

@@ -165,7 +165,7 @@ def search_config(out: Path, runs: dict, budget_ms: float, lut: Path, fast: bool
     """The tiny search's pipeline config: the demo's data and recipe, the demo's teacher and KD terms (the distilled
     run's teacher cache), :data:`SEARCH_SPACE`, the torch-cpu budget and table."""
     iters = 4 if fast else SEARCH_ITERS
-    cfg = apply_overrides(demo_config(out, "searched", STUDENT, iters, fast), overrides)
+    cfg = apply_overrides(demo_config(out, "searched", ("chain_supernet", 1.0, None), iters, fast), overrides)
     teacher = Path(runs["teacher"]["cfg"].train.out_dir) / "best.pt"
     cache = Path(runs["distilled"]["cfg"].train.out_dir) / "teacher_cache"
     cfg = apply_overrides(cfg, [f"distill.teacher={teacher}", *DEMO_KD[:-1], f"distill.cache={cache}"])
