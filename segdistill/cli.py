@@ -24,9 +24,7 @@ def _write_json(obj, path):
 # ---------------------------------------------------------------------------- commands
 def cmd_train(args, distill: bool = False):
     from .config import load_config
-    from .engine import distributed as dist
-    from .engine.hooks import build_hooks
-    from .engine.trainer import Trainer
+    from .engine.hooks import run_training
     from .errors import ConfigError
 
     cfg = load_config(args.config, args.overrides)
@@ -36,13 +34,7 @@ def cmd_train(args, distill: bool = False):
     if not distill and cfg.distill.teacher:
         raise ConfigError(f"{args.config or 'the config'} sets distill.teacher: run `segdistill distill` to distil, "
                           "or set distill.teacher=null to train without a teacher")
-    hooks = build_hooks(cfg)
-    dist.setup_distributed()
-    main_rank = dist.is_main()
-    try:
-        result = Trainer(cfg, hooks).train()
-    finally:
-        dist.cleanup()
+    result, main_rank = run_training(cfg)
     if main_rank:
         what = "the student alone" if distill else "the model's weights"
         print(f"done: best val mIoU {100 * result['best_miou']:.2f}; checkpoints in {cfg.train.out_dir} "

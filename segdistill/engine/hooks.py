@@ -10,7 +10,7 @@ from __future__ import annotations
 import importlib
 from typing import Callable
 
-from .trainer import Hook
+from .trainer import Hook, Trainer
 
 _FACTORIES: dict[str, Callable] = {}
 
@@ -36,6 +36,21 @@ def build_hooks(cfg) -> list[Hook]:
         importlib.import_module(mod)
     hooks = [fn(cfg) for fn in _FACTORIES.values()]
     return [h for h in hooks if h is not None]
+
+
+def run_training(cfg) -> tuple[dict, bool]:
+    """Train ``cfg`` with the hooks it asks for, under torchrun when launched so: (the trainer's result, whether this
+    process is the main rank). What ``segdistill train``, ``distill`` and ``search`` run."""
+    from . import distributed as dist
+
+    hooks = build_hooks(cfg)
+    dist.setup_distributed()
+    main_rank = dist.is_main()
+    try:
+        result = Trainer(cfg, hooks).train()
+    finally:
+        dist.cleanup()
+    return result, main_rank
 
 
 def hook_factories() -> list[str]:

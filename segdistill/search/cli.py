@@ -8,22 +8,14 @@ from ..shapes import parse_shape
 
 def cmd_search(args):
     from ..config import load_config
-    from ..engine import distributed as dist
-    from ..engine.hooks import build_hooks
-    from ..engine.trainer import Trainer
+    from ..engine.hooks import run_training
     from ..errors import ConfigError
 
     cfg = load_config(args.config, args.overrides)
     if not cfg.search.space:
         raise ConfigError(f"{args.config} sets no search space: add search.space=chain (and search.budget.<platform>"
                           "=MS), or run `segdistill train` / `segdistill distill` for a fixed model")
-    hooks = build_hooks(cfg)
-    dist.setup_distributed()
-    main_rank = dist.is_main()
-    try:
-        result = Trainer(cfg, hooks).train()
-    finally:
-        dist.cleanup()
+    result, main_rank = run_training(cfg)
     if main_rank:
         out = Path(cfg.train.out_dir)
         print(f"done: searched architecture in {out / 'genotype.json'} (report: {out / 'report.md'}); supernet best "
