@@ -138,19 +138,16 @@ def time_rows(out_dir: Path, iters: int = 10, threads: int = 2) -> dict:
 
     import torch
 
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from camvid_kd import seconds_per_iteration  # the one timing loop of the benchmarks
+
     torch.set_num_threads(threads)
     table = {}
     for row in ("alone_r34", "sandwich", "ekd"):
         with tempfile.TemporaryDirectory() as tmp:
             trainer, _ = make_trainer(overrides_for(row, 0, [f"train.out_dir={tmp}", "data.workers=0",
                                                              f"train.threads={threads}"]))
-            batches = iter(trainer.loader(0, 0))
-            for _ in range(3):
-                trainer.train_step(next(batches))
-            t0 = time.perf_counter()
-            for _ in range(iters):
-                trainer.train_step(next(batches))
-            table[row] = (time.perf_counter() - t0) / iters
+            table[row] = seconds_per_iteration(trainer, iters)
         print(f"{row}: {table[row]:.3f} s/iter ({table[row] / table['alone_r34']:.2f}x the full net alone)", flush=True)
     (out_dir / "timing.json").parent.mkdir(parents=True, exist_ok=True)
     (out_dir / "timing.json").write_text(json.dumps({"s_per_iter": table, "iters": iters, "threads": threads}, indent=2))

@@ -113,6 +113,24 @@ def run(student: str, row: str, seed: int, out_dir: Path, extra: list[str]) -> d
 
 
 # ---------------------------------------------------------------------------- cost, side by side
+def seconds_per_iteration(trainer, iters: int, warmup: int = 3) -> float:
+    """Mean seconds of one whole training iteration (the step, then every hook's after_step, e.g. a discriminator's
+    step) over ``iters`` iterations after ``warmup`` untimed ones, on the trainer's own data order."""
+    batches = iter(trainer.loader(0, 0))
+
+    def iteration():
+        trainer.train_step(next(batches))
+        for h in trainer.hooks:
+            h.after_step(trainer)
+
+    for _ in range(warmup):
+        iteration()
+    t0 = time.perf_counter()
+    for _ in range(iters):
+        iteration()
+    return (time.perf_counter() - t0) / iters
+
+
 def time_one(student: str, row: str, cache: bool, out_dir: Path, iters: int, threads: int) -> dict:
     """Seconds per training iteration (after 3 warm-up iterations) and peak RSS of this process (a fresh one per row)."""
     import tempfile
@@ -120,15 +138,7 @@ def time_one(student: str, row: str, cache: bool, out_dir: Path, iters: int, thr
     with tempfile.TemporaryDirectory() as tmp:
         ov = overrides_for(student, row, 0, out_dir, cache, [f"train.threads={threads}", "data.workers=0"])
         trainer, _ = make_trainer(ov + [f"train.out_dir={tmp}"])
-        batches = iter(trainer.loader(0, 0))
-        for _ in range(3):
-            trainer.train_step(next(batches))
-        t0 = time.perf_counter()
-        for _ in range(iters):
-            trainer.train_step(next(batches))
-            for h in trainer.hooks:
-                h.after_step(trainer)  # the discriminator's step is part of an iteration's cost
-        s_per_iter = (time.perf_counter() - t0) / iters
+        s_per_iter = seconds_per_iteration(trainer, iters)
     return {"s_per_iter": s_per_iter, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
             "threads": threads, "iters": iters}
 
