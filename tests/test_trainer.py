@@ -60,6 +60,16 @@ class StopAt(Hook):
             raise KeyboardInterrupt
 
 
+def test_resume_auto_without_a_checkpoint_starts_a_new_run(tmp_path, capsys):
+    """`train.resume=auto` is how resumable benchmarks start *and* continue: an empty folder is a new run."""
+    fresh = tmp_path / "fresh"
+    Trainer(tiny_cfg(fresh, iters=2, val_interval=2, resume="auto")).train()
+    assert "no " in capsys.readouterr().out and sorted(losses_by_iter(fresh)) == [1, 2]
+    assert load_checkpoint(fresh / "last.pt")["trainer"]["iteration"] == 2
+    with pytest.raises(CheckpointError, match="not found"):  # an explicit path still has to exist
+        Trainer(tiny_cfg(tmp_path / "other", resume=str(tmp_path / "missing.pt")))
+
+
 def test_resume_repeats_the_uninterrupted_losses(tmp_path):
     full = tmp_path / "full"
     Trainer(tiny_cfg(full)).train()

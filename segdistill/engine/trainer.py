@@ -310,8 +310,13 @@ class Trainer:
 
         for h in self.hooks:
             h.on_train_start(self)
-        if cfg.train.resume:
-            self.resume(self.out_dir / "last.pt" if cfg.train.resume == "auto" else Path(cfg.train.resume))
+        if cfg.train.resume == "auto":
+            if (self.out_dir / "last.pt").exists():
+                self.resume(self.out_dir / "last.pt")
+            elif dist.is_main():
+                print(f"train.resume=auto: no {self.out_dir / 'last.pt'} yet, starting a new run")
+        elif cfg.train.resume:
+            self.resume(Path(cfg.train.resume))
 
     def trainable_parameters(self):
         """The model's parameters plus the hooks' training-only ones (adapters, projectors ...) that the main
