@@ -147,7 +147,7 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda
     out_dir: str = "runs/default"
-    resume: str | None = None  # "auto" (out_dir/last.pt) or a checkpoint path
+    resume: str | None = None  # "auto" (out_dir/last.pt if it exists, else a new run) or a checkpoint path
     threads: int | None = checked(None, at_least(1))  # torch CPU threads; None = torch's default
     progress: bool = True
 
