@@ -13,13 +13,15 @@ Every result row evaluates every depth of its best.pt on CamVid val (whole image
 ``--latency`` adds torch-cpu and onnxruntime-cpu latency (``segdistill profile``'s measurement) per depth.
 
     python benchmarks/camvid_ddnn.py --rows ekd,sandwich,alone_r10,alone_r18,alone_r26,alone_r34 --seeds 0,1
-    python benchmarks/camvid_ddnn.py --rows ekd --seeds 0 --iters 2        # smoke run (does it start?)
+    python benchmarks/camvid_ddnn.py --budget 230 --rows ... --seeds 0,1   # a shorter budget, in its own folder
+    python benchmarks/camvid_ddnn.py --rows ekd --seeds 0 --budget 4       # smoke run (does it start?)
     python benchmarks/camvid_ddnn.py --timing     # s/iteration of ekd / sandwich vs one full net, side by side
     python benchmarks/camvid_ddnn.py --latency --report      # latency per depth, then the Markdown table and plot
 
 Resumable: each run trains with ``train.resume=auto`` (a killed run continues from its last.pt) and a finished row
-(``result.json`` present) is skipped unless ``--force``. Results: OUT_DIR/<row>/seed<k>/result.json (default OUT_DIR
-../runs/camvid_ddnn, beside the repository); the plot OUT_DIR/miou_vs_latency.png.
+(``result.json`` present) is skipped unless ``--force``. Results: OUT_DIR/it<BUDGET>/<row>/seed<k>/result.json (default
+OUT_DIR ../runs/camvid_ddnn, beside the repository); the plot OUT_DIR/it<BUDGET>/miou_vs_latency.png. Rows trained at
+different budgets live in different folders and never share a table.
 """
 from __future__ import annotations
 
@@ -38,7 +40,14 @@ CONFIG = REPO / "segdistill" / "configs" / "ddnn-camvid-cpu.yaml"
 PROTOCOL = ("camvid-cpu (../shared/docs/benchmark-protocol.md): CamVid train->val, 240x180, 11 classes, void ignored; "
             "whole-image val mIoU of best.pt, every depth")
 DEPTHS = {"r10": [1, 1, 1, 1], "r18": [2, 2, 2, 2], "r26": [2, 3, 4, 3], "r34": [3, 4, 6, 3]}
-BUDGET = ["train.iters=1840", "train.val_interval=230", "train.ckpt_interval=230"]
+PROTOCOL_ITERS = 1840  # camvid-cpu's 40 epochs at batch 8
+
+
+def budget(iters: int) -> list[str]:
+    """The iteration budget every row of one table shares (validation and checkpoints at each quarter)."""
+    q = max(iters // 4, 1)
+    return [f"train.iters={iters}", f"train.val_interval={q}", f"train.ckpt_interval={q}",
+            f"optim.warmup_iters={min(100, max(iters // 10, 1))}"]
 
 
 def _depths(d: dict) -> str:
@@ -53,9 +62,9 @@ ROWS = {
 }
 
 
-def overrides_for(row: str, seed: int, extra: list[str]) -> list[str]:
-    return [f"data.root={REPO.parent / 'shared' / 'data' / 'camvid'}", f"train.seed={seed}", *BUDGET, _depths(DEPTHS),
-            *ROWS[row][1], *extra]
+def overrides_for(row: str, seed: int, extra: list[str], iters: int = PROTOCOL_ITERS) -> list[str]:
+    return [f"data.root={REPO.parent / 'shared' / 'data' / 'camvid'}", f"train.seed={seed}", *budget(iters),
+            _depths(DEPTHS), *ROWS[row][1], *extra]
 
 
 def make_trainer(overrides: list[str]):
@@ -92,14 +101,13 @@ def evaluate_depths(ckpt: Path, cfg, latency: bool = False) -> list[dict]:
     return rows
 
 
-def run(row: str, seed: int, out_dir: Path, extra: list[str], force: bool = False) -> dict | None:
+def run(row: str, seed: int, out_dir: Path, extra: list[str], iters: int, force: bool = False) -> dict | None:
     run_dir = out_dir / row / f"seed{seed}"
     res_path = run_dir / "result.json"
     if res_path.exists() and not force:
         print(f"== {row} / seed {seed}: done ({res_path})", flush=True)
         return json.loads(res_path.read_text())
-    ov = overrides_for(row, seed, extra) + [f"train.out_dir={run_dir}", "train.resume=auto" if (run_dir / "last.pt").exists()
-                                            else "train.resume=null"]
+    ov = overrides_for(row, seed, extra, iters) + [f"train.out_dir={run_dir}", "train.resume=auto"]
     print(f"== {row} / seed {seed}: {ROWS[row][0]}\n   overrides: {shlex.join(ov)}", flush=True)
     t0 = time.perf_counter()
     trainer, cfg = make_trainer(ov)
@@ -159,7 +167,11 @@ def report(out_dir: Path) -> str:
     by_row: dict[str, list] = {}
     for r in results:
         by_row.setdefault(r["row"], []).append(r)
-    lines = [f"Protocol: {PROTOCOL}. Config {CONFIG.name}; budget {' '.join(BUDGET)} per row.", "",
+    budgets = sorted({r["iters"] for r in results})
+    if len(budgets) > 1:
+        raise SystemExit(f"{out_dir} mixes budgets {budgets}: one table, one budget (use --budget's own folder)")
+    budget_text = " ".join(budget(budgets[0])) if budgets else "none yet"
+    lines = [f"Protocol: {PROTOCOL}. Config {CONFIG.name}; budget for every row: {budget_text} at batch 8.", "",
              "| row | depth | seeds | val mIoU % (each) | params (M) | GMACs | torch-cpu ms | onnxruntime-cpu ms | "
              "train wall s (mean) |", "|---|---|---|---|---|---|---|---|---|"]
     points = []
@@ -209,7 +221,8 @@ def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--rows", default="", help=f"comma-separated, from: {','.join(ROWS)}")
     p.add_argument("--seeds", default="0,1")
-    p.add_argument("--iters", type=int, help="train.iters for a smoke run (val/ckpt intervals follow)")
+    p.add_argument("--budget", type=int, default=PROTOCOL_ITERS,
+                   help="train.iters of every row (one table, one budget); rows go to OUT_DIR/it<BUDGET>")
     p.add_argument("--out-dir", default=str(REPO.parent / "runs" / "camvid_ddnn"))
     p.add_argument("--force", action="store_true", help="train rows whose result.json exists again")
     p.add_argument("--timing", action="store_true")
@@ -218,20 +231,16 @@ def main():
     p.add_argument("--report", action="store_true")
     p.add_argument("overrides", nargs="*", help="extra section.key=value for every run")
     args = p.parse_args()
-    out_dir = Path(args.out_dir)
+    out_dir = Path(args.out_dir) / f"it{args.budget}"
     print(f"protocol: {PROTOCOL}\ncommand: python benchmarks/camvid_ddnn.py {shlex.join(sys.argv[1:])}", flush=True)
     rows = [r for r in args.rows.split(",") if r]
     bad = set(rows) - set(ROWS)
     if bad:
         p.error(f"unknown rows {sorted(bad)}; known: {', '.join(ROWS)}")
     extra = list(args.overrides)
-    if args.iters:
-        n = args.iters
-        extra += [f"train.iters={n}", f"train.val_interval={n}", f"train.ckpt_interval={n}",
-                  f"optim.warmup_iters={min(100, n // 2)}"]
     for row in rows:
         for seed in map(int, args.seeds.split(",")):
-            run(row, seed, out_dir, extra, args.force)
+            run(row, seed, out_dir, extra, args.budget, args.force)
     if args.timing:
         time_rows(out_dir, args.timing_iters)
     if args.latency:
