@@ -29,41 +29,61 @@ def match_target(target: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
     return F.interpolate(target[:, None].float(), size=ref.shape[-2:], mode="nearest")[:, 0].long()
 
 
+PIXEL_REDUCTIONS = ("pixel", "element", "image_sum")
+
+
 class PixelKD(nn.Module):
     """Pixel-wise knowledge distillation (Hinton et al. 2015, applied per pixel as in
     Liu et al., "Structured Knowledge Distillation for Semantic Segmentation", CVPR 2019).
 
-    ``loss = mean_{valid p} T^2 * KL(softmax(z_t[p] / T) || softmax(z_s[p] / T))``
+    With ``kl_p = T^2 * KL(softmax(z_t[p] / T) || softmax(z_s[p] / T))`` (summed over the K classes):
+
+    * ``reduction="pixel"`` (default): ``loss = mean_{valid p} kl_p``;
+    * ``reduction="element"``: ``loss = mean_{valid p} kl_p / K``, the mean over B*K*H*W elements that
+      ``torch.nn.KLDivLoss()`` (default ``reduction="mean"``) computes: AICSD's released ``distiller.py``;
+    * ``reduction="image_sum"``: ``loss = sum_b mean_{valid p in image b} kl_p``, the sum over the batch
+      of per-image means: SKD's released ``CriterionPixelWise`` (``sum / (H * W)``), i.e. B times
+      ``"pixel"`` when no pixel is ignored. (SKD's code uses the soft cross-entropy, which is this KL
+      plus the teacher's entropy: the same gradient.)
 
     Design choices:
 
-    * direction KL(teacher || student), the KL summed over classes and averaged over valid pixels;
+    * direction KL(teacher || student), the KL summed over classes;
     * ``target`` (B, H, W) is resized to the logits' size with nearest interpolation; pixels whose
-      label is ``ignore_index`` are excluded. Without a target every pixel is valid;
-    * when no pixel is valid the loss is an exact zero that still carries the graph (``0 * sum``).
+      label is ``ignore_index`` are excluded (the released AICSD and SKD code masks nothing). Without
+      a target every pixel is valid;
+    * when no pixel is valid the loss is an exact zero that still carries the graph (``0 * sum``);
+      with ``"image_sum"`` an image without a valid pixel adds nothing.
     """
 
-    def __init__(self, T: float = 1.0, ignore_index: int = 255):
+    def __init__(self, T: float = 1.0, ignore_index: int = 255, reduction: str = "pixel"):
         super().__init__()
         if T <= 0:
             raise ValueError(f"T must be positive, got {T}")
+        if reduction not in PIXEL_REDUCTIONS:
+            raise ValueError(f"reduction must be one of {', '.join(PIXEL_REDUCTIONS)}, got {reduction!r}")
         self.T = float(T)
         self.ignore_index = ignore_index
+        self.reduction = reduction
 
     def forward(self, z_s: torch.Tensor, z_t: torch.Tensor, target: torch.Tensor | None = None) -> torch.Tensor:
         z_t = match_size(z_t.detach(), z_s)
         T = self.T
         log_p_s = F.log_softmax(z_s / T, dim=1)
         log_p_t = F.log_softmax(z_t / T, dim=1)
-        kl = (log_p_t.exp() * (log_p_t - log_p_s)).sum(dim=1)  # (B, H, W)
+        kl = T * T * (log_p_t.exp() * (log_p_t - log_p_s)).sum(dim=1)  # (B, H, W)
         if target is None:
-            return T * T * kl.mean()
-        target = match_target(target, z_s)
-        valid = target != self.ignore_index
-        n = valid.sum()
-        if n == 0:
+            valid = torch.ones_like(kl, dtype=torch.bool)
+        else:
+            valid = match_target(target, z_s) != self.ignore_index
+        if not valid.any():
             return kl.sum() * 0.0
-        return T * T * kl[valid].sum() / n
+        if self.reduction == "image_sum":
+            kl = torch.where(valid, kl, torch.zeros_like(kl))
+            n_b = valid.flatten(1).sum(1)  # valid pixels per image
+            return (kl.flatten(1).sum(1) / n_b.clamp(min=1)).sum()
+        loss = kl[valid].mean()
+        return loss / z_s.shape[1] if self.reduction == "element" else loss
 
 
 class ChannelWiseKD(nn.Module):
@@ -110,9 +130,12 @@ class PairwiseKD(nn.Module):
     """Pair-wise structured distillation (SKD; Liu et al., "Structured Knowledge Distillation for
     Semantic Segmentation", CVPR 2019 / TPAMI 2020).
 
-    Nodes: features max-pooled with kernel = stride = ``patch`` (``patch=1``: every pixel is a node),
-    each node L2-normalised over channels. With S (N x C_s) and T (N x C_t) the node matrices,
-    ``a_ij = s_i . s_j`` and ``loss = mean_b sum_ij (a^s_ij - a^t_ij)^2 / N^2``.
+    Nodes: features max-pooled with kernel = stride = ``patch`` pixels (``patch=1``: every pixel is a
+    node), or, with ``scale`` set, with kernel = stride = ``(int(scale * H), int(scale * W))`` (at least
+    1): the pooling of SKD's and AICSD's released code (``--pool-scale 0.5``, a fixed ~2 x 2 grid of
+    nodes whatever the map's size). Each node is L2-normalised over channels. With S (N x C_s) and
+    T (N x C_t) the node matrices, ``a_ij = s_i . s_j`` and ``loss = mean_b sum_ij (a^s_ij - a^t_ij)^2 / N^2``
+    (the normalisation of the authors' ``sim_dis_compute``).
 
     Design choices:
 
@@ -120,21 +143,34 @@ class PairwiseKD(nn.Module):
       ``sum_ij (s_i.s_j - t_i.t_j)^2 = ||S^T S||_F^2 - 2 ||S^T T||_F^2 + ||T^T T||_F^2``
       in float64 (the terms nearly cancel), O(N C^2) work and O(C^2) memory, never an N x N matrix;
       channel counts may differ between student and teacher;
-    * pooling uses ``ceil_mode=True`` so a border that is not a multiple of ``patch`` still forms nodes;
+    * pooling uses ``ceil_mode=True`` (as the authors' code) so a border that is not a multiple of
+      the kernel still forms nodes;
+    * the node norm is differentiated through (``F.normalize``); the authors' code divides by a
+      *detached* norm (+1e-8): the same value, a different gradient;
     * the teacher is resized (bilinear) to the student's spatial size before pooling when they differ;
     * the result is returned in the student's dtype.
     """
 
-    def __init__(self, patch: int = 2, eps: float = 1e-12):
+    def __init__(self, patch: int = 2, eps: float = 1e-12, scale: float | None = None):
         super().__init__()
         if patch < 1:
             raise ValueError(f"patch must be >= 1, got {patch}")
+        if scale is not None and not 0 < scale <= 1:
+            raise ValueError(f"scale must be in (0, 1], got {scale}")
         self.patch = int(patch)
+        self.scale = None if scale is None else float(scale)
         self.eps = eps
 
+    def kernel(self, h: int, w: int) -> tuple[int, int]:
+        """The max-pool kernel (= stride) for an ``h`` x ``w`` feature map."""
+        if self.scale is None:
+            return self.patch, self.patch
+        return max(1, int(h * self.scale)), max(1, int(w * self.scale))
+
     def _nodes(self, f: torch.Tensor) -> torch.Tensor:
-        if self.patch > 1:
-            f = F.max_pool2d(f, kernel_size=self.patch, stride=self.patch, ceil_mode=True)
+        k = self.kernel(*f.shape[-2:])
+        if k != (1, 1):
+            f = F.max_pool2d(f, kernel_size=k, stride=k, ceil_mode=True)
         f = F.normalize(f.flatten(2).double(), p=2, dim=1, eps=self.eps)  # (B, C, N)
         return f
 
@@ -167,16 +203,21 @@ def inter_class_similarity(z: torch.Tensor, tau: float = 1.0, normalize: bool = 
 
 class InterClassSimilarityKD(nn.Module):
     """Inter-class similarity distillation, ICSD (seed 004: "inter-class similarity distillation
-    with adaptive loss weighting").
+    with adaptive loss weighting"; Mansourian et al., AICSD).
 
     Per image and class c, ``P^c = softmax(Z^c / tau)`` over all H*W positions;
     ``ICS[i, j] = KL(P^i || P^j)`` for every ordered pair (full K x K, not symmetric);
     each row L2-normalised; ``loss = mean_{b,i,j} (ICS_s - ICS_t)^2``.
 
-    Design choices (deliberately unlike the authors' released code): the softmax runs over all
-    H*W positions (not H only), the KL uses log-probabilities, and every entry is computed (no
-    mirrored triangle). The teacher is resized (bilinear) to the student's size when they differ.
-    The authors weighted this term by 9500 (with the K^2 mean); the weight lives outside the module.
+    Design choices (deliberately the paper's formula, unlike the authors' released ``distiller.py``,
+    whose ``lo_loss`` takes the softmax over H only (per column), feeds probabilities where
+    ``KLDivLoss`` expects log-probabilities, builds one batch-averaged K x K matrix from its upper
+    triangle mirrored, and divides the K^2 mean by the batch size once more): the softmax runs over
+    all H*W positions, the KL uses log-probabilities, every entry is computed per image. So the
+    authors' ``--lo_lambda`` does not carry over to this term's weight, and their README's 9500 is
+    ``--pa_lambda`` (a pair-wise feature loss), not this term's: calibrate the weight (a sweep over
+    decades, benchmarks/camvid_kd.py). The teacher is resized (bilinear) to the student's size when
+    they differ.
     """
 
     def __init__(self, tau: float = 1.0):
