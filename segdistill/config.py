@@ -45,12 +45,19 @@ def one_of(*choices) -> Rule:
     return Rule(f"one of {', '.join(map(str, choices))}", lambda v: v in choices, "bogus" if isinstance(choices[0], str) else -7)
 
 
-def checked(default, rule: Rule):
-    """A dataclass field with ``default`` (copied when mutable) whose values must satisfy ``rule``; a list's
-    elements must each satisfy it. ``None`` (where the type allows it) always passes."""
-    if isinstance(default, (list, dict)):
-        return field(default_factory=lambda: copy.deepcopy(default), metadata={"rule": rule})
-    return field(default=default, metadata={"rule": rule})
+def checked(default, rule: Rule | None = None, help: str = ""):
+    """A dataclass field with ``default`` (copied when mutable), its meaning ``help`` (what ``segdistill config``
+    shows) and the ``rule`` its values must satisfy (``None``: any value of the field's type). A list's elements and a
+    mapping's values must each satisfy it. ``None`` (where the type allows it) always passes."""
+    metadata = {"help": help} if rule is None else {"help": help, "rule": rule}
+    if isinstance(default, (list, dict)) or (dataclasses.is_dataclass(default) and not isinstance(default, type)):
+        return field(default_factory=lambda: copy.deepcopy(default), metadata=metadata)
+    return field(default=default, metadata=metadata)
+
+
+def described(default, help: str):
+    """A field that takes any value of its type, with its meaning: ``checked(default, None, help)``."""
+    return checked(default, None, help)
 
 
 def validate(cfg, prefix: str = "") -> None:
@@ -65,100 +72,117 @@ def validate(cfg, prefix: str = "") -> None:
         rule = fields[key].metadata.get("rule") if key in fields else None
         if rule is None or value is None:
             continue
-        for v in value if isinstance(value, list) else [value]:
+        if isinstance(value, dict):  # (key, value, value as shown, what the rule applies to)
+            checks = [(f"{where}.{k}", v, repr(v), "") for k, v in value.items()]
+        elif isinstance(value, list):
+            checks = [(where, v, f"{value!r} (element {v!r})", " (each element)") for v in value]
+        else:
+            checks = [(where, value, repr(value), "")]
+        for name, v, shown, each in checks:
             try:
                 good = rule.ok(v)
             except TypeError:
                 good = False
             if not good:
-                shown = f"{value!r}" + (f" (element {v!r})" if isinstance(value, list) else "")
-                raise ConfigError(f"{where}={shown} is not allowed: {where} must be {rule.text}"
-                                  + (" (each element)" if isinstance(value, list) else ""))
+                raise ConfigError(f"{name}={shown} is not allowed: {name} must be {rule.text}{each}")
 
 
 @dataclass
 class DataConfig:
-    name: str = "synthetic"  # synthetic | camvid | cityscapes | voc | ade20k | folder
-    root: str = ""  # dataset folder in its standard layout
-    train_split: str = "train"
-    val_split: str = "val"
-    num_classes: int | None = checked(None, at_least(1))  # None: the dataset's own count
-    ignore_index: int = 255  # label value ignored in loss and metrics (after the dataset's own mapping)
-    resize: list[int] | None = checked(None, at_least(1))  # [H, W]: resize every image first (camvid-cpu: [180, 240])
-    crop_size: list[int] | None = checked(None, at_least(1))  # [H, W] training crop, padded with ignore when the image is smaller
-    scale_range: list[float] = checked([1.0, 1.0], above(0))  # random scale [min, max] in training
-    flip: bool = True  # random horizontal flip in training
-    jitter: float = checked(0.0, at_least(0))  # photometric jitter strength (0 = off)
-    mean: list[float] = field(default_factory=lambda: [0.485, 0.456, 0.406])
-    std: list[float] = checked([0.229, 0.224, 0.225], above(0))
-    batch_size: int = checked(8, at_least(1))
-    workers: int = checked(0, at_least(0))
-    # synthetic data only
-    synthetic_size: list[int] = checked([96, 128], at_least(8))  # [H, W]
-    synthetic_train: int = 64  # images in the train split
-    synthetic_val: int = 16
-    seed: int = 0  # data seed (synthetic scenes)
+    """The dataset, its splits, augmentation and loading (segdistill.data)."""
+
+    name: str = described("synthetic", "dataset: synthetic | camvid | cityscapes | voc | ade20k | folder")
+    root: str = described("", "dataset folder in its standard layout (unused by synthetic)")
+    train_split: str = described("train", "split to train on (a list file or folder under root, by dataset)")
+    val_split: str = described("val", "split validated during training, and `segdistill eval`'s default")
+    num_classes: int | None = checked(None, at_least(1), "null: the dataset's own count (when set, it must match)")
+    ignore_index: int = described(255, "label value ignored in loss and metrics (after the dataset's own mapping)")
+    resize: list[int] | None = checked(None, at_least(1), "[H, W]: resize every image first (camvid-cpu: [180, 240])")
+    crop_size: list[int] | None = checked(None, at_least(1),
+                                          "[H, W] training crop, padded with ignore when the image is smaller")
+    scale_range: list[float] = checked([1.0, 1.0], above(0), "random scale [min, max] in training")
+    flip: bool = described(True, "random horizontal flip in training")
+    jitter: float = checked(0.0, at_least(0), "photometric jitter strength (0 = off)")
+    mean: list[float] = described([0.485, 0.456, 0.406], "RGB mean subtracted from images scaled to [0, 1]")
+    std: list[float] = checked([0.229, 0.224, 0.225], above(0), "RGB std the centred images are divided by")
+    batch_size: int = checked(8, at_least(1), "images per batch (per process under torchrun)")
+    workers: int = checked(0, at_least(0), "data-loader worker processes (0: load in the main process)")
+    synthetic_size: list[int] = checked([96, 128], at_least(8), "synthetic data only: image size [H, W]")
+    synthetic_train: int = checked(64, at_least(1), "synthetic data only: images in the train split")
+    synthetic_val: int = checked(16, at_least(1), "synthetic data only: images in the val split")
+    seed: int = described(0, "data seed (synthetic scenes, augmentation draws)")
 
 
 @dataclass
 class ModelConfig:
-    name: str = "fcn_resnet18"
-    width_mult: float = checked(1.0, above(0))
-    output_stride: int | None = checked(None, one_of(8, 16, 32))  # None: the model's own default (8 for ResNet/MobileNet heads, 16 for LR-ASPP)
-    aux: bool = False  # auxiliary FCN head on stage 3
-    pretrained: str | None = None  # local path to a torchvision/ImageNet backbone state dict
-    sync_bn: bool = False
-    # Architecture as data: extra keyword options handed to the model's builder, e.g. a genotype
-    # ({genotype: PATH or mapping}), a depth configuration, a search space's choices. Recorded in every
-    # checkpoint's meta, so best.pt rebuilds the same model. ``model.arch.KEY=VALUE`` sets one entry.
-    arch: dict[str, typing.Any] = field(default_factory=dict)
+    """The network to train (`segdistill models` lists the registered names)."""
+
+    name: str = described("fcn_resnet18", "a registered model name, or family:ARG (e.g. searched:GENOTYPE.json)")
+    width_mult: float = checked(1.0, above(0), "channel width multiplier")
+    output_stride: int | None = checked(None, one_of(8, 16, 32), "null: the model's own default "
+                                        "(8 for ResNet/MobileNet heads, 16 for LR-ASPP)")
+    aux: bool = described(False, "auxiliary FCN head on stage 3 (its CE weighted by loss.aux_weight)")
+    pretrained: str | None = described(None, "local path to a torchvision/ImageNet backbone state dict")
+    sync_bn: bool = described(False, "synchronised BatchNorm across processes (torchrun)")
+    arch: dict[str, typing.Any] = described({}, (
+        "architecture as data: extra keyword options handed to the model's builder, e.g. a genotype "
+        "({genotype: PATH or mapping}), a depth configuration, a search space's choices. Recorded in every "
+        "checkpoint's meta, so best.pt rebuilds the same model. model.arch.KEY=VALUE sets one entry"))
 
 
 @dataclass
 class OptimConfig:
-    name: str = checked("sgd", one_of("sgd", "adamw"))
-    lr: float = checked(0.01, above(0))
-    momentum: float = checked(0.9, within(0, 1))
-    weight_decay: float = checked(1e-4, at_least(0))
-    betas: list[float] = checked([0.9, 0.999], within(0, 1))
-    warmup_iters: int = checked(0, at_least(0))
-    warmup_ratio: float = checked(0.1, within(0, 1))  # lr starts at lr * warmup_ratio and rises linearly
-    power: float = checked(0.9, at_least(0))  # poly schedule exponent
-    min_lr: float = checked(0.0, at_least(0))
-    clip_grad: float | None = checked(None, above(0))  # max gradient norm; None = no clipping
+    """The optimizer and the learning-rate schedule (linear warm-up, then poly decay)."""
+
+    name: str = checked("sgd", one_of("sgd", "adamw"), "optimizer")
+    lr: float = checked(0.01, above(0), "base learning rate")
+    momentum: float = checked(0.9, within(0, 1), "SGD momentum")
+    weight_decay: float = checked(1e-4, at_least(0), "weight decay")
+    betas: list[float] = checked([0.9, 0.999], within(0, 1), "AdamW betas [beta1, beta2]")
+    warmup_iters: int = checked(0, at_least(0), "iterations of linear warm-up")
+    warmup_ratio: float = checked(0.1, within(0, 1), "lr starts at lr * warmup_ratio and rises linearly")
+    power: float = checked(0.9, at_least(0), "poly schedule exponent: lr * (1 - iteration / train.iters) ** power")
+    min_lr: float = checked(0.0, at_least(0), "the poly schedule's floor")
+    clip_grad: float | None = checked(None, above(0), "max gradient norm; null = no clipping")
 
 
 @dataclass
 class LossConfig:
-    aux_weight: float = checked(0.4, at_least(0))
-    ohem: bool = False
-    ohem_thresh: float = checked(0.7, within(0, 1))  # keep pixels whose true-class probability is below this ...
-    ohem_min_kept: int = checked(10000, at_least(1))  # ... but at least this many per batch
-    class_weights: list[float] | None = checked(None, at_least(0))
+    """The task loss: cross-entropy (optionally OHEM, class weights) plus the auxiliary head's."""
+
+    aux_weight: float = checked(0.4, at_least(0), "weight of the auxiliary head's CE (model.aux)")
+    ohem: bool = described(False, "online hard example mining in the CE")
+    ohem_thresh: float = checked(0.7, within(0, 1), "OHEM: keep pixels whose true-class probability is below this")
+    ohem_min_kept: int = checked(10000, at_least(1), "OHEM: but at least this many pixels per batch")
+    class_weights: list[float] | None = checked(None, at_least(0), "CE weight of each class; null: all 1")
 
 
 @dataclass
 class TrainConfig:
-    iters: int = checked(1000, at_least(1))
-    val_interval: int = checked(200, at_least(1))
-    ckpt_interval: int = checked(200, at_least(1))
-    log_interval: int = checked(10, at_least(1))
-    amp: str = checked("none", one_of("none", "bf16", "fp16"))  # (CUDA only; ignored with a warning on CPU)
-    seed: int = 0
-    device: str = "auto"  # auto | cpu | cuda
-    out_dir: str = "runs/default"
-    resume: str | None = None  # "auto" (out_dir/last.pt if it exists, else a new run) or a checkpoint path
-    threads: int | None = checked(None, at_least(1))  # torch CPU threads; None = torch's default
-    progress: bool = True
+    """The training loop: length, intervals, precision, device, run folder, resume."""
+
+    iters: int = checked(1000, at_least(1), "training iterations (optimizer steps)")
+    val_interval: int = checked(200, at_least(1), "iterations between validations (best.pt follows val mIoU)")
+    ckpt_interval: int = checked(200, at_least(1), "iterations between saves of last.pt")
+    log_interval: int = checked(10, at_least(1), "iterations between log lines")
+    amp: str = checked("none", one_of("none", "bf16", "fp16"), "mixed precision (CUDA only; ignored with a warning on CPU)")
+    seed: int = described(0, "random seed (initialisation, data order, augmentation)")
+    device: str = described("auto", "auto | cpu | cuda")
+    out_dir: str = described("runs/default", "run folder: checkpoints, logs and config.yaml")
+    resume: str | None = described(None, "\"auto\" (out_dir/last.pt if it exists, else a new run) or a checkpoint path")
+    threads: int | None = checked(None, at_least(1), "torch CPU threads; None = torch's default")
+    progress: bool = described(True, "show a progress bar")
 
 
 @dataclass
 class EvalConfig:
-    mode: str = checked("whole", one_of("whole", "slide"))
-    crop_size: list[int] | None = checked(None, at_least(1))  # slide window [H, W]
-    stride: list[int] | None = checked(None, at_least(1))  # slide stride [H, W]; default 2/3 of the window
-    flip: bool = False
-    scales: list[float] = checked([1.0], above(0))
+    """How validation and `segdistill eval` predict: whole image or sliding window, flip and scales."""
+
+    mode: str = checked("whole", one_of("whole", "slide"), "whole image, or a sliding window")
+    crop_size: list[int] | None = checked(None, at_least(1), "slide window [H, W]")
+    stride: list[int] | None = checked(None, at_least(1), "slide stride [H, W]; default 2/3 of the window")
+    flip: bool = described(False, "average with the prediction of the horizontally flipped image")
+    scales: list[float] = checked([1.0], above(0), "image scales whose predictions are averaged")
 
 
 @dataclass
@@ -169,11 +193,11 @@ class KDTerm:
 
     Each registered KD term (:mod:`segdistill.distill.terms`) has its own subclass adding its settings."""
 
-    weight: float = checked(0.0, at_least(0))
-    schedule: str = checked("constant", one_of("constant", "linear", "alw"))
-    start: float = checked(1.0, at_least(0))  # linear: factor on weight at the start ...
-    end: float = checked(1.0, at_least(0))  # ... and at the end
-    side: str = checked("late", one_of("late", "early"))  # alw: late (grows with a) | early (fades as 1 - a)
+    weight: float = checked(0.0, at_least(0), "weight of this term in the loss (0: off)")
+    schedule: str = checked("constant", one_of("constant", "linear", "alw"), "constant | linear (start -> end) | alw (by side)")
+    start: float = checked(1.0, at_least(0), "linear: factor on weight at the start")
+    end: float = checked(1.0, at_least(0), "linear: factor on weight at the end")
+    side: str = checked("late", one_of("late", "early"), "alw: late (grows with a) | early (fades as 1 - a)")
 
 
 class OpenSections:
@@ -217,14 +241,16 @@ class DistillConfig(OpenSections):
     registered KD term (``distill.pixel``, ``distill.cwd``, ...; see :mod:`segdistill.distill.terms`), each a
     :class:`KDTerm` subclass. A term registered later (a plugin, a test) gets its ``distill.<name>`` section the same way."""
 
-    teacher: str | None = None  # a segdistill checkpoint path, or a registered model name (+ teacher_weights)
-    teacher_weights: str | None = None  # weights for a teacher given by name (segdistill checkpoint or raw state dict)
-    teacher_width_mult: float = 1.0  # these three only for a teacher given by name
-    teacher_output_stride: int | None = None
-    teacher_aux: bool = False
-    method: str | None = None  # preset: skd | aicsd | heteroakd (sets defaults; keys you set win)
-    cache: str | bool | None = None  # null/off | auto (<out_dir>/teacher_cache) | a folder: teacher logits once, logit terms only
-    task: KDTerm = field(default_factory=lambda: KDTerm(weight=1.0))  # scales the task loss (CE + aux)
+    teacher: str | None = described(None, "a segdistill checkpoint path, or a registered model name (+ teacher_weights)")
+    teacher_weights: str | None = described(None, "weights for a teacher given by name (segdistill checkpoint or raw "
+                                                   "state dict)")
+    teacher_width_mult: float = checked(1.0, above(0), "a teacher given by name: its width multiplier")
+    teacher_output_stride: int | None = checked(None, one_of(8, 16, 32), "a teacher given by name: its output stride")
+    teacher_aux: bool = described(False, "a teacher given by name: it has the auxiliary head")
+    method: str | None = described(None, "preset: skd | aicsd | heteroakd (sets defaults; keys you set win)")
+    cache: str | bool | None = described(None, "null/off | auto (<out_dir>/teacher_cache) | a folder: teacher logits "
+                                               "once, logit terms only")
+    task: KDTerm = described(KDTerm(weight=1.0), "scales the task loss (CE + aux)")
 
     section_kind = "KD terms"
 
@@ -238,15 +264,16 @@ class DistillConfig(OpenSections):
 class EKDConfig:
     """Embedded knowledge distillation of a depth-level dynamic network (``ddnn_*`` models; segdistill.dynamic.ekd)."""
 
-    enabled: bool = False  # train the full net and its sub-nets every iteration (the `ekd` hook)
-    subnets: str = "sandwich"  # all | sandwich (the smallest + num_random others at random)
-    num_random: int = 1
-    kl_weight: float = 1.0  # λ_kl on T^2 KL(full || sub) of the class posteriors (0: task loss only)
-    T: float = 1.0
-    att_weight: float = 1.0  # λ_att on the self-attention term between same-resolution features (0: off)
-    att_features: list[str] = field(default_factory=lambda: ["stage1", "stage2", "stage3", "stage4"])
-    att_patch: int = 1  # max-pool nodes before the attention maps (1: every position)
-    score: str = "mean"  # what picks best.pt: mean | min | full mIoU over depths, or a depth name
+    enabled: bool = described(False, "train the full net and its sub-nets every iteration (the `ekd` hook)")
+    subnets: str = checked("sandwich", one_of("all", "sandwich"), "all, or the smallest + num_random others at random")
+    num_random: int = checked(1, at_least(0), "sandwich: sub-nets drawn at random besides the smallest")
+    kl_weight: float = checked(1.0, at_least(0), "λ_kl on T^2 KL(full || sub) of the class posteriors (0: task loss only)")
+    T: float = checked(1.0, above(0), "temperature of the kl_weight term")
+    att_weight: float = checked(1.0, at_least(0), "λ_att on the self-attention term between same-resolution features (0: off)")
+    att_features: list[str] = described(["stage1", "stage2", "stage3", "stage4"],
+                                        "features the att_weight term compares, full net vs sub-net")
+    att_patch: int = checked(1, at_least(1), "max-pool nodes before the attention maps (1: every position)")
+    score: str = described("mean", "what picks best.pt: mean | min | full mIoU over depths, or a depth name")
 
 
 @dataclass
@@ -255,36 +282,36 @@ class SearchConfig:
     of the train split, its architecture weights on the other half with their own Adam, under
     ``CE + lambda_kd * KD + lambda_ged * E[GED] + sum_p lambda_p * latency penalty_p``. ``space: null``: no search."""
 
-    space: str | None = checked(None, one_of("chain", "lgcnet"))
-    input: list[int] = checked([1, 3, 180, 240], at_least(1))  # deployment shape [1, 3, H, W] of the latency keys
-    layers: int = checked(4, at_least(0))  # searchable layers per stage
-    width_ratios: list[float] = checked([0.5, 0.75, 1.0], within(0.01, 1))  # width options, of each base width
-    base_widths: list[int] = checked([48, 96, 160], at_least(1))  # stages at strides 8, 16, 32
-    stem_widths: list[int] = checked([16, 24], at_least(1))
-    head_channels: int = checked(64, at_least(1))
-    nodes: int = checked(3, at_least(1))  # lgcnet: intermediate nodes per cell
-    share_cells: bool = False  # lgcnet: one alpha for all cells (DARTS cell-sharing baseline; needs ggm_gamma=0)
-    ggm_gamma: float = checked(0.5, at_least(0))  # lgcnet: GCN-guided module weight (0: off, cell-independent)
-    fusion: bool = True  # lgcnet: dense-connected fusion cell (false: the chain space's fixed head)
-    budget: dict[str, float] = field(default_factory=dict)  # platform -> ms, e.g. search.budget.torch-cpu=20
-    lut: dict[str, str] = field(default_factory=dict)  # platform -> table JSON; none: measured here if local
-    lambda_kd: float = checked(1.0, at_least(0))  # on the distill.* terms (their own weights apply), teacher only
-    lambda_ged: float = checked(0.0, at_least(0))  # on the expected GED to the teacher (needs distill.teacher)
-    lambda_lat: float = checked(1.0, above(0))  # initial lambda of every platform (then adapted per platform)
-    penalty: str = checked("proxyless", one_of("proxyless", "hinge"))  # lambda*E/B | lambda*max(0, E/B - 1)
-    band: list[float] = checked([0.9, 1.0], within(0.01, 1))  # target [lo, hi] x budget of the derived network
-    band_factor: float = checked(2.0, above(1))  # lambda x factor above the band, / factor below (FasterSeg: 2)
-    band_interval: int = checked(0, at_least(0))  # iterations between band checks (0: one epoch)
-    arch_lr: float = checked(3e-3, above(0))
-    arch_betas: list[float] = checked([0.5, 0.999], within(0, 1))
-    arch_weight_decay: float = checked(1e-3, at_least(0))
-    arch_interval: int = checked(1, at_least(1))  # an architecture step every this many iterations ...
-    warmup_iters: int = checked(0, at_least(0))  # ... after this many weights-only iterations
-    gumbel: bool = False  # Gumbel-softmax sampling in the supernet's training forward
-    hard: bool = False  # straight-through one-hot Gumbel samples
-    tau_start: float = checked(5.0, above(0))  # Gumbel temperature, annealed exponentially after warm-up ...
-    tau_end: float = checked(0.5, above(0))  # ... to this at the last iteration
-    ged_timeout: float = checked(5.0, above(0))  # seconds of exact GED search per validation (else an upper bound)
+    space: str | None = checked(None, one_of("chain", "lgcnet"), "search space: chain | lgcnet; null: no search")
+    input: list[int] = checked([1, 3, 180, 240], at_least(1), "deployment shape [1, 3, H, W] of the latency keys")
+    layers: int = checked(4, at_least(0), "searchable layers per stage")
+    width_ratios: list[float] = checked([0.5, 0.75, 1.0], within(0.01, 1), "width options, as fractions of each base width")
+    base_widths: list[int] = checked([48, 96, 160], at_least(1), "base widths of the stages at strides 8, 16, 32")
+    stem_widths: list[int] = checked([16, 24], at_least(1), "fixed stem widths: conv3x3 s2 -> dwsep3x3 s2")
+    head_channels: int = checked(64, at_least(1), "channels of the segmentation head")
+    nodes: int = checked(3, at_least(1), "lgcnet: intermediate nodes per cell")
+    share_cells: bool = described(False, "lgcnet: one alpha for all cells (DARTS cell-sharing baseline; needs ggm_gamma=0)")
+    ggm_gamma: float = checked(0.5, at_least(0), "lgcnet: GCN-guided module weight (0: off, cell-independent)")
+    fusion: bool = described(True, "lgcnet: dense-connected fusion cell (false: the chain space's fixed head)")
+    budget: dict[str, float] = checked({}, above(0), "latency budget in ms per platform, e.g. search.budget.torch-cpu=20")
+    lut: dict[str, str] = described({}, "latency table JSON per platform; none: measured here if local")
+    lambda_kd: float = checked(1.0, at_least(0), "weight on the distill.* terms (their own weights apply), with a teacher")
+    lambda_ged: float = checked(0.0, at_least(0), "weight on the expected GED to the teacher (needs distill.teacher)")
+    lambda_lat: float = checked(1.0, above(0), "initial latency lambda of every platform (then adapted per platform)")
+    penalty: str = checked("proxyless", one_of("proxyless", "hinge"), "latency penalty: lambda*E/B | lambda*max(0, E/B - 1)")
+    band: list[float] = checked([0.9, 1.0], within(0.01, 1), "target band [lo, hi] x budget of the derived network")
+    band_factor: float = checked(2.0, above(1), "lambda x factor above the band, / factor below (FasterSeg: 2)")
+    band_interval: int = checked(0, at_least(0), "iterations between band checks (0: one epoch)")
+    arch_lr: float = checked(3e-3, above(0), "Adam learning rate of the architecture weights")
+    arch_betas: list[float] = checked([0.5, 0.999], within(0, 1), "Adam betas of the architecture weights")
+    arch_weight_decay: float = checked(1e-3, at_least(0), "Adam weight decay of the architecture weights")
+    arch_interval: int = checked(1, at_least(1), "an architecture step every this many iterations (after warmup_iters)")
+    warmup_iters: int = checked(0, at_least(0), "weights-only iterations before the first architecture step")
+    gumbel: bool = described(False, "Gumbel-softmax sampling in the supernet's training forward")
+    hard: bool = described(False, "straight-through one-hot Gumbel samples")
+    tau_start: float = checked(5.0, above(0), "Gumbel temperature, annealed exponentially after warm-up ...")
+    tau_end: float = checked(0.5, above(0), "Gumbel temperature at the last iteration")
+    ged_timeout: float = checked(5.0, above(0), "seconds of exact GED search per validation (else an upper bound)")
 
 
 @dataclass
@@ -292,12 +319,13 @@ class PipelineConfig:
     """``segdistill pipeline`` (segdistill.search.pipeline): teacher -> search -> retrain -> eval -> profile ->
     export -> report, one subfolder of ``train.out_dir`` per stage; the search uses ``search.*`` and ``train.*``."""
 
-    teacher_model: str | None = None  # trained as the teacher when distill.teacher is null (null: model.*)
-    teacher_iters: int | None = checked(None, at_least(1))  # the teacher run's train.iters (null: train.iters)
-    teacher_overrides: list[str] = field(default_factory=list)  # key=value for the teacher run only
-    retrain_iters: int | None = checked(None, at_least(1))  # the searched student's train.iters (null: train.iters)
-    retrain_overrides: list[str] = field(default_factory=list)  # key=value for the retrain only, e.g. data.crop_size=null
-    profile_runs: int = checked(50, at_least(1))  # timed runs per platform in the profile stage
+    teacher_model: str | None = described(None, "trained as the teacher when distill.teacher is null (null: model.*)")
+    teacher_iters: int | None = checked(None, at_least(1), "the teacher run's train.iters (null: train.iters)")
+    teacher_overrides: list[str] = described([], "key=value for the teacher run only")
+    retrain_iters: int | None = checked(None, at_least(1), "the searched student's train.iters (null: train.iters)")
+    retrain_overrides: list[str] = described([], "key=value for the retrain only, e.g. data.crop_size=null")
+    profile_runs: int = checked(50, at_least(1), "timed runs per platform in the profile stage")
+
 
 
 @dataclass
@@ -470,8 +498,13 @@ def to_dict(cfg):
     return copy.deepcopy(cfg)
 
 
+def dump_config(cfg) -> str:
+    """A config as the YAML text that :func:`save_config` writes (``config.yaml`` beside each run)."""
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False)
+
+
 def save_config(cfg, path: str | Path):
-    Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    Path(path).write_text(dump_config(cfg))
 
 
 def from_dict(data: dict, cls=Config):

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
-from ...config import KDTerm
+from ...config import KDTerm, described
 from ...errors import ConfigError
 from ...models import SegOutput
 
@@ -157,8 +157,8 @@ class Term(nn.Module):
 class FeatureConfig(KDTerm):
     """Settings of a term on a pair of intermediate features."""
 
-    feature: str = "pre_logits"  # student feature name from the output contract (stem, stage1..4, pre_logits)
-    teacher_feature: str | None = None  # None: the same name on the teacher
+    feature: str = described("pre_logits", "student feature name from the output contract (stem, stage1..4, pre_logits)")
+    teacher_feature: str | None = described(None, "teacher feature name; null: the same name as feature")
 
 
 class FeatureTerm(Term):

@@ -9,14 +9,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ...config import KDTerm
+from ...config import KDTerm, above, checked
 from ..losses import ChannelWiseKD
 from .base import BuildContext, KDInputs, Term, register_term
 
 
 @dataclass
 class CWDConfig(KDTerm):
-    T: float = 4.0  # CWD on logits: weight 3, T 4 in the paper
+    T: float = checked(4.0, above(0), "temperature of the spatial softmax (CWD on logits: weight 3, T 4 in the paper)")
 
 
 @register_term("cwd")

@@ -8,13 +8,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ...config import above, checked
 from ..losses import ChannelWiseKD
 from .base import BuildContext, FeatureConfig, FeatureTerm, KDInputs, register_term
 
 
 @dataclass
 class CWDFeatureConfig(FeatureConfig):
-    T: float = 4.0  # a 1x1 adapter maps student channels to the teacher's (training-only)
+    T: float = checked(4.0, above(0), "temperature of the spatial softmax (a 1x1 adapter maps student channels to "
+                                      "the teacher's, training-only)")
 
 
 @register_term("cwd_feat")

@@ -17,11 +17,11 @@ KMM gradient through its projector. Modules: :mod:`segdistill.distill.hetero`.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch.nn.functional as F
 
-from ...config import KDTerm
+from ...config import KDTerm, above, at_least, checked, described, one_of
 from ...errors import ConfigError
 from ..hetero import HeteroAKD, LogitProjector
 from ..losses import match_target
@@ -30,11 +30,11 @@ from .base import BuildContext, KDInputs, Term, register_term
 
 @dataclass
 class HeteroConfig(KDTerm):
-    stages: list[str] = field(default_factory=lambda: ["stage3", "stage4"])  # projected into logits space
-    T: float = 1.0
-    weight_over: str = "space"  # KEM softmax over space | classes
-    logit_kd_weight: float = 1.0  # pixel KD on the final logits (times weight)
-    proj_ce_weight: float = 1.0  # CE that trains the projectors on detached features
+    stages: list[str] = described(["stage3", "stage4"], "features of both models projected into logits space")
+    T: float = checked(1.0, above(0), "temperature of the KMM and logit KD softmaxes")
+    weight_over: str = checked("space", one_of("space", "classes"), "KEM softmax over space | classes")
+    logit_kd_weight: float = checked(1.0, at_least(0), "pixel KD on the final logits (times weight)")
+    proj_ce_weight: float = checked(1.0, at_least(0), "CE that trains the projectors on detached features")
 
 
 @register_term("hetero")

@@ -14,12 +14,12 @@ training-only, never exported. Modules: :mod:`segdistill.distill.holistic`.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
-from ...config import KDTerm
+from ...config import KDTerm, above, at_least, checked, described, within
 from ...engine import distributed as dist
 from ..holistic import Discriminator, HolisticKD
 from .base import BuildContext, KDInputs, Term, register_term
@@ -27,11 +27,11 @@ from .base import BuildContext, KDInputs, Term, register_term
 
 @dataclass
 class HolisticConfig(KDTerm):
-    gp_weight: float = 10.0  # WGAN-GP penalty weight
-    condition_on_image: bool = False  # concatenate the (resized) image to the maps the discriminator scores
-    lr: float = 4.0e-4  # discriminator Adam learning rate (SKD: 4e-4, betas 0.9, 0.99)
-    betas: list[float] = field(default_factory=lambda: [0.9, 0.99])
-    widths: list[int] = field(default_factory=lambda: [64, 128, 256, 512])
+    gp_weight: float = checked(10.0, at_least(0), "WGAN-GP penalty weight")
+    condition_on_image: bool = described(False, "concatenate the (resized) image to the maps the discriminator scores")
+    lr: float = checked(4.0e-4, above(0), "discriminator Adam learning rate (SKD: 4e-4, betas 0.9, 0.99)")
+    betas: list[float] = checked([0.9, 0.99], within(0, 1), "discriminator Adam betas")
+    widths: list[int] = checked([64, 128, 256, 512], at_least(1), "the discriminator's 4 conv widths (SKD: 64, 128, 256, 512)")
 
 
 @register_term("holistic")

@@ -9,14 +9,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ...config import KDTerm
+from ...config import KDTerm, above, checked
 from ..losses import InterClassSimilarityKD
 from .base import BuildContext, KDInputs, Term, register_term
 
 
 @dataclass
 class ICSDConfig(KDTerm):
-    tau: float = 1.0
+    tau: float = checked(1.0, above(0), "temperature of each class's softmax over the H*W positions")
 
 
 @register_term("icsd")
