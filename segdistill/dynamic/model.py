@@ -2,7 +2,9 @@
 
 Seed 001 (second abstract, arXiv:2103.00793): instead of training ResNet-18, -34 and -50 separately, train one network
 whose shallower sub-nets share its weights. Here it serves segmentation: ``ddnn_{fcn,deeplabv3,deeplabv3plus,lraspp}_
-{resnet34,resnet50}`` are the zoo's heads on a dynamic-depth ResNet.
+{resnet34,resnet50}`` are the zoo's heads on a dynamic-depth ResNet. The machinery below (named depths, per-depth BN,
+``set_depth``, ``arch_spec``) is family-agnostic: a family is a :class:`DynamicBackbone` registered with
+:func:`register_family`; :mod:`segdistill.dynamic.mobilenet` adds ``ddnn_*_mobilenetv2`` that way.
 
 **Depth configuration.** Blocks per stage, ``[n1, n2, n3, n4]`` with ``1 <= n_i <= N_i`` (``N`` = ResNet-34's /
 ResNet-50's ``[3, 4, 6, 3]``). Depths are named (``model.arch.depths``, a mapping name -> list); the network is built
@@ -43,6 +45,9 @@ depth from those keys).
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Callable
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -54,39 +59,62 @@ from ..models.registry import register_model
 from ..models.segmentor import Segmentor
 from ..models.zoo import make_head
 
-# family -> (block, the deepest depth, default named depths)
-FAMILIES = {
-    "resnet34": (BasicBlock, [3, 4, 6, 3],
-                 {"r10": [1, 1, 1, 1], "r18": [2, 2, 2, 2], "r26": [2, 3, 4, 3], "r34": [3, 4, 6, 3]}),
-    "resnet50": (Bottleneck, [3, 4, 6, 3],
-                 {"r14": [1, 1, 1, 1], "r26": [2, 2, 2, 2], "r38": [2, 3, 5, 2], "r50": [3, 4, 6, 3]}),
-}
+
+@dataclass(frozen=True)
+class DepthFamily:
+    """A backbone family a DDNN can be built on: ``backbone(family, depths, width_mult, output_stride)`` builds its
+    dynamic backbone (a :class:`DynamicBackbone`); ``deepest`` = blocks per stage of the deepest net it allows;
+    ``defaults`` = the named depths used when ``model.arch.depths`` is not given."""
+
+    backbone: Callable[..., nn.Module]
+    deepest: tuple[int, ...]
+    defaults: dict[str, list[int]]
+
+
+#: family -> DepthFamily (ResNets here; MobileNetV2 in :mod:`segdistill.dynamic.mobilenet`), see :func:`register_family`
+FAMILIES: dict[str, DepthFamily] = {}
 HEADS = ("fcn", "deeplabv3", "deeplabv3plus", "lraspp")
+
+
+def register_family(name: str, backbone: Callable[..., nn.Module], deepest, defaults: dict[str, list[int]]) -> None:
+    """Make ``name`` a DDNN backbone family and register ``ddnn_{head}_{name}`` for every head of :data:`HEADS`."""
+    if name in FAMILIES:
+        raise ValueError(f"DDNN family {name!r} is registered twice")
+    FAMILIES[name] = DepthFamily(backbone, tuple(deepest), dict(defaults))
+    for kind in HEADS:
+        _register(kind, name)
 
 
 def _fmt(depths: dict) -> str:
     return ", ".join(f"{k} {list(v)}" for k, v in depths.items())
 
 
+def _counts(k: int) -> str:
+    """``[n1, n2, n3, n4]`` (4 stages) or ``[n1, ..., n7]``: how a depth of ``k`` stages is written in messages."""
+    return "[" + (", ".join(f"n{i}" for i in range(1, k + 1)) if k <= 4 else f"n1, ..., n{k}") + "]"
+
+
 def check_depths(depths, family: str) -> dict[str, list[int]]:
-    """Validate named depths (name -> 4 block counts) against ``family``'s deepest depth; returns a clean copy."""
-    deepest = FAMILIES[family][1]
+    """Validate named depths (name -> one block count per stage) against ``family``'s deepest depth; returns a clean
+    copy."""
+    deepest = FAMILIES[family].deepest
+    k = len(deepest)
     if not isinstance(depths, dict) or not depths:
-        raise ConfigError(f"model.arch.depths must be a non-empty mapping name -> [n1, n2, n3, n4], got {depths!r}")
+        raise ConfigError(f"model.arch.depths must be a non-empty mapping name -> {_counts(k)}, got {depths!r}")
     out = {}
     for name, d in depths.items():
         if not isinstance(name, str) or not name.isidentifier():
             raise ConfigError(f"depth name {name!r} must be an identifier (it names metrics, e.g. miou@{name})")
-        if (not isinstance(d, (list, tuple)) or len(d) != 4
+        if (not isinstance(d, (list, tuple)) or len(d) != k
                 or not all(isinstance(n, int) and not isinstance(n, bool) for n in d)):
-            raise ConfigError(f"depth {name!r} must be 4 block counts [n1, n2, n3, n4], got {d!r}")
+            raise ConfigError(f"depth {name!r} must be {k} block counts {_counts(k)}, got {d!r}")
         if any(n < 1 for n in d):
             raise ConfigError(f"depth {name!r} {list(d)}: every stage runs at least its first block (n_i >= 1)")
         if any(n > m for n, m in zip(d, deepest)):
-            raise ConfigError(f"depth {name!r} {list(d)} is deeper than {family} allows ({deepest} blocks per stage); "
-                              f"depths given: {_fmt(depths)}")
+            raise ConfigError(f"depth {name!r} {list(d)} is deeper than {family} allows ({list(deepest)} blocks per "
+                              f"stage); depths given: {_fmt(depths)}")
         out[name] = [int(n) for n in d]
-    full = [max(d[i] for d in out.values()) for i in range(4)]
+    full = [max(d[i] for d in out.values()) for i in range(k)]
     if full not in out.values():
         raise ConfigError(f"the deepest configuration {full} (the full net, teacher of the others) must be one of the "
                           f"named depths; depths given: {_fmt(out)}")
@@ -117,7 +145,7 @@ class DepthBank(nn.Module):
     """Per-depth BN running statistics of every named depth but the full one: ``depth_bn.<depth>.<bn>_mean|_var|_n``
     (``<bn>`` = the BN's backbone path with ``.`` as ``_``); only the BN layers that depth runs."""
 
-    def __init__(self, backbone: "DynamicResNet", depths: dict[str, list[int]], full: str):
+    def __init__(self, backbone: "DynamicBackbone", depths: dict[str, list[int]], full: str):
         super().__init__()
         self.full, self.active = full, full
         self.shared = False  # True: every depth uses the BN layers' own statistics (no per-depth BN; for measurements)
@@ -139,7 +167,7 @@ class DepthBank(nn.Module):
         b = getattr(self, depth)._buffers
         return b[f"{key}_mean"], b[f"{key}_var"], b[f"{key}_n"]
 
-    def reset_from_full(self, backbone: "DynamicResNet"):
+    def reset_from_full(self, backbone: "DynamicBackbone"):
         """Every depth's statistics := the full depth's (after loading ImageNet weights into the backbone)."""
         for name, holder in self.named_children():
             for path, bn in backbone.depth_bns(backbone.depths[name]):
@@ -148,26 +176,52 @@ class DepthBank(nn.Module):
                 var.copy_(bn.running_var)
 
 
-class DynamicResNet(ResNet):
-    """A ResNet whose stage ``i`` runs its first ``depth[i]`` blocks (torchvision's module layout and keys)."""
+class DynamicBackbone:
+    """What a dynamic-depth backbone adds to its static class (a mixin, listed before it): ``depths`` (name -> blocks
+    per stage), ``deepest`` (their element-wise maximum, the layout built), ``full`` (its name), ``depth`` (the active
+    blocks per stage, set by :meth:`DynamicSegmentor.set_depth`), BN layers that read per-depth statistics, and
+    ``depth_bns(depth)``: (path, BN) of every BN layer that ``depth`` runs. Its ``forward`` and ``units()`` run the
+    active blocks only."""
 
-    def __init__(self, family: str, depths: dict[str, list[int]], width_mult: float = 1.0, output_stride: int = 32):
-        block = FAMILIES[family][0]
-        deepest = [max(d[i] for d in depths.values()) for i in range(4)]
-        super().__init__(block, deepest, width_mult=width_mult, output_stride=output_stride, arch=family)
-        self.depths, self.deepest = depths, deepest
-        self.full = next(k for k, v in depths.items() if v == deepest)
-        self.depth = list(deepest)
+    @staticmethod
+    def deepest_of(depths: dict[str, list[int]]) -> list[int]:
+        return [max(d[i] for d in depths.values()) for i in range(len(next(iter(depths.values()))))]
+
+    def init_depths(self, depths: dict[str, list[int]]) -> None:
+        """Call at the end of ``__init__``, once the deepest layout is built."""
+        self.depths, self.deepest = depths, self.deepest_of(depths)
+        self.full = next(k for k, v in depths.items() if v == self.deepest)
+        self.depth = list(self.deepest)
         for m in self.modules():  # same buffers and keys; reads per-depth statistics once a bank is attached
             if type(m) is nn.BatchNorm2d:
                 m.__class__ = DepthBatchNorm2d
+
+    def depth_bns(self, depth) -> list[tuple[str, nn.BatchNorm2d]]:
+        raise NotImplementedError
+
+
+def bns_of(prefix: str, module: nn.Module) -> list[tuple[str, nn.BatchNorm2d]]:
+    """(path, BN) of every BN layer inside ``module``, paths under ``prefix``."""
+    return [(f"{prefix}.{p}" if p else prefix, m) for p, m in module.named_modules() if isinstance(m, nn.BatchNorm2d)]
+
+
+RESNET_BLOCKS = {"resnet34": BasicBlock, "resnet50": Bottleneck}
+
+
+class DynamicResNet(DynamicBackbone, ResNet):
+    """A ResNet whose stage ``i`` runs its first ``depth[i]`` blocks (torchvision's module layout and keys)."""
+
+    def __init__(self, family: str, depths: dict[str, list[int]], width_mult: float = 1.0, output_stride: int = 32):
+        super().__init__(RESNET_BLOCKS[family], self.deepest_of(depths), width_mult=width_mult,
+                         output_stride=output_stride, arch=family)
+        self.init_depths(depths)
 
     def depth_bns(self, depth) -> list[tuple[str, nn.BatchNorm2d]]:
         """(path, BN) of every BN layer that ``depth`` runs."""
         out = [("bn1", self.bn1)]
         for li, n in enumerate(depth, 1):
             for j, blk in enumerate(getattr(self, f"layer{li}")[:n]):
-                out += [(f"layer{li}.{j}.{p}", m) for p, m in blk.named_modules() if isinstance(m, nn.BatchNorm2d)]
+                out += bns_of(f"layer{li}.{j}", blk)
         return out
 
     def units(self):
@@ -190,9 +244,10 @@ class DynamicResNet(ResNet):
 
 
 class DynamicSegmentor(Segmentor):
-    """A zoo head on a :class:`DynamicResNet`, with per-depth BN statistics and ``set_depth``."""
+    """A zoo head on a dynamic backbone (:class:`DynamicResNet`, :class:`~segdistill.dynamic.mobilenet.
+    DynamicMobileNetV2`), with per-depth BN statistics and ``set_depth``."""
 
-    def __init__(self, backbone: DynamicResNet, head, num_classes, aux=False):
+    def __init__(self, backbone: DynamicBackbone, head, num_classes, aux=False):
         super().__init__(backbone, head, num_classes, aux=aux)
         self.depth_bn = DepthBank(backbone, backbone.depths, backbone.full)
 
@@ -227,7 +282,7 @@ class DynamicSegmentor(Segmentor):
             for k, v in depths.items():
                 if list(depth) == v:
                     return k
-            if any(n > m for n, m in zip(depth, self.backbone.deepest)) or len(depth) != 4:
+            if any(n > m for n, m in zip(depth, self.backbone.deepest)) or len(depth) != len(self.backbone.deepest):
                 why = f"{list(depth)} is deeper than this model ({self.backbone.deepest} blocks per stage)"
             else:
                 why = (f"{list(depth)} is not a named depth (each named depth has its own BN statistics; add it to "
@@ -287,8 +342,9 @@ def _register(kind: str, family: str):
             raise ConfigError(f"width_mult must be > 0, got {width_mult}")
         if pretrained and width_mult != 1.0:
             raise ConfigError(f"pretrained backbone weights ({pretrained}) only fit width_mult=1.0, not {width_mult:g}")
-        depths = check_depths(FAMILIES[family][2] if depths is None else depths, family)
-        backbone = DynamicResNet(family, depths, width_mult, output_stride)
+        fam = FAMILIES[family]
+        depths = check_depths(fam.defaults if depths is None else depths, family)
+        backbone = fam.backbone(family, depths, width_mult, output_stride)
         model = DynamicSegmentor(backbone, make_head(kind, backbone, num_classes, width_mult, output_stride),
                                  num_classes, aux=aux)
         if pretrained:
@@ -298,14 +354,16 @@ def _register(kind: str, family: str):
         return model
 
     builder.__name__ = name
-    builder.__doc__ = (f"DDNN: {kind} head on a dynamic-depth {family} (depths {_fmt(FAMILIES[family][2])} by default; "
-                       "options depths={name: [n1..n4]}, depth=NAME to start at).")
+    k = len(FAMILIES[family].deepest)
+    builder.__doc__ = (f"DDNN: {kind} head on a dynamic-depth {family} (depths {_fmt(FAMILIES[family].defaults)} by "
+                       f"default; options depths={{name: [n1..n{k}]}}, depth=NAME to start at).")
     register_model(name)(builder)
 
 
-for _family in FAMILIES:
-    for _kind in HEADS:
-        _register(_kind, _family)
+register_family("resnet34", DynamicResNet, [3, 4, 6, 3],
+                {"r10": [1, 1, 1, 1], "r18": [2, 2, 2, 2], "r26": [2, 3, 4, 3], "r34": [3, 4, 6, 3]})
+register_family("resnet50", DynamicResNet, [3, 4, 6, 3],
+                {"r14": [1, 1, 1, 1], "r26": [2, 2, 2, 2], "r38": [2, 3, 5, 2], "r50": [3, 4, 6, 3]})
 
 
 @torch.no_grad()

@@ -59,5 +59,6 @@ COMMON_OPTIONS = ("width_mult", "output_stride", "aux", "pretrained", "pretraine
 
 
 def _import_zoo():
+    from ..dynamic import mobilenet as _ddnn_mbv2  # noqa: F401  (ddnn_*_mobilenetv2)
     from ..dynamic import model as _ddnn  # noqa: F401  (ddnn_* depth-level dynamic networks)
     from . import searched, zoo  # noqa: F401  (registers every builder)
