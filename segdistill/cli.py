@@ -45,6 +45,12 @@ def cmd_distill(args):
     cmd_train(args, distill=True)
 
 
+def cmd_config(args):
+    from .config_help import config_text
+
+    print(config_text(args.config, args.overrides, section=args.section, as_yaml=args.yaml), end="")
+
+
 def _set_depth(model, depth: str | None) -> dict:
     """``--depth NAME`` of a depth-level dynamic network (segdistill.dynamic); ``{"depth": NAME}`` or ``{}``."""
     if not depth:
@@ -205,6 +211,15 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("overrides", nargs="*", help="section.key=value, e.g. distill.teacher=runs/t/best.pt distill.pixel.weight=1")
     s.set_defaults(fn=cmd_distill)
 
+    s = sub.add_parser("config", help="print a resolved config: every key with its value, meaning and allowed values",
+                       description="Loads CONFIG with its overrides exactly as train/distill/search do (preset, file, "
+                                   "overrides, checks) and prints one key a line, grouped by section.")
+    s.add_argument("config", help="a YAML file or a shipped config name (e.g. camvid-cpu)")
+    s.add_argument("overrides", nargs="*", help="section.key=value")
+    s.add_argument("--section", help="only this section (e.g. train, distill, distill.pixel)")
+    s.add_argument("--yaml", action="store_true", help="the plain resolved YAML only (what config.yaml beside a run holds)")
+    s.set_defaults(fn=cmd_config)
+
     s = sub.add_parser("eval", help="mIoU, per-class IoU and pixel accuracy of a checkpoint on any split")
     s.add_argument("checkpoint")
     s.add_argument("overrides", nargs="*", help="section.key=value (e.g. data.resize=[180,240])")
@@ -271,6 +286,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .search.cli import add_commands as add_search_commands  # search, graph
 
     add_search_commands(sub)
+    for name in ("train", "distill", "search", "pipeline"):  # every command that takes a config
+        sub.choices[name].epilog = ("Every config key, its meaning and allowed values: segdistill config CONFIG "
+                                    "[overrides] (--section NAME, --yaml).")
     return p
 
 

@@ -170,7 +170,7 @@ class TrainConfig:
     device: str = described("auto", "auto | cpu | cuda")
     out_dir: str = described("runs/default", "run folder: checkpoints, logs and config.yaml")
     resume: str | None = described(None, "\"auto\" (out_dir/last.pt if it exists, else a new run) or a checkpoint path")
-    threads: int | None = checked(None, at_least(1), "torch CPU threads; None = torch's default")
+    threads: int | None = checked(None, at_least(1), "torch CPU threads; null = torch's default")
     progress: bool = described(True, "show a progress bar")
 
 
@@ -309,7 +309,7 @@ class SearchConfig:
     warmup_iters: int = checked(0, at_least(0), "weights-only iterations before the first architecture step")
     gumbel: bool = described(False, "Gumbel-softmax sampling in the supernet's training forward")
     hard: bool = described(False, "straight-through one-hot Gumbel samples")
-    tau_start: float = checked(5.0, above(0), "Gumbel temperature, annealed exponentially after warm-up ...")
+    tau_start: float = checked(5.0, above(0), "Gumbel temperature after warm-up, annealed exponentially to tau_end")
     tau_end: float = checked(0.5, above(0), "Gumbel temperature at the last iteration")
     ged_timeout: float = checked(5.0, above(0), "seconds of exact GED search per validation (else an upper bound)")
 
