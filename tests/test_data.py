@@ -3,6 +3,7 @@ errors for bad input."""
 from __future__ import annotations
 
 import os
+import re
 import zlib
 from pathlib import Path
 
@@ -291,9 +292,18 @@ def test_missing_list_file_or_split_folder(tmp_path):
 def test_empty_split(tmp_path):
     root = tmp_path / "camvid"
     root.mkdir()
-    (root / "train.txt").write_text("\n")
-    with pytest.raises(DataError, match=f"{root}.*empty"):
+    (root / "train.txt").write_text("\n# no pairs yet\n")
+    with pytest.raises(DataError) as e:
         build_dataset(cfg_for("camvid", root), "train", train=False)
+    msg = str(e.value)  # names the list file that was read, and what to do
+    assert f"its list file {root / 'train.txt'} has no sample lines" in msg
+    assert "'IMAGE_PATH LABEL_PATH' pair" in msg and "delete it to pair the images of root/train/ with root/trainannot/" in msg
+    assert "data.train_split" in msg
+    voc = make_voc(tmp_path / "VOCdevkit")
+    (voc / "ImageSets" / "Segmentation" / "val.txt").write_text("   \n")
+    with pytest.raises(DataError, match=re.escape(f"its list file {voc / 'ImageSets' / 'Segmentation' / 'val.txt'} "
+                                                  "has no sample lines") + ".*one image id"):
+        build_dataset(cfg_for("voc", voc), "val", train=False)
     folder = make_folder(tmp_path / "f")
     (folder / "images" / "val").mkdir(parents=True)
     (folder / "masks" / "val").mkdir(parents=True)

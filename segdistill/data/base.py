@@ -129,6 +129,8 @@ class SegDataset(Dataset):
     CLASS_NAMES: tuple = ()
     PALETTE: tuple = ()
     LAYOUT = ""
+    LIST_LINE = "sample"  # what one line of a split list file holds (for errors) ...
+    LIST_ELSE = ""  # ... and where the samples come from without one ("{split}": the split's name)
     VOID: tuple = (255,)
     OFFSET = 0
 
@@ -150,7 +152,13 @@ class SegDataset(Dataset):
         self.transform = transform if transform is not None else build_transforms(cfg, train)
         self.base_transform = build_transforms(cfg, train=False)  # data.resize (if set) -> normalise
         self._luts: dict = {}
+        self.list_file: Path | None = None  # the split list file find_pairs read, if it read one
         self.pairs: list[tuple[str, str]] = self.find_pairs()
+        if len(self) == 0 and self.list_file is not None:
+            raise DataError(f"{self.NAME} split {split!r} is empty: its list file {self.list_file} has no sample lines "
+                            f"(only blank or # comment lines); write one {self.LIST_LINE} a line into it, "
+                            f"{self.LIST_ELSE.format(split=split)}or pick a split whose list has samples "
+                            "(data.train_split / data.val_split, eval --split)")
         if len(self) == 0:
             raise DataError(f"{self.NAME} split {split!r} under {self.root} is empty; expected {self.LAYOUT}")
 

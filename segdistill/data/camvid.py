@@ -28,6 +28,8 @@ class CamVid(SegDataset):
     PALETTE = ((128, 128, 128), (128, 0, 0), (192, 192, 128), (128, 64, 128), (60, 40, 222), (128, 128, 0),
                (192, 128, 128), (64, 64, 128), (64, 0, 128), (64, 64, 0), (0, 128, 192))
     VOID = (11, 255)
+    LIST_LINE = "'IMAGE_PATH LABEL_PATH' pair (relative to root)"
+    LIST_ELSE = "delete it to pair the images of root/{split}/ with root/{split}annot/ by name, "
 
     def _resolve(self, p: str) -> str:
         if Path(p).is_absolute() and Path(p).exists():
@@ -39,6 +41,7 @@ class CamVid(SegDataset):
     def find_pairs(self):
         list_file = self.root / f"{self.split}.txt"
         if list_file.is_file():
+            self.list_file = list_file
             pairs = []
             for n, row in enumerate(read_list(list_file), 1):
                 if len(row) != 2:

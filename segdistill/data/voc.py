@@ -41,6 +41,7 @@ class VOC(SegDataset):
                    "train", "tvmonitor")
     PALETTE = tuple(tuple(c) for c in voc_palette(21))
     VOID = (255,)
+    LIST_LINE = "image id (JPEGImages/<id>.jpg) or 'IMAGE_PATH MASK_PATH' pair"
 
     def resolve_root(self, root):
         path = super().resolve_root(root)
@@ -57,6 +58,7 @@ class VOC(SegDataset):
         list_file = next((p for p in lists if p.is_file()), None)
         if list_file is None:
             raise DataError(f"voc split {self.split!r}: list file {lists[0]} not found (nor {lists[1]})")
+        self.list_file = list_file
         mask_dirs = [self.root / "SegmentationClass", self.root / "SegmentationClassAug"]
         if "aug" in self.split.lower():
             mask_dirs.reverse()
