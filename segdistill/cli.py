@@ -126,6 +126,7 @@ def cmd_profile(args):
     import torch
 
     from .engine.checkpoint import model_or_checkpoint
+    from .latency.standalone import malloc_mode
     from .tools.profile import format_profile, profile_model
 
     if args.threads:
@@ -135,10 +136,12 @@ def cmd_profile(args):
         from .dynamic.cli import profile_all_depths, select_depths
 
         select_depths(model, args.depth)
-        profile_all_depths(model, parse_shape(args.input), args.platforms, args.runs, args.warmup, args.out)
+        with malloc_mode(args.malloc):  # every depth's profile_model measures in this mode
+            profile_all_depths(model, parse_shape(args.input), args.platforms, args.runs, args.warmup, args.out)
         return
     depth = _set_depth(model, args.depth)
-    result = profile_model(model, parse_shape(args.input), platforms=tuple(args.platforms), runs=args.runs, warmup=args.warmup)
+    result = profile_model(model, parse_shape(args.input), platforms=tuple(args.platforms), runs=args.runs,
+                           warmup=args.warmup, malloc=args.malloc)
     result["model"] = args.model
     result.update(depth)
     print(format_profile(result))
@@ -258,6 +261,9 @@ def build_parser() -> argparse.ArgumentParser:
             s.add_argument("--runs", type=int, default=50)
             s.add_argument("--warmup", type=int, default=10)
             s.add_argument("--threads", type=int)
+            s.add_argument("--malloc", choices=["steady", "default"], default=None,
+                           help="torch-cpu allocator while timing: steady (default; glibc keeps freed memory, as "
+                                "standalone.steady_malloc() sets it) or default (glibc untouched, as a plain process)")
             s.add_argument("--out", help="write the profile as JSON here")
         else:
             s.add_argument("--out", default="model.onnx")

@@ -314,8 +314,9 @@ def test_steady_malloc_is_recorded_and_can_be_turned_off(monkeypatch):
     if sys.platform.startswith("linux") and pyplatform.libc_ver()[0] == "glibc":
         assert first.startswith("glibc steady")
     assert core.steady_malloc() == first  # idempotent
+    monkeypatch.setattr(core, "_STEADY_SET", None)  # a process that never set it: the env var leaves it alone
     monkeypatch.setenv("SEGDISTILL_MALLOC", "default")
-    assert core.steady_malloc().startswith("default")
+    assert core.steady_malloc().startswith("default") and not core.steady_malloc_applied()
 
 
 def test_report_runs_and_refits_from_its_saved_measurements(tmp_path):

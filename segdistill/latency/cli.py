@@ -83,12 +83,13 @@ def cmd_lut_build(args):
         core.load_plugin(p)
     args.threads = args.threads or torch.get_num_threads()
     timing = {"warmup": args.warmup, "min_runs": args.runs, "min_time": args.min_time}
-    with _exporter(args.exporter):
+    with _exporter(args.exporter), core.malloc_mode(args.malloc):
         if Path(args.out).is_file():
             table = LatencyTable.load(args.out)
             if (table.platform, table.threads) != (args.platform, args.threads):
                 raise LatencyError(f"{args.out} is a {table.platform} table with {table.threads} threads, not "
                                    f"{args.platform} with {args.threads}; choose another --out")
+            core.check_table_malloc(table.data, args.malloc, args.out)
         else:
             table = LatencyTable.new(args.platform, args.threads, timing)
             table.path = Path(args.out)
@@ -190,10 +191,11 @@ def cmd_latency_fit(args):
     if why:
         raise LatencyError(f"fitting measures networks on the table's device, but {why}; fit there")
     predictor = LatencyPredictor(table, measure=True, progress=True)
+    malloc = core.table_malloc_mode(table.data) or "steady"  # networks timed as the table's blocks were
     cfg = ReportConfig(threads=table.threads, repeats=1, net_timing={"warmup": args.warmup, "min_runs": args.runs,
-                                                                      "min_time": args.min_time})
+                                                                      "min_time": args.min_time}, malloc=malloc)
     feats, y = [], []
-    with _exporter(args.exporter):
+    with _exporter(args.exporter), core.malloc_mode(malloc):
         for text in args.input or ["3x180x240"]:
             nets = sample_networks(args.nets, parse_shape(text), args.seed, args.num_classes)
             measured = NetTimer(cfg, table.platform).round_robin(nets, lambda it, d: core.progress_bar(it, d, True))
@@ -218,7 +220,8 @@ def cmd_latency_report(args):
         core.load_plugin(p)
     given = dict(platforms=args.platforms, inputs=[parse_shape(s) for s in args.inputs] if args.inputs else None,
                  nets=args.nets, repeats=args.repeats, threads=args.threads, seed=args.seed, zoo=args.zoo,
-                 zoo_width=args.zoo_width, exporter=args.exporter, out_dir=args.out_dir, isolate=args.isolate or None)
+                 zoo_width=args.zoo_width, exporter=args.exporter, out_dir=args.out_dir, isolate=args.isolate or None,
+                 malloc=args.malloc or core.current_malloc_mode())
     if args.quick:
         cfg = ReportConfig.quick(**given)
     else:
@@ -249,6 +252,12 @@ def _model_options(s: argparse.ArgumentParser) -> None:
     s.add_argument("--output-stride", type=int, default=None, help="default: the model's own")
 
 
+def _malloc_option(s: argparse.ArgumentParser, recorded: str) -> None:
+    s.add_argument("--malloc", choices=["steady", "default"], default=None,
+                   help="torch-cpu allocator while timing: steady (default; glibc keeps freed memory, as "
+                        f"standalone.steady_malloc() sets it) or default (glibc untouched, as a plain process) {recorded}")
+
+
 def _measure_options(s: argparse.ArgumentParser, runs: int = 50, min_time: float = 0.5, warmup: int = 10) -> None:
     s.add_argument("--warmup", type=int, default=warmup)
     s.add_argument("--runs", type=int, default=runs, help="minimum timed runs per measurement")
@@ -269,6 +278,7 @@ def add_commands(sub) -> None:
     s.add_argument("--isolate", action="store_true", help="each measurement in its own process")
     s.add_argument("--plugin", action="append", default=[], help="a .py file or module registering a Platform")
     s.add_argument("--quiet", action="store_true", help="no progress bars")
+    _malloc_option(s, "(recorded in the table; an existing table is extended in its own mode)")
     _selection(s)
     _measure_options(s)
     s.set_defaults(fn=cmd_lut_build)
@@ -316,6 +326,7 @@ def add_commands(sub) -> None:
     s.add_argument("--exporter", choices=["auto", "dynamo", "torchscript"], help="ONNX exporter (default auto)")
     s.add_argument("--isolate", action="store_true", help="each measurement in its own process")
     s.add_argument("--plugin", action="append", default=[], help="a .py file or module registering a Platform")
+    _malloc_option(s, "(recorded in report.json and the tables; a folder holds one mode)")
     s.add_argument("--out-dir", help="default benchmarks/latency (quick: runs/latency-quick)")
     s.add_argument("--quick", action="store_true", help="a tiny smoke run (1-2 minutes)")
     s.add_argument("--refit", action="store_true",

@@ -26,7 +26,7 @@ import json
 import math
 import statistics
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -55,6 +55,7 @@ class ReportConfig:
     isolate: bool = False
     out_dir: str = "benchmarks/latency"
     folds: int = 5
+    malloc: str = "steady"  # torch-cpu allocator: steady (standalone.steady_malloc) or default (glibc untouched)
 
     @classmethod
     def quick(cls, **kw) -> "ReportConfig":
@@ -178,16 +179,27 @@ def _table_for(cfg: ReportConfig, platform: str) -> LatencyTable:
     if path.is_file():
         table = LatencyTable.load(path)
         if table.threads == cfg.threads and table.data["timing"] == cfg.block_timing and not table.local_problem():
+            core.check_table_malloc(table.data, cfg.malloc, f"{path} (use another --out-dir)")
             return table
         raise LatencyError(f"{path} was measured with other settings or elsewhere (threads {table.threads}, timing "
                            f"{table.data['timing']}); use another --out-dir or delete it")
-    table = LatencyTable.new(platform, cfg.threads, cfg.block_timing)
+    table = LatencyTable.new(platform, cfg.threads, cfg.block_timing)  # inside malloc_mode: records cfg.malloc
     table.path = path
     return table
 
 
 def run_report(cfg: ReportConfig, progress: bool = True, log=print) -> dict:
-    """Run the whole report (see the module docstring); writes into ``cfg.out_dir`` and returns the results."""
+    """Run the whole report (see the module docstring); writes into ``cfg.out_dir`` and returns the results.
+    torch-cpu is measured in malloc mode ``cfg.malloc``; ``default`` in a process that already set the steady
+    allocator measures every network and block in a fresh process (``isolate``), since mallopt cannot be undone."""
+    if core.default_needs_fresh_process(cfg.malloc) and not cfg.isolate:
+        log("malloc default: this process already set the steady allocator, so every measurement runs isolated")
+        cfg = replace(cfg, isolate=True)
+    with core.malloc_mode(cfg.malloc):
+        return _run_report(cfg, progress, log)
+
+
+def _run_report(cfg: ReportConfig, progress: bool, log) -> dict:
     from ..models import list_models
     from .zoo import decomposition, model_spec
 
@@ -302,7 +314,8 @@ def _merge_earlier(path: Path, results: dict) -> None:
     except (OSError, json.JSONDecodeError):
         return
     def settings(r: dict) -> dict:
-        return {k: v for k, v in json.loads(json.dumps(r["config"])).items() if k != "platforms"}
+        conf = {"malloc": "steady", **json.loads(json.dumps(r["config"]))}  # reports before --malloc were steady
+        return {k: v for k, v in conf.items() if k != "platforms"}
 
     if settings(old) != settings(results):
         return
@@ -413,7 +426,7 @@ def format_markdown(results: dict) -> str:
         "# Latency predictor accuracy", "",
         f"Device: {results['device'].get('cpu')} ({results['device'].get('cpu_count')} CPUs), torch "
         f"{results['versions'].get('torch')}, onnxruntime {results['versions'].get('onnxruntime')}, {results['date']}. "
-        f"Threads: {cfg['threads']}. Random networks: {cfg['nets']} per input (seed {cfg['seed']}); zoo: "
+        f"Threads: {cfg['threads']}. torch-cpu malloc: {cfg.get('malloc', 'steady')}. Random networks: {cfg['nets']} per input (seed {cfg['seed']}); zoo: "
         f"{'all registered models' if cfg['zoo'] is None else ', '.join(cfg['zoo'])} at width {cfg['zoo_width']:g}. "
         f"Blocks: warm-up {cfg['block_timing']['warmup']}, >= {cfg['block_timing']['min_runs']} runs and >= "
         f"{cfg['block_timing']['min_time']} s each; networks: {cfg['repeats']} repeats of warm-up "

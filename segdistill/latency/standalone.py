@@ -576,16 +576,27 @@ def _no_grad_call(module: nn.Module, inputs: tuple, autocast: torch.dtype | None
     return fn
 
 
+MALLOC_MODES = ("steady", "default")
+_STEADY_SET: str | None = None  # what steady_malloc() set in this process (mallopt cannot be undone)
+_STEADY_TEXT = "glibc steady: M_MMAP_MAX=0, no trim"
+
+
 def steady_malloc() -> str:
     """Make the C allocator keep and reuse freed memory, as a long-running inference process with jemalloc or tcmalloc
     does; returns what was set (recorded in tables). PyTorch's CPU tensors come straight from ``malloc``; glibc serves
     large ones (above its adaptive mmap threshold, at most 32 MB) by ``mmap`` and returns them on ``free``, so each call
     of a block with big activations pays fresh page faults, and how many depends on what the process allocated before:
     the same block measured 50-190 ms in one process and a steady 42 ms with this (``mbconv:368-320:45x60:k3s1d1e6``,
-    2 threads). Here: ``mallopt(M_MMAP_MAX, 0)`` and no trimming. Process-wide and irreversible, so only measuring
-    code calls it; ``SEGDISTILL_MALLOC=default`` leaves the allocator alone."""
-    if os.environ.get("SEGDISTILL_MALLOC", "steady") == "default":
-        return "default (SEGDISTILL_MALLOC=default)"
+    2 threads). Here: ``mallopt(M_MMAP_MAX, 0)`` and no trimming (``M_TRIM_THRESHOLD`` 2**31 - 1), the same as
+    ``GLIBC_TUNABLES=glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=4294967295`` set before a process starts.
+    Process-wide and irreversible, so only measuring code calls it, and only in ``steady`` mode
+    (:func:`malloc_mode`); ``SEGDISTILL_MALLOC=default`` leaves the allocator alone. A deployment process that wants
+    the figures measured this way calls it once at start-up (or sets the ``GLIBC_TUNABLES`` above)."""
+    global _STEADY_SET
+    if _STEADY_SET:
+        return _STEADY_SET
+    if current_malloc_mode() == "default":
+        return default_malloc_text()
     if not sys.platform.startswith("linux") or _pyplatform.libc_ver()[0] != "glibc":
         return "default (not glibc)"
     import ctypes
@@ -594,21 +605,93 @@ def steady_malloc() -> str:
     m_trim_threshold, m_mmap_max = -1, -4  # from malloc.h
     if libc.mallopt(m_mmap_max, 0) != 1 or libc.mallopt(m_trim_threshold, 2 ** 31 - 1) != 1:
         return "default (mallopt refused)"
-    return "glibc steady: M_MMAP_MAX=0, no trim"
+    _STEADY_SET = _STEADY_TEXT
+    return _STEADY_SET
+
+
+def steady_malloc_applied() -> bool:
+    """Whether :func:`steady_malloc` changed this process's allocator (then a ``default`` measurement needs a fresh
+    process: see :func:`default_needs_fresh_process`)."""
+    return _STEADY_SET is not None
+
+
+def current_malloc_mode() -> str:
+    """The malloc mode torch-cpu measurements use now: ``$SEGDISTILL_MALLOC`` (``steady`` or ``default``), else
+    ``steady``. Any other value is an error naming the variable."""
+    mode = os.environ.get("SEGDISTILL_MALLOC", "steady") or "steady"
+    if mode not in MALLOC_MODES:
+        raise LatencyError(f"SEGDISTILL_MALLOC={mode!r} is not a malloc mode; use one of {', '.join(MALLOC_MODES)}")
+    return mode
+
+
+def default_malloc_text() -> str:
+    """How the allocator stands when segdistill leaves it alone (``GLIBC_TUNABLES`` named when the process has it)."""
+    tunables = os.environ.get("GLIBC_TUNABLES")
+    return "default (allocator untouched" + (f", GLIBC_TUNABLES={tunables})" if tunables else ")")
+
+
+def describe_malloc(mode: str | None = None) -> str:
+    """What a torch-cpu measurement in ``mode`` (None: the current one) records as its ``malloc``, without changing
+    the allocator."""
+    mode = mode or current_malloc_mode()
+    if mode == "default":
+        return default_malloc_text()
+    return _STEADY_SET or _STEADY_TEXT
+
+
+def default_needs_fresh_process(mode: str) -> bool:
+    """True when ``mode`` is ``default`` but this process already set the steady allocator: such a measurement would
+    silently be a steady one, so it must run in a fresh process (``run_isolated`` inherits ``SEGDISTILL_MALLOC``)."""
+    return mode == "default" and steady_malloc_applied()
+
+
+@contextlib.contextmanager
+def malloc_mode(mode: str | None):
+    """Measure torch-cpu in ``mode`` within the block: ``steady`` (:func:`steady_malloc` before timing, the default)
+    or ``default`` (glibc as the process has it, what a plain user process gets). Sets ``$SEGDISTILL_MALLOC``, so
+    isolated measurement processes inherit it; None keeps the current mode. Restored afterwards."""
+    if mode is None:
+        yield current_malloc_mode()
+        return
+    if mode not in MALLOC_MODES:
+        raise LatencyError(f"unknown malloc mode {mode!r}; choose one of {', '.join(MALLOC_MODES)}")
+    old = os.environ.get("SEGDISTILL_MALLOC")
+    os.environ["SEGDISTILL_MALLOC"] = mode
+    try:
+        yield mode
+    finally:
+        if old is None:
+            os.environ.pop("SEGDISTILL_MALLOC", None)
+        else:
+            os.environ["SEGDISTILL_MALLOC"] = old
+
+
+def table_malloc_mode(table: dict) -> str | None:
+    """The malloc mode a torch-cpu table was measured in (from ``platform_info.malloc``), None for other platforms."""
+    text = (table.get("platform_info") or {}).get("malloc")
+    if text is None:
+        return None
+    return "steady" if text.startswith("glibc steady") else "default"
 
 
 class TorchCPU(Platform):
-    """PyTorch eager on the CPU, fp32, with :func:`steady_malloc` (large tensors reused, not mapped anew per call)."""
+    """PyTorch eager on the CPU, fp32. In malloc mode ``steady`` (the default) with :func:`steady_malloc` (large
+    tensors reused, not mapped anew per call); in ``default`` the allocator is left as the process has it
+    (:func:`malloc_mode`). The mode used is recorded as ``malloc``."""
 
     name, description = "torch-cpu", "PyTorch eager on the CPU, fp32"
 
     def prepare(self, module, inputs, threads):
-        self._malloc = steady_malloc()
-        return Runner(_no_grad_call(module.cpu().eval(), tuple(x.cpu() for x in inputs)), {"malloc": self._malloc})
+        mode = current_malloc_mode()
+        if default_needs_fresh_process(mode):
+            raise LatencyError("malloc mode default was asked for, but this process already set the steady allocator "
+                               "(mallopt cannot be undone): measure in a fresh process (run_isolated, --isolate)")
+        malloc = steady_malloc() if mode == "steady" else default_malloc_text()
+        return Runner(_no_grad_call(module.cpu().eval(), tuple(x.cpu() for x in inputs)), {"malloc": malloc})
 
     def info(self):
-        return {"torch": torch.__version__, "mkldnn": torch.backends.mkldnn.is_available(),
-                "malloc": getattr(self, "_malloc", None) or steady_malloc()}
+        """Versions and the malloc mode measurements will use (described, not applied)."""
+        return {"torch": torch.__version__, "mkldnn": torch.backends.mkldnn.is_available(), "malloc": describe_malloc()}
 
 
 class TorchCUDA(Platform):
@@ -800,6 +883,16 @@ def measure_into(table: dict, keys: Iterable[str], isolate: bool = False, progre
     keys measured. Free keys (the zero op) get 0 ms without a measurement."""
     todo = [k for k in dict.fromkeys(str(k) for k in keys) if k not in table["entries"]]
     timing = table["timing"]
+    mode = table_malloc_mode(table)  # a torch-cpu table is extended in the malloc mode it was built in
+    isolate = isolate or bool(mode and default_needs_fresh_process(mode))
+    with malloc_mode(mode):
+        _measure_todo(table, todo, timing, isolate, progress, plugins)
+    if todo:
+        table["date"] = now_iso()
+    return todo
+
+
+def _measure_todo(table: dict, todo: list[str], timing: dict, isolate: bool, progress: bool, plugins) -> None:
     for key in progress_bar(todo, f"measuring on {table['platform']}", progress and len(todo) > 1):
         if is_free(key):
             table["entries"][key] = {"median_ms": 0.0, "p90_ms": 0.0, "runs": 0, "io": 0, "free": True}
@@ -810,9 +903,14 @@ def measure_into(table: dict, keys: Iterable[str], isolate: bool = False, progre
         entry = {n: round(float(res[n]), 5) for n in ("median_ms", "p90_ms", "min_ms")}
         entry["runs"], entry["io"] = int(res["runs"]), res["io_elems"]
         table["entries"][key] = entry
-    if todo:
-        table["date"] = now_iso()
-    return todo
+
+
+def check_table_malloc(table: dict, mode: str | None, source) -> None:
+    """Refuse to extend a torch-cpu table measured in another malloc mode than ``mode`` (None: no mode asked)."""
+    have = table_malloc_mode(table)
+    if mode and have and have != mode:
+        raise LatencyError(f"{source} was measured with malloc {have}, not {mode}; its entries would mix both. "
+                           f"Use --malloc {have}, or another output")
 
 
 def write_json_atomic(obj: dict, path) -> None:
@@ -853,13 +951,16 @@ def main(argv=None) -> int:
     p.add_argument("--min-time", type=float, default=DEFAULT_TIMING["min_time"], help="seconds of timed runs per block")
     p.add_argument("--isolate", action="store_true", help="each measurement in its own process")
     p.add_argument("--plugin", action="append", default=[], help="a .py file or module registering a Platform")
+    p.add_argument("--malloc", choices=MALLOC_MODES, default=None,
+                   help="torch-cpu: steady (mallopt keeps freed memory; default) or default (allocator untouched)")
     args = p.parse_args(argv)
     try:
         for spec in args.plugin:
             load_plugin(spec)
         keys = read_blocks_file(args.blocks)
         timing = {"warmup": args.warmup, "min_runs": args.runs, "min_time": args.min_time}
-        table = new_table(args.platform, args.threads, timing)
+        with malloc_mode(args.malloc):
+            table = new_table(args.platform, args.threads, timing)
         if Path(args.out).is_file():
             old = json.loads(Path(args.out).read_text())
             same = (old.get("format"), old.get("platform"), old.get("threads")) == \
@@ -867,6 +968,7 @@ def main(argv=None) -> int:
             if not same:
                 raise LatencyError(f"{args.out} exists and is not a {args.platform} table with {args.threads} threads; "
                                    "choose another --out")
+            check_table_malloc(old, table_malloc_mode(table), args.out)
             table = old
         done = measure_into(table, keys, isolate=args.isolate)
         write_json_atomic(table, args.out)

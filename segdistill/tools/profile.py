@@ -20,6 +20,7 @@ import torch
 import torch.nn as nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from ..errors import LatencyError
 from ..latency import standalone as latency_core
 from ..latency.standalone import measure_latency  # noqa: F401  (the one routine; re-exported for callers)
 from ..models.layers import count_parameters as count_params  # one counter for the project
@@ -68,6 +69,7 @@ def profile_model(
     runs: int = 50,
     threads: int | None = None,
     min_time: float = 0.5,
+    malloc: str | None = None,
 ) -> dict:
     """Params, FLOPs/MACs and per-platform latency of ``model`` (left untouched: a copy is profiled).
 
@@ -76,10 +78,37 @@ def profile_model(
     ``torch-cuda-fp16`` with fp16 autocast; skipped with a reason when there is no GPU). ``threads`` sets torch's CPU
     thread count for the run (restored afterwards); None keeps the current one. ``runs`` is the minimum number of
     timed runs. A platform that fails is reported as ``{"error": message}`` rather than aborting the profile.
+    ``malloc``: ``steady`` (torch-cpu measured after ``standalone.steady_malloc()``, which keeps freed memory) or
+    ``default`` (the allocator as this process has it, what a plain user process gets); None: ``$SEGDISTILL_MALLOC``,
+    else ``steady``.
+    ``steady`` cannot be undone in a process, so ``default`` asked for after it runs the profile in a fresh process.
     """
     unknown = [p for p in platforms if p not in latency_core.PLATFORMS]
     if unknown:
         raise ValueError(f"unknown platforms {sorted(unknown)}; known: {', '.join(latency_core.PLATFORMS)}")
+    with latency_core.malloc_mode(malloc) as mode:
+        if latency_core.default_needs_fresh_process(mode):
+            return _profile_fresh(model, input_shape, platforms, warmup, runs, threads, min_time)
+        result = _profile(model, input_shape, platforms, warmup, runs, threads, min_time)
+    result["malloc"] = mode
+    result["malloc_detail"] = next((lat["malloc"] for lat in result["latency"].values() if "malloc" in lat),
+                                   latency_core.describe_malloc(mode))
+    return result
+
+
+def _profile_fresh(model, *args) -> dict:
+    """:func:`profile_model` with malloc ``default`` in a fresh (spawned) process, the model pickled to it."""
+    try:
+        result = latency_core.run_isolated(profile_model, model, *args, malloc="default")
+    except Exception as e:  # noqa: BLE001 - pickling or spawning failed: say what to do instead
+        raise LatencyError(f"--malloc default: this process already set the steady allocator (mallopt cannot be undone) "
+                           f"and profiling in a fresh process failed ({type(e).__name__}: {e}); run `segdistill "
+                           "profile --malloc default` in a new process") from e
+    result["malloc_process"] = "fresh (this process had set the steady allocator)"
+    return result
+
+
+def _profile(model, input_shape, platforms, warmup, runs, threads, min_time) -> dict:
     old_threads = torch.get_num_threads()
     if threads:
         torch.set_num_threads(int(threads))
@@ -147,6 +176,8 @@ def format_profile(result: dict) -> str:
         f"FLOPs        {_human(result['flops'])} ({result['flops']:,}; 1 multiply-add = 2 FLOPs)",
         f"MACs         {_human(result['macs'])} (multiply-adds counted once)",
         f"threads      {result['threads']} torch CPU threads",
+        f"malloc       {result.get('malloc_detail') or result.get('malloc', 'steady')} (torch-cpu; --malloc "
+        "steady|default)",
         f"latency      batch 1, median / p90 over >= {result['min_runs']} runs after {result['warmup']} warm-up runs",
     ]
     for name, lat in result["latency"].items():
