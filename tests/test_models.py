@@ -26,7 +26,7 @@ CNN_ARCHS = ["resnet18", "resnet34", "resnet50", "resnet101", "mobilenetv2"]
 EXPECTED_NAMES = sorted(
     [f"{h}_{a}" for h in ("fcn", "deeplabv3", "deeplabv3plus", "pspnet") for a in CNN_ARCHS]
     + ["lraspp_resnet18", "lraspp_mobilenetv2", "searched", "segformer_mitb0", "segformer_mitb1", "segformer_mitb2"]
-    + [f"ddnn_{h}_{a}" for h in ("fcn", "deeplabv3", "deeplabv3plus", "lraspp") for a in ("resnet34", "resnet50")]
+    + [f"ddnn_{h}_{a}" for h in ("fcn", "deeplabv3", "deeplabv3plus", "lraspp") for a in ("resnet34", "resnet50", "mobilenetv2")]
 )
 STAGES = ["stage1", "stage2", "stage3", "stage4"]
 

@@ -51,7 +51,8 @@ DEFAULT_DEPTHS = {"b7": [1, 1, 1, 1, 1, 1, 1], "b11": [1, 1, 2, 2, 2, 2, 1], "b1
 
 class DynamicMobileNetV2(DynamicBackbone, MobileNetV2):
     """A MobileNetV2 whose bottleneck stage ``i`` runs its first ``depth[i]`` inverted-residual blocks (torchvision's
-    ``features.N`` keys; see the module docstring)."""
+    ``features.N`` keys; see the module docstring). ``family`` is always ``mobilenetv2`` (the signature every
+    :class:`~segdistill.dynamic.model.DepthFamily` backbone has)."""
 
     def __init__(self, family: str, depths: dict[str, list[int]], width_mult: float = 1.0, output_stride: int = 32):
         super().__init__(width_mult=width_mult, output_stride=output_stride)
