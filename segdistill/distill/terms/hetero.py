@@ -1,5 +1,6 @@
 """Heterogeneous-architecture KD, HeteroAKD (Huang et al., AAAI 2025; seed 003; no code released, reconstructed from
-methods.md).
+methods.md). No release was found for issue 13's preset audit either, and the seed text gives no loss weights: the
+``heteroakd`` preset's weights (1, and ``logit_kd_weight`` 1) are ours, unverified against the authors.
 
 Each stage in ``stages`` of both models is projected into logits space (1x1 conv -> K, BN, ReLU; training-only
 projectors ``hetero_s_<stage>`` / ``hetero_t_<stage>``, stepped by the student's optimizer) at the student's logit

@@ -11,6 +11,11 @@ With ``S = softmax(Z_s)``, ``T = softmax(Z_t)`` (teacher resized to the student)
 D scores the logits' maps at their own resolution (SKD scores 1/8 maps), upsampled to the image when a side is under
 16 pixels (its four stride-2 convs need 16). D and its optimizer state are this term's checkpoint state; D is
 training-only, never exported. Modules: :mod:`segdistill.distill.holistic`.
+
+Against SKD's released code (issue 13): the student's term is ``--lambda-d 0.1`` times ``-mean D(S)``, this term's
+weight 0.1. Their discriminator differs beyond weights: it scores the raw 1/8 logits through a BatchNorm (not
+softmax maps), with LeakyReLU 0.1, and is stepped by SGD (lr 4e-4, momentum 0.9, poly decay) on ``0.1 * d_loss``;
+here the maps are softmax (methods.md) and D's optimizer is Adam, which a constant factor on its loss does not change.
 """
 from __future__ import annotations
 
