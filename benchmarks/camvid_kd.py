@@ -55,7 +55,11 @@ ROWS = {
     "icsd_w10": ("ICSD, tau 1, weight 10 (constant)", ["distill.icsd.weight=10"]),
     "icsd_w1000": ("ICSD, tau 1, weight 1000 (constant)", ["distill.icsd.weight=1000"]),
     "icsd_w9500": ("ICSD, tau 1, weight 9500 (constant; the previous preset's ICSD weight)", ["distill.icsd.weight=9500"]),
-    "skd": ("SKD = pixel (10) + pair-wise (1) + holistic (0.1)", ["distill.method=skd"]),
+    "skd": ("SKD preset (issue 13): pixel 10 summed over images + pair-wise 0.5 on ~2x2 nodes + holistic 0.1",
+            ["distill.method=skd"]),
+    # the skd preset before issue 13, spelled out: its rows in RESULTS.md's first KD table were trained with it
+    "skd_v1": ("previous SKD preset: pixel (10 per pixel) + pair-wise (1, 2x2-pixel nodes) + holistic (0.1)", [
+        "distill.pixel.weight=10", "distill.pairwise.weight=1", "distill.pairwise.patch=2", "distill.holistic.weight=0.1"]),
     "aicsd": ("AICSD preset (issue 13): a(CE + w ICSD) + (1 - a) 10 pixel KD mean over B*K*H*W (ALW)", ["distill.method=aicsd"]),
     # the aicsd preset before issue 13, spelled out so that its row stays reproducible: 9500 on ICSD, pixel KD 10 per pixel
     "aicsd_v1": ("previous AICSD preset: a(CE + 9500 ICSD) + (1 - a) 10 pixel KD (ALW)", [
