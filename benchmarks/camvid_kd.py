@@ -61,6 +61,11 @@ ROWS = {
     "skd_v1": ("previous SKD preset: pixel (10 per pixel) + pair-wise (1, 2x2-pixel nodes) + holistic (0.1)", [
         "distill.pixel.weight=10", "distill.pairwise.weight=1", "distill.pairwise.patch=2", "distill.holistic.weight=0.1"]),
     "aicsd": ("AICSD preset (issue 13): a(CE + w ICSD) + (1 - a) 10 pixel KD mean over B*K*H*W (ALW)", ["distill.method=aicsd"]),
+    # AICSD's README command as their code runs it without the --ALW flag (which argparse refuses): CE + 9500 pair-wise
+    # (~2x2 max-pooled nodes; ASPP output there, pre_logits here) + 10 pixel KD as KLDivLoss's mean; no ICSD term at all
+    "aicsd_readme": ("AICSD README command: CE + 9500 pair-wise (scale 0.5) + 10 pixel KD mean over B*K*H*W", [
+        "distill.pairwise.weight=9500", "distill.pairwise.scale=0.5", "distill.pixel.weight=10",
+        "distill.pixel.reduction=element"]),
     # the aicsd preset before issue 13, spelled out so that its row stays reproducible: 9500 on ICSD, pixel KD 10 per pixel
     "aicsd_v1": ("previous AICSD preset: a(CE + 9500 ICSD) + (1 - a) 10 pixel KD (ALW)", [
         "distill.task.schedule=alw", "distill.task.side=late", "distill.icsd.weight=9500", "distill.icsd.schedule=alw",
