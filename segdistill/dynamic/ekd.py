@@ -35,14 +35,27 @@ by ``ekd.enabled=true`` on a ``ddnn_*`` model (section :class:`~segdistill.confi
   than the full net; ``benchmarks/camvid_ddnn.py --timing`` measures it against training the full net alone.
 * The sub-nets drawn at an iteration are a pure function of (``train.seed``, iteration), so a resumed run draws the
   same ones (exact resume without extra state).
-* Distributed training is refused: several forwards of a DDP model before one backward need DDP's ``static_graph``,
-  which the trainer does not set.
+* **Distributed training (DDP under torchrun)**: one DDP forward and one backward per step. DDP allows one forward per
+  backward (several calls of a DDP model before one backward need ``static_graph``), so the hook's
+  ``train_module`` (see :class:`~segdistill.engine.trainer.Hook`) gives the trainer :class:`EKDStep`, whose one call
+  runs the full net and this step's sub-nets and returns every output; the trainer wraps *that* in DDP. Every
+  rank draws the same sub-nets (a pure function of seed and iteration, above), so all ranks run the same graph. No
+  ``find_unused_parameters``: the full net runs every step and uses every parameter (a sub-net's blocks, BN scales
+  and shifts are a subset of the full net's; per-depth BN *statistics* are buffers, not parameters), so the set of
+  parameters with a gradient is all of them at every step, whichever sub-nets are drawn; each gets one gradient, the
+  sum over the full net and the sub-nets, which DDP averages over ranks once backward has accumulated it. Buffers
+  (the per-depth statistics included) are rank 0's at the start of each step (DDP's ``broadcast_buffers``), as for
+  any model. :class:`EKDStep` owns nothing: ``trainer.model`` stays the plain DDNN, so validation, ``best.pt`` and
+  checkpoints (keys, loading old ones) are unchanged. ``model.sync_bn`` is refused: torch's SyncBatchNorm would
+  replace the per-depth BN layers and every depth would share one set of statistics. In one process the forwards
+  and losses are the same operations in the same order as before (bit-identical losses).
 """
 from __future__ import annotations
 
 import random
 
 import torch
+import torch.nn as nn
 
 from ..distill.losses import PairwiseKD, PixelKD
 from ..engine import distributed as dist
@@ -53,6 +66,32 @@ from .model import unwrap_dynamic
 
 SUBNET_RULES = ("all", "sandwich")
 SCORES = ("mean", "min", "full")
+
+
+class EKDStep(nn.Module):
+    """The forwards of one EKD step as one module call (training only; what DDP wraps, see the module docstring).
+
+    ``forward(images, depths)``: the model's outputs at each depth of ``depths``, in that order (a list); the model is
+    left at its full depth. ``forward(images)``: one plain call of the model at its active depth. It holds the model
+    as its only sub-module and has no parameters or buffers of its own."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+        unwrap_dynamic(model)  # a clear error for a model that is not a DDNN
+
+    def forward(self, images, depths: list[str] | None = None):
+        if depths is None:
+            return self.model(images)
+        ddnn = unwrap_dynamic(self.model)
+        outs = []
+        try:
+            for d in depths:
+                ddnn.set_depth(d)
+                outs.append(self.model(images))
+        finally:
+            ddnn.set_depth(ddnn.full_depth)
+        return outs
 
 
 class EKDHook(Hook):
@@ -69,12 +108,18 @@ class EKDHook(Hook):
         self.att = PairwiseKD(patch=e.att_patch)
         self.ddnn = None
 
+    def train_module(self, trainer, model):
+        return EKDStep(model)
+
     def setup(self, trainer):
         self.ddnn = unwrap_dynamic(trainer.model)
         e = self.cfg.ekd
-        if dist.is_dist():
-            raise ConfigError("ekd runs the model several times per step, which DDP supports only with static_graph; "
-                              "train EKD in one process")
+        if not isinstance(getattr(trainer.ddp_model, "module", trainer.ddp_model), EKDStep):
+            raise ConfigError("ekd needs its own step module as the trainer's training module (Hook.train_module); "
+                              "another hook replaced it: run ekd without that hook")
+        if any(isinstance(m, nn.SyncBatchNorm) for m in self.ddnn.modules()):
+            raise ConfigError("model.sync_bn=true replaces the DDNN's per-depth BatchNorm with torch's SyncBatchNorm "
+                              "(one set of statistics for every depth); set model.sync_bn=false for ekd")
         unknown = [f for f in e.att_features if f not in self.ddnn.feature_channels]
         if unknown:
             raise ConfigError(f"ekd.att_features {unknown} are not features of {self.ddnn.model_name}; "
@@ -114,18 +159,12 @@ class EKDHook(Hook):
         return losses
 
     def forward(self, trainer, images, masks):
-        model, run = self.ddnn, trainer.ddp_model
-        full = model.full_depth
-        try:
-            model.set_depth(full)
-            out = run(images)
-            losses = trainer.criterion(out, masks)
-            for d in self.subnets(trainer.state.iteration):
-                model.set_depth(d)
-                for k, v in self.subnet_losses(trainer, run(images), out, masks).items():
-                    losses[f"{k}@{d}"] = v
-        finally:
-            model.set_depth(full)
+        subnets = self.subnets(trainer.state.iteration)
+        out, *outs = trainer.ddp_model(images, [self.ddnn.full_depth, *subnets])  # one (DDP) forward for all depths
+        losses = trainer.criterion(out, masks)
+        for d, out_d in zip(subnets, outs):
+            for k, v in self.subnet_losses(trainer, out_d, out, masks).items():
+                losses[f"{k}@{d}"] = v
         return out, losses
 
     def on_validate(self, trainer, metrics):

@@ -48,6 +48,11 @@ class Hook:
     1. ``wrap_model(trainer, model) -> model``: the model is built and on its device, not yet wrapped in DDP. Return
        it, or a module that replaces or wraps it (e.g. a supernet); what is returned is ``trainer.model``, the module
        that is trained, validated and saved in ``best.pt``.
+    1b. ``train_module(trainer, model) -> module``: the module that a training step calls, ``trainer.ddp_model``
+       (wrapped in DDP when distributed); default: ``model`` (= ``trainer.model``) itself. A hook that runs the model
+       several times per step returns a module whose *one* call runs them all (e.g. EKD's full net and sub-nets), as
+       DDP expects one forward per backward. It must own no parameters or buffers besides the model's: checkpoints,
+       validation and ``best.pt`` use ``trainer.model``, never this module.
     2. ``setup(trainer)``: build training-only modules (teachers, adapters, discriminators, architecture weights).
     3. ``parameters()``: training-only parameters that join the main optimizer (default decay rules).
        ``param_groups()``: parameter groups that join it with their own settings, as torch param-group dicts
@@ -92,6 +97,9 @@ class Hook:
         return None
 
     def wrap_model(self, trainer: "Trainer", model: nn.Module) -> nn.Module:
+        return model
+
+    def train_module(self, trainer: "Trainer", model: nn.Module) -> nn.Module:
         return model
 
     def setup(self, trainer: "Trainer"):
@@ -287,10 +295,13 @@ class Trainer:
         self.criterion = SegLoss(
             cfg.data.ignore_index, cfg.loss.aux_weight, cfg.loss.ohem, cfg.loss.ohem_thresh, cfg.loss.ohem_min_kept, cfg.loss.class_weights
         ).to(self.device)
+        step_module = self.model  # what a training step calls; hooks may wrap it (Hook.train_module)
+        for h in self.hooks:
+            step_module = h.train_module(self, step_module)
         self.ddp_model = (
-            nn.parallel.DistributedDataParallel(self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+            nn.parallel.DistributedDataParallel(step_module, device_ids=[self.device.index] if self.device.type == "cuda" else None)
             if dist.is_dist()
-            else self.model
+            else step_module
         )
         for h in self.hooks:
             h.setup(self)
