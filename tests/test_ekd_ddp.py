@@ -148,5 +148,18 @@ def test_ekd_trains_under_ddp_with_two_gloo_processes(tmp_path):
             assert model.set_depth(d)(torch.randn(1, 3, 32, 48)).logits.shape[:2] == (1, 8)
 
 
+def test_sync_bn_is_refused_for_ekd(tmp_path):
+    """SyncBatchNorm (what model.sync_bn gives on GPUs) would replace the per-depth BN layers: a clear error."""
+    from segdistill.errors import ConfigError
+
+    class SyncBN(Hook):  # the trainer converts on CUDA only; convert here, as it would
+        def wrap_model(self, trainer, model):
+            return torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+
+    cfg = ddp_cfg(tmp_path / "run")
+    with pytest.raises(ConfigError, match="model.sync_bn=false"):
+        Trainer(cfg, [SyncBN()] + build_hooks(cfg))
+
+
 if __name__ == "__main__":
     worker(*sys.argv[1:3])
