@@ -23,7 +23,9 @@ Cases (each changes one thing from ``plain`` unless it says otherwise):
 * ``profile_default`` / ``profile_steady``: ``segdistill.tools.profile.profile_model`` on torch-cpu (profile's own
   code path: deep copy, FLOP count, ``measure_module``) with ``--malloc default`` / ``steady``;
 * ``cli``: the command ``segdistill profile NAME --platforms torch-cpu --threads T`` itself (steady malloc, today's
-  default), its median read from ``--out``.
+  default), its median read from ``--out``;
+* ``jemalloc`` / ``tcmalloc``: the plain loop with glibc's malloc replaced by ``LD_PRELOAD`` (skipped, and said so,
+  when the library is not installed; on Debian ``apt-get install libjemalloc2 libtcmalloc-minimal4``).
 
 Run (under 10 minutes on 2 loaded cores with the defaults)::
 
@@ -51,7 +53,7 @@ TUNABLES = "glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=4294967295"
 
 # name -> (what differs from plain, worker settings, extra environment)
 CASES: dict[str, tuple[str, dict, dict]] = {
-    "plain": ("no_grad, eval, 10 warm-up, median of 50, glibc default", {}, {}),
+    "plain": ("no_grad, eval, {warmup} warm-up, median of {runs}, glibc default", {}, {}),
     "tunables": ("GLIBC_TUNABLES mmap_max=0, trim off (from process start)", {}, {"GLIBC_TUNABLES": TUNABLES}),
     "steady_malloc": ("steady_malloc() (mallopt) before the loop", {"steady": True}, {}),
     "inference_mode": ("torch.inference_mode instead of no_grad", {"grad": "inference_mode"}, {}),
@@ -62,7 +64,22 @@ CASES: dict[str, tuple[str, dict, dict]] = {
     "profile_steady": ("profile_model(), --malloc steady (profile's default)", {"via": "profile", "malloc": "steady"},
                        {}),
     "cli": ("`segdistill profile --platforms torch-cpu` (steady)", {"via": "cli"}, {}),
+    "jemalloc": ("LD_PRELOAD=libjemalloc.so.2 (glibc malloc replaced)", {}, {"LD_PRELOAD": "jemalloc"}),
+    "tcmalloc": ("LD_PRELOAD=libtcmalloc_minimal.so.4 (glibc malloc replaced)", {}, {"LD_PRELOAD": "tcmalloc"}),
 }
+PRELOADS = {"jemalloc": ("libjemalloc.so.2", "jemalloc"), "tcmalloc": ("libtcmalloc_minimal.so.4", "tcmalloc_minimal")}
+LIB_DIRS = ("/usr/lib/x86_64-linux-gnu", "/usr/lib/aarch64-linux-gnu", "/usr/lib64", "/usr/lib", "/usr/local/lib")
+
+
+def find_preload(which: str) -> str | None:
+    """Path of the jemalloc / tcmalloc shared library (Debian: apt-get install libjemalloc2 libtcmalloc-minimal4)."""
+    import ctypes.util
+
+    soname, short = PRELOADS[which]
+    for d in LIB_DIRS:
+        if (Path(d) / soname).is_file():
+            return str(Path(d) / soname)
+    return ctypes.util.find_library(short)
 DEFAULT_CASES = list(CASES)
 
 
@@ -87,8 +104,12 @@ def worker(spec: dict) -> dict:
     from segdistill.models import build_model
     from segdistill.models.output import DeployModel
 
-    malloc = steady_malloc() if spec.get("steady") else "glibc default" + (
-        " + GLIBC_TUNABLES" if os.environ.get("GLIBC_TUNABLES") else "")
+    if spec.get("steady"):
+        malloc = steady_malloc()
+    elif os.environ.get("LD_PRELOAD"):
+        malloc = f"LD_PRELOAD={Path(os.environ['LD_PRELOAD']).name}"
+    else:
+        malloc = "glibc default" + (" + GLIBC_TUNABLES" if os.environ.get("GLIBC_TUNABLES") else "")
     model = build_model(spec["model"], 11)
     if spec.get("eval", True):
         model.eval()
@@ -119,6 +140,11 @@ def run_case(name: str, threads: int, args) -> dict:
             "runs": args.runs, **settings}
     if name == "plain":
         spec["extra"] = args.runs + 10  # a second window after 60 warm-up calls in all
+    if "LD_PRELOAD" in env_extra:
+        lib = find_preload(env_extra["LD_PRELOAD"])
+        if not lib:
+            return {"case": name, "threads": threads, "skipped": f"{PRELOADS[env_extra['LD_PRELOAD']][0]} not found"}
+        env_extra = {"LD_PRELOAD": lib}
     env = {**os.environ, **env_extra}
     env.pop("SEGDISTILL_MALLOC", None)
     if "GLIBC_TUNABLES" not in env_extra:
@@ -143,7 +169,7 @@ def run_case(name: str, threads: int, args) -> dict:
 
 
 # ---------------------------------------------------------------------------- the comparison
-def summarise(rows: list[dict], cases: list[str], threads: int) -> list[dict]:
+def summarise(rows: list[dict], cases: list[str], threads: int, warmup: int = 10, runs: int = 50) -> list[dict]:
     """Per case: median over repeats of its median, and of its ratio to the plain loop of the same repeat."""
     mine = [r for r in rows if r["threads"] == threads and "median_ms" in r]  # stopped cases left out
     plain = {r["repeat"]: r for r in mine if r["case"] == "plain"}
@@ -154,7 +180,8 @@ def summarise(rows: list[dict], cases: list[str], threads: int) -> list[dict]:
             continue
         ratios = [r["median_ms"] / plain[r["repeat"]]["median_ms"] for r in rs]
         fastest = [r["min_ms"] / plain[r["repeat"]]["min_ms"] for r in rs]
-        out.append({"case": case, "what": CASES[case][0], "median_ms": statistics.median(r["median_ms"] for r in rs),
+        out.append({"case": case, "what": CASES[case][0].format(warmup=warmup, runs=runs),
+                    "median_ms": statistics.median(r["median_ms"] for r in rs),
                     "mean_ms": statistics.median(r["mean_ms"] for r in rs),
                     "min_ms": statistics.median(r["min_ms"] for r in rs), "ratio": statistics.median(ratios),
                     "ratio_min": min(ratios), "ratio_max": max(ratios), "min_ratio": statistics.median(fastest),
@@ -162,7 +189,7 @@ def summarise(rows: list[dict], cases: list[str], threads: int) -> list[dict]:
     base = [plain[k] for k in sorted(plain)]
     if base and "median_no_warmup_ms" in base[0]:  # warm-up and window from the plain loop's own record
         for key, what in (("mean_ms", "plain, mean instead of median"),
-                          ("median_no_warmup_ms", "plain, no warm-up (calls 0-49)"),
+                          ("median_no_warmup_ms", f"plain, no warm-up (calls 0-{runs - 1})"),
                           ("median_long_warmup_ms", f"plain, {base[0]['long_warmup']} warm-up calls")):
             ratios = [b[key] / b["median_ms"] for b in base]
             out.append({"case": f"plain:{key.replace('_ms', '')}", "what": what,
@@ -234,7 +261,7 @@ def main(argv=None) -> int:
                 row.update(repeat=rep, load1=os.getloadavg()[0])
                 rows.append(row)
                 path.write_text(json.dumps({"command": command, "partial": True, "rows": rows}, indent=1))
-                took = (f"{row['median_ms']:8.2f} ms" if "median_ms" in row else
+                took = (f"{row['median_ms']:8.2f} ms" if "median_ms" in row else row.get("skipped") or
                         f"stopped after {args.case_timeout:.0f} s")
                 print(f"  repeat {rep + 1} threads {threads} {case:<16} {took} (load {row['load1']:.2f}"
                       + (f", {row['seconds']:.1f} s)" if "seconds" in row else ")"), flush=True)
@@ -246,7 +273,7 @@ def main(argv=None) -> int:
               "stopped": [f"repeat {r['repeat'] + 1} threads {r['threads']} {r['case']}" for r in rows if "timeout" in r],
               "minutes": (time.perf_counter() - t0) / 60, "device": machine_info(), "versions": library_versions(),
               "date": now_iso(), "rows": rows,
-              "summary": {str(t): summarise(rows, cases, t) for t in args.threads}}
+              "summary": {str(t): summarise(rows, cases, t, args.warmup, args.runs) for t in args.threads}}
     print(f"load average after {load_after[0]:.2f} {load_after[1]:.2f} {load_after[2]:.2f}; 1-minute load during "
           f"{result['load1_during'][0]:.2f} - {result['load1_during'][1]:.2f}; {result['minutes']:.1f} min")
     if result["stopped"]:
