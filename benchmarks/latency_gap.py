@@ -39,6 +39,7 @@ import argparse
 import json
 import os
 import random
+import resource
 import shlex
 import signal
 import statistics
@@ -117,16 +118,18 @@ def worker(spec: dict) -> dict:
         model = DeployModel(model).eval()
     x = torch.randn(shape, generator=torch.Generator().manual_seed(0))
     ctx = torch.inference_mode if spec.get("grad") == "inference_mode" else torch.no_grad
-    times = []
+    times, faults = [], []
     with ctx():
         for _ in range(spec["warmup"] + spec["runs"] + spec.get("extra", 0)):
+            f0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
             t0 = time.perf_counter()
             model(x)
             times.append((time.perf_counter() - t0) * 1e3)
+            faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0)
     w, n = spec["warmup"], spec["runs"]
     win = times[w:w + n]
     out = {"median_ms": statistics.median(win), "mean_ms": statistics.fmean(win), "min_ms": min(win), "malloc": malloc,
-           "threads": torch.get_num_threads()}
+           "threads": torch.get_num_threads(), "page_faults_per_call": statistics.fmean(faults[w:w + n])}
     if spec.get("extra"):
         out["median_no_warmup_ms"] = statistics.median(times[:n])
         out["median_long_warmup_ms"] = statistics.median(times[-n:])
@@ -184,6 +187,8 @@ def summarise(rows: list[dict], cases: list[str], threads: int, warmup: int = 10
                     "median_ms": statistics.median(r["median_ms"] for r in rs),
                     "mean_ms": statistics.median(r["mean_ms"] for r in rs),
                     "min_ms": statistics.median(r["min_ms"] for r in rs), "ratio": statistics.median(ratios),
+                    "faults": (statistics.median(r["page_faults_per_call"] for r in rs)
+                               if all("page_faults_per_call" in r for r in rs) else None),
                     "ratio_min": min(ratios), "ratio_max": max(ratios), "min_ratio": statistics.median(fastest),
                     "n": len(rs), "malloc": rs[0].get("malloc")})
     base = [plain[k] for k in sorted(plain)]
@@ -203,14 +208,17 @@ def summarise(rows: list[dict], cases: list[str], threads: int, warmup: int = 10
 def format_table(summary: list[dict], threads: int, repeats: int) -> str:
     lines = [f"threads {threads}, {repeats} repeats. ms: the case's median latency, median over repeats; ratio: case / "
              "plain of the same repeat, median [min - max] over repeats; fastest-call ratio: the same for each "
-             "run's fastest call (least disturbed by other load)",
+             "run's fastest call (least disturbed by other load); page faults/call: minor page faults per timed call "
+             "(getrusage; plain-loop cases only)",
              f"| {'case':<26} | {'what differs from plain':<60} | {'ms':>7} | {'ratio to plain':<22} | "
-             f"{'fastest-call ratio':>18} |",
-             f"|{'-' * 28}|{'-' * 62}|{'-' * 9}|{'-' * 24}|{'-' * 20}|"]
+             f"{'fastest-call ratio':>18} | {'page faults/call':>16} |",
+             f"|{'-' * 28}|{'-' * 62}|{'-' * 9}|{'-' * 24}|{'-' * 20}|{'-' * 18}|"]
     for s in summary:
         ratio = f"{s['ratio']:.3f} [{s['ratio_min']:.3f} - {s['ratio_max']:.3f}]"
         fast = "-" if s.get("min_ratio") is None else f"{s['min_ratio']:.3f}"
-        lines.append(f"| {s['case']:<26} | {s['what']:<60} | {s['median_ms']:7.2f} | {ratio:<22} | {fast:>18} |")
+        faults = "-" if s.get("faults") is None else f"{s['faults']:.0f}"
+        lines.append(f"| {s['case']:<26} | {s['what']:<60} | {s['median_ms']:7.2f} | {ratio:<22} | {fast:>18} | "
+                     f"{faults:>16} |")
     return "\n".join(lines)
 
 
