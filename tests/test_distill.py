@@ -194,7 +194,7 @@ def test_presets_and_overrides(tmp_path):
     assert (cfg.distill.pixel.weight, cfg.distill.pairwise.weight, cfg.distill.holistic.weight) == (10.0, 0.5, 0.1)
     cfg = load_config(None, ["distill.method=aicsd", "distill.pixel.weight=2"])  # a key you set wins
     assert cfg.distill.pixel.weight == 2.0 and cfg.distill.pixel.schedule == "alw" and cfg.distill.pixel.side == "early"
-    assert cfg.distill.task.schedule == "alw" and cfg.distill.icsd.weight == 100.0  # values: tests/test_presets.py
+    assert cfg.distill.task.schedule == "alw" and cfg.distill.icsd.weight == 10.0  # values: tests/test_presets.py
     (tmp_path / "c.yaml").write_text("distill:\n  method: heteroakd\n  hetero:\n    stages: [stage4]\n")
     cfg = load_config(tmp_path / "c.yaml")
     assert cfg.distill.hetero.weight == 1.0 and cfg.distill.hetero.stages == ["stage4"]
