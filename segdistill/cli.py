@@ -1,4 +1,5 @@
-"""The ``segdistill`` command line: train, distill, eval, predict, profile, export, models, demo, lut, latency.
+"""The ``segdistill`` command line: train, distill, config, eval, predict, profile, export, models, demo, lut, latency,
+ddnn, search, pipeline, graph.
 
 Every command that takes a config also takes ``section.key=value`` overrides after it, e.g.::
 
@@ -199,7 +200,7 @@ def cmd_demo(args):
 
 # ---------------------------------------------------------------------------- parser
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="segdistill", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="segdistill", description=" ".join(__doc__.split("\n\n")[0].split()))
     sub = p.add_subparsers(dest="command", required=True)
 
     s = sub.add_parser("train", help="train a segmentation model from a YAML config")
@@ -277,7 +278,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--width-mult", type=float, default=1.0)
     s.set_defaults(fn=cmd_models)
 
-    s = sub.add_parser("demo", help="train, evaluate, profile and export on the built-in synthetic data, with a report")
+    s = sub.add_parser("demo", help="train, distil, search, evaluate, profile and export on the built-in synthetic data, with a report")
     s.add_argument("--out-dir", default="runs/demo")
     s.add_argument("--fast", action="store_true", help="a much shorter run (for tests)")
     s.add_argument("overrides", nargs="*", help="section.key=value applied to every demo run (teacher, student, distilled student)")

@@ -1,5 +1,7 @@
 """The command line end to end: demo, eval, predict, profile, export, models, and clear errors."""
+import argparse
 import json
+import re
 
 import numpy as np
 import pytest
@@ -110,3 +112,13 @@ def test_eval_refuses_dataset_with_other_classes(demo_dir, tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["eval", str(demo_dir / "student" / "best.pt"), "--dataset", "folder", "--root", str(root)])
     assert "3" in capsys.readouterr().err
+
+
+def test_top_level_help_lists_every_command():
+    """``segdistill --help``'s description names every sub-command (it once left out lut and latency)."""
+    from segdistill.cli import build_parser
+
+    parser = build_parser()
+    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
+    for name in commands:
+        assert re.search(rf"\b{name}\b", parser.description), f"{name} missing from the description"

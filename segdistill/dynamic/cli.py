@@ -66,12 +66,13 @@ def depth_cost(model, input_shape) -> dict:
 def format_depth_table(rows: list[dict], columns: list[tuple[str, str, str]]) -> str:
     """Rows of dicts as a plain-text table; ``columns``: (key, header, format)."""
     widths = [max(14, len(h) + 2) for _, h, _ in columns]
-    head = f"{'depth':<8}{'blocks':<16}" + "".join(f"{h:>{w}}" for (_, h, _), w in zip(columns, widths))
+    bw = max([16] + [len(str(r['blocks'])) + 2 for r in rows])  # MobileNetV2 depths name 7 stages
+    head = f"{'depth':<8}{'blocks':<{bw}}" + "".join(f"{h:>{w}}" for (_, h, _), w in zip(columns, widths))
     lines = [head, "-" * len(head)]
     for r in rows:
         cells = "".join(f"{(format(r[k], f) if isinstance(r.get(k), (int, float)) else str(r.get(k, '-'))):>{w}}"
                         for (k, _, f), w in zip(columns, widths))
-        lines.append(f"{r['depth']:<8}{str(r['blocks']):<16}{cells}")
+        lines.append(f"{r['depth']:<8}{str(r['blocks']):<{bw}}{cells}")
     return "\n".join(lines)
 
 
