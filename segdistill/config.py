@@ -481,16 +481,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     data = _read_yaml(resolve_config_path(path)) if path is not None else {}
     layers = [(f"{path}: ", data)] + [("", parse_override(o)) for o in overrides or []]
     cfg = cls()
-    method = None
-    for _, layer in layers:  # the last layer that names a method wins
-        section = layer.get("distill")
-        if isinstance(section, dict) and "method" in section:
-            method = section["method"]
-    if method is not None and hasattr(cfg, "distill"):
-        if method not in DISTILL_PRESETS:
-            raise ConfigError(f"distill.method={method!r} is not a preset; choose one of {', '.join(DISTILL_PRESETS)} "
-                              "or leave it null and set the term weights yourself")
-        _apply(cfg, {"distill": DISTILL_PRESETS[method]})
+    _apply_preset(cfg, [layer for _, layer in layers])
     for prefix, layer in layers:
         try:
             _apply(cfg, layer)
@@ -500,9 +491,27 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     return cfg
 
 
+def _apply_preset(cfg, layers: list[dict]) -> None:
+    """Apply the preset that the last of ``layers`` naming ``distill.method`` names (the layers then go on top)."""
+    method = None
+    for layer in layers:
+        section = layer.get("distill")
+        if isinstance(section, dict) and "method" in section:
+            method = section["method"]
+    if method is not None and hasattr(cfg, "distill"):
+        if method not in DISTILL_PRESETS:
+            raise ConfigError(f"distill.method={method!r} is not a preset; choose one of {', '.join(DISTILL_PRESETS)} "
+                              "or leave it null and set the term weights yourself")
+        _apply(cfg, {"distill": DISTILL_PRESETS[method]})
+
+
 def apply_overrides(cfg, overrides: list[str] | None):
-    for o in overrides or []:
-        _apply(cfg, parse_override(o))
+    """``key=value`` overrides on a built config. One that names ``distill.method`` applies that preset first, then
+    every override of this call on top of it (so ``distill.method=skd distill.pixel.weight=5`` keeps 5)."""
+    layers = [parse_override(o) for o in overrides or []]
+    _apply_preset(cfg, layers)
+    for layer in layers:
+        _apply(cfg, layer)
     validate(cfg)
     return cfg
 

@@ -204,6 +204,19 @@ def test_presets_and_overrides(tmp_path):
     assert load_config(tmp_path / "resolved.yaml") == cfg
 
 
+def test_a_preset_named_in_overrides_of_a_built_config_applies():
+    """apply_overrides (the demo's and the benchmarks' path) resolves distill.method as load_config does: it once set
+    the name only, so ``segdistill demo distill.method=skd`` distilled with no KD term at all."""
+    from segdistill.config import Config, apply_overrides
+
+    cfg = apply_overrides(Config(), ["distill.method=skd", "distill.holistic.weight=0.5"])
+    assert (cfg.distill.pixel.weight, cfg.distill.pixel.reduction, cfg.distill.pairwise.weight) == (10.0, "image_sum", 0.5)
+    assert cfg.distill.holistic.weight == 0.5  # an override of the same call wins over the preset
+    assert apply_overrides(cfg, ["train.iters=7"]).distill.pixel.weight == 10.0  # later calls keep it
+    with pytest.raises(ConfigError, match="not a preset"):
+        apply_overrides(Config(), ["distill.method=fitnet"])
+
+
 def test_alw_schedules_task_and_terms(tmp_path, teacher_ckpt):
     cfg = tiny_cfg(tmp_path / "run", iters=4)
     cfg.distill.method = None
