@@ -41,6 +41,16 @@ TEACHER = ("deeplabv3plus_resnet18", 0.5, 16)
 STUDENT = ("lraspp_mobilenetv2", 0.5, 16)
 # the distilled student's KD terms (distill.* keys): pixel-wise KD (SKD's weight 10) and CWD on logits, from the teacher cache
 DEMO_KD = ["distill.pixel.weight=10", "distill.cwd.weight=3", "distill.cache=auto"]
+# Iterations: the teacher trains 2.25x longer than the students, as a user's teacher comes trained beforehand, so it is
+# clearly the stronger model (68.95 vs ~58 mIoU). Measured over 3 seeds with benchmarks/demo_kd.py (issue 13): at
+# these budgets the distilled student beat the student alone in every seed (+0.79 mean); with every model at 300
+# iterations (the previous demo) distillation gave -0.36. The total stays under 5 minutes on 2 cores.
+TEACHER_ITERS, STUDENT_ITERS = 450, 200
+# what the 3-seed check at these settings measured, quoted in the report (benchmarks/RESULTS.md, "Demo")
+KD_CHECK = ("over 3 seeds at these settings (1 thread; `python benchmarks/demo_kd.py --rows t450_s200_none,t450_s200_demo "
+            "--seeds 0,1,2`) the distilled student reached 58.75 mIoU (59.17, 58.99, 58.09) against 57.96 (57.64, 58.54, "
+            "57.69) alone: above the student alone in every seed (+1.53, +0.45, +0.40), +0.79 on average, which is within "
+            "the 0.90 spread of the alone runs")
 # the tiny search: chain space at the demo's 96x128, one searchable layer per stage, two widths each
 SEARCH_SPACE = {"input": [1, 3, 96, 128], "layers": 1, "width_ratios": [0.5, 1.0], "base_widths": [24, 48, 96],
                 "stem_widths": [16, 16], "head_channels": 32}
@@ -90,9 +100,9 @@ def run_demo(out_dir: str | Path = "runs/demo", fast: bool = False, overrides: l
     t0 = time.perf_counter()
     load_start = _load()
     elapsed: dict[str, float] = {}  # stage -> seconds (the report's timing table)
-    iters = 6 if fast else 300  # sized so the whole demo, tiny search included, stays under 5 minutes on 2 cores
     runs = {}
     for role, model in (("teacher", TEACHER), ("student", STUDENT), ("distilled", STUDENT)):
+        iters = 6 if fast else TEACHER_ITERS if role == "teacher" else STUDENT_ITERS
         cfg = apply_overrides(demo_config(out, role, model, iters, fast), overrides)
         if role == "distilled":
             teacher = Path(runs["teacher"]["cfg"].train.out_dir) / "best.pt"
@@ -243,7 +253,7 @@ def write_report(out: Path, runs: dict, prof: dict, exp: dict, class_names, tota
     text = f"""# segdistill demo report
 
 Built-in synthetic street scenes ({cfg.data.synthetic_size[0]}x{cfg.data.synthetic_size[1]}, {cfg.data.synthetic_train} train /
-{cfg.data.synthetic_val} val images, seed {cfg.data.seed}), {cfg.train.iters} iterations per model at batch {cfg.data.batch_size},
+{cfg.data.synthetic_val} val images, seed {cfg.data.seed}), {runs['teacher']['cfg'].train.iters} iterations for the teacher and {cfg.train.iters} for each student at batch {cfg.data.batch_size},
 train seed {cfg.train.seed}. Whole run: {total_s:.0f} s. Command: `{command}`.
 
 ## Accuracy (val, one confusion matrix over the split)
@@ -258,8 +268,10 @@ train seed {cfg.train.seed}. Whole run: {total_s:.0f} s. Command: `{command}`.
 
 **Distillation:** the same student trained with the teacher ({kd}, teacher logits from the teacher-output cache)
 reaches {100 * runs['distilled']['metrics']['miou']:.2f} mIoU against {100 * runs['student']['metrics']['miou']:.2f} without it
-({gain:+.2f}), one seed each: on this small synthetic set a difference of a point or two is within seed noise; see
-benchmarks/RESULTS.md for CamVid with two seeds.
+({gain:+.2f}), one seed each. Measured beforehand, {KD_CHECK}. On these clean procedural labels the teacher's soft
+targets add little beyond the labels, and the class the teacher gets and the student misses (person: thin shapes at
+the student's stride-8 output) does not transfer; on CamVid the same recipe gave +6.8 mIoU over 2 seeds
+(benchmarks/RESULTS.md).
 
 ![teacher curves](teacher_curves.png) ![student curves](student_curves.png) ![distilled curves](distilled_curves.png)
 ![distilled KD terms](distilled_kd_terms.png)
