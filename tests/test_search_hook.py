@@ -296,3 +296,23 @@ def test_two_gloo_processes_keep_alpha_identical(tmp_path):
                                     width_ratios=(0.5, 1.0), layers=1, head_channels=16))
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert any(not torch.allclose(a[k], p) for k, p in arch_of(init).items())  # and they did move
+
+
+def test_the_search_says_which_device_its_latency_table_is_for(tmp_path, capsys):
+    """Issue 13: a table built on another device is usable, but every latency figure says whose device it is for."""
+    (tmp_path / "a").mkdir()
+    here = search_cfg(tmp_path / "a", out="here", iters=1)
+    Trainer(here, build_hooks(here)).train()
+    assert "table measured on this device" in (tmp_path / "a" / "here" / "report.md").read_text()
+    lut = tmp_path / "b" / "lut.json"
+    lut.parent.mkdir()
+    fake_lut(lut)
+    table = json.loads(lut.read_text())
+    table["device"] = {**table["device"], "cpu": "Some Other CPU @ 3.0GHz"}
+    lut.write_text(json.dumps(table))
+    capsys.readouterr()
+    there = search_cfg(tmp_path / "b", out="there", iters=1)
+    Trainer(there, build_hooks(there)).train()
+    note = "table measured on ANOTHER device: 'Some Other CPU @ 3.0GHz'"
+    assert note in capsys.readouterr().out
+    assert note in (tmp_path / "b" / "there" / "report.md").read_text()

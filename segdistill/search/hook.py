@@ -138,6 +138,8 @@ class SearchHook(Hook):
             if building:
                 dist.barrier()
         for p, pred in self.predictors.items():
+            if dist.is_main():  # a figure from a table built elsewhere is never taken for this machine's
+                print(f"search: {p} latency from {pred.table.path or 'a table measured here'}: {pred.table.device_note()}")
             smallest = net.smallest_latency(pred)
             if s.budget[p] < smallest:
                 raise ConfigError(f"search.budget.{p}={s.budget[p]:g} ms is below the smallest latency the space can "
@@ -359,7 +361,8 @@ class SearchHook(Hook):
         if not self.predictors:
             lines.append("| (no budget) | | | | | | |")
         lines += ["", f"Band: [{lo:g}, {hi:g}] x budget. Predictions from the tables "
-                  + ", ".join(f"{p}: {pred.table.path or 'measured here'}" for p, pred in self.predictors.items())
+                  + "; ".join(f"{p}: {pred.table.path or 'measured here'} ({pred.table.device_note()})"
+                              for p, pred in self.predictors.items())
                   + ". Measure the retrained network with `segdistill profile` before quoting a latency.", "",
                   "## Structure", ""]
         if "ged" in rec:
