@@ -112,14 +112,17 @@ def run(out_dir: Path, row: str, seed: int) -> dict:
 
 def report(out_dir: Path) -> str:
     res = [json.loads(p.read_text()) for p in sorted(out_dir.glob("*/seed*/result.json"))]
-    teachers = {json.loads(p.read_text())["iters"]: json.loads(p.read_text())["miou"]
-                for p in out_dir.glob("teacher_it*/result.json")}
+    teachers = {t["iters"]: t["miou"] for t in (json.loads(p.read_text()) for p in out_dir.glob("teacher_it*/result.json"))}
     by_row: dict[str, list] = {}
     for r in res:
         by_row.setdefault(r["row"], []).append(r)
     lines = ["| teacher iters (val mIoU) | student iters | student | recipe | seeds | alone mIoU % (each) | distilled mIoU % "
              "(each) | gain | paired gain per seed |", "|---|---|---|---|---|---|---|---|---|"]
-    for row, rs in sorted(by_row.items(), key=lambda kv: parse_row(kv[0])[1:] + (parse_row(kv[0])[0],)):
+    def order(item):  # by student budget, recipe, variant, then teacher budget
+        ti, *rest = parse_row(item[0])
+        return (*rest, ti)
+
+    for row, rs in sorted(by_row.items(), key=order):
         ti, si, recipe, variant = parse_row(row)
         if recipe == "none":
             continue

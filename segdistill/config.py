@@ -449,7 +449,7 @@ DISTILL_PRESETS: dict[str, dict] = {
     # * task and ICSD on the growing side (a), pixel KD on the fading side (1 - a), a = iteration / train.iters;
     # * ICSD weight 10: no author value carries over (lo_lambda unset; their lo_loss is another function, see
     #   losses.InterClassSimilarityKD). A CamVid sweep of the constant ICSD weight (RESULTS.md, "ICSD weight sweep and
-    #   the corrected AICSD preset") found 1, 10 and 100 within the baseline's seed spread and 1000 / 9500 harmful
+    #   the corrected presets") found 1, 10 and 100 within the baseline's seed spread and 1000 / 9500 harmful
     #   (-6.0 / -10.6 mIoU); 10 is the middle of the harmless decades: calibrate it on other data.
     #   The previous preset put the README's 9500 on ICSD and 10 per pixel on pixel KD (the camvid_kd row aicsd_v1).
     "aicsd": {
