@@ -194,6 +194,9 @@ def test_band_control_moves_lambda_the_right_way(tmp_path):
     bands = [r for r in bands if r["event"] == "band"]
     assert [r["band_moves"]["torch-cpu"] for r in bands] == ["down", "down"]
     assert hooks[0].lambdas["torch-cpu"] == pytest.approx(0.25)
+    # 1000 ms is beyond the dearest network of the tiny space: said at set-up and in the report
+    assert hooks[0].unreachable["torch-cpu"] is not None and hooks[0].unreachable["torch-cpu"] < 900
+    assert "torch-cpu: the budget is out of reach" in (tmp_path / "run" / "report.md").read_text()
 
 
 def test_budget_below_the_smallest_network_is_a_clear_error(tmp_path):

@@ -177,6 +177,32 @@ def test_smallest_latency_is_the_brute_force_minimum():
         assert net.smallest_latency(predictor) <= net.expected_latency(predictor).item() + 1e-6
 
 
+def test_largest_latency_is_the_brute_force_maximum():
+    """Every layer kept with its dearest op: the maximum over widths and strided ops, and no one-hot network above."""
+    torch.manual_seed(0)
+    net = ChainSupernet(ChainSpace(SHAPE, 5, **SMALL, down_ops=("conv_3x3", "dwsep_5x5", "mbconv_k3_e6")))
+    sp = net.space
+    corr = {"model": "linear+io", "coef": {"raw": 1.5, "const": 0.2, "io": 0.3}}
+    predictor, _ = fake_predictor(net.keys(), seed=5, correction=corr)
+    worst = 0.0
+    for wi in itertools.product(range(2), repeat=3):
+        widths = [sp.widths(s)[i] for s, i in enumerate(wi)]
+        head = sp.head_keys(widths[0], widths[2])
+        downs = [sp.down_keys(s, sp.stem_widths[1] if s == 0 else widths[s - 1], widths[s]) for s in range(3)]
+        layers = [sp.layer_keys(s, widths[s]) for s in range(3)]
+        for d in itertools.product(*downs):
+            for ops in itertools.product(*layers):
+                keys = sp.fixed_keys() + [str(k) for k in d] + [str(k) for k in ops for _ in range(sp.layers)]
+                keys += [str(head["high"]), str(head["low"])]
+                worst = max(worst, float(apply_correction(corr, predictor.features(keys))))
+    assert net.largest_latency(predictor) == pytest.approx(worst, rel=1e-6)
+    assert net.largest_latency(predictor) > net.smallest_latency(predictor)
+    rng = np.random.default_rng(2)
+    for _ in range(3):
+        set_one_hot(net, rng)
+        assert net.expected_latency(predictor).item() <= net.largest_latency(predictor) + 1e-6
+
+
 def test_supernet_forward_backward_reaches_alpha_beta_widths_and_weights():
     net = small_supernet()
     x = torch.randn(2, *SHAPE[1:])

@@ -137,6 +137,7 @@ class SearchHook(Hook):
                 self.predictors = platform_predictors(s, net.space, self.out_dir, threads, self.cfg.train.progress)
             if building:
                 dist.barrier()
+        self.unreachable = {}
         for p, pred in self.predictors.items():
             if dist.is_main():  # a figure from a table built elsewhere is never taken for this machine's
                 print(f"search: {p} latency from {pred.table.path or 'a table measured here'}: {pred.table.device_note()}")
@@ -147,6 +148,13 @@ class SearchHook(Hook):
                                   "removed, narrowest cheapest choices); raise the budget to at least that, or "
                                   "shrink the space (search.stem_widths, search.base_widths, search.width_ratios, "
                                   "search.head_channels, search.input)")
+            largest = net.largest_latency(pred)
+            self.unreachable[p] = largest if largest < s.band[0] * s.budget[p] else None
+            if self.unreachable[p] is not None and dist.is_main():
+                print(f"search: WARNING: search.budget.{p}={s.budget[p]:g} ms is out of reach: the dearest network "
+                      f"the space can derive is predicted at {largest:.3f} ms on {p}, under the band's lower edge "
+                      f"({s.band[0]:g} x budget). The search will return a network under the band; to use the budget, "
+                      "widen the space (search.base_widths, search.width_ratios, search.layers) or lower the budget")
         self.arch_set = copy.copy(trainer.train_set)  # its own epoch (augmentation), same images
         self.band_interval = s.band_interval or trainer.iters_per_epoch
         if dist.is_main():
@@ -358,6 +366,11 @@ class SearchHook(Hook):
             ok = "yes" if lo * b <= ms <= hi * b else ("over budget" if ms > b else "under the band")
             lines.append(f"| {p} | {b:g} | {ms:.3f} | {ms / b:.2f} | {ok} | {rec[f'expected_ms/{p}']:.3f} | "
                          f"{self.lambdas[p]:.3g} |")
+        for p, largest in self.unreachable.items():
+            if largest is not None:
+                lines.append(f"\n**{p}: the budget is out of reach**: the dearest network of the space is predicted at "
+                             f"{largest:.3f} ms, under the band; the result is the space's answer without that "
+                             "constraint binding.")
         if not self.predictors:
             lines.append("| (no budget) | | | | | | |")
         lines += ["", f"Band: [{lo:g}, {hi:g}] x budget. Predictions from the tables "

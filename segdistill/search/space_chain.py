@@ -282,6 +282,34 @@ class ChainSpace:
                 best = (ms, {"widths": widths, "down": down})
         return best
 
+    def largest(self, predictor: LatencyPredictor, correction: dict | None = ...) -> float:
+        """The dearest derived network's predicted latency (ms): every layer kept with its dearest op, the dearest
+        strided op per stage, the width combination maximising the prediction (all combinations tried; exact under
+        the additive corrections and ``power``, as :meth:`smallest`). A budget whose band lies above it cannot be
+        reached: the search then returns a network under the band."""
+        corr = predictor.table.correction if correction is ... else correction
+        predictor.table.ensure(self.keys(), measure=predictor.measure, progress=predictor.progress)
+        additive = corr and corr.get("model") not in ("none", "power")
+        empty = float(apply_correction(corr, predictor.features([]))) if additive else 0.0
+
+        def score(key) -> float:
+            if not additive:
+                return predictor.table.latency(str(key))
+            return float(apply_correction(corr, predictor.features([str(key)]))) - empty
+
+        best, fixed = 0.0, self.fixed_keys()
+        for combo in itertools.product(*[range(len(self.width_ratios))] * 3):
+            widths = [self.widths(s)[i] for s, i in enumerate(combo)]
+            keys = list(fixed)
+            for s in range(3):
+                cin = self.stem_widths[1] if s == 0 else widths[s - 1]
+                keys.append(max(self.down_keys(s, cin, widths[s]), key=score))
+                keys += [max(self.layer_keys(s, widths[s]), key=score)] * self.layers
+            head = self.head_keys(widths[0], widths[2])
+            keys += [head["high"], head["low"]]
+            best = max(best, float(apply_correction(corr, predictor.features([str(k) for k in keys]))))
+        return best
+
 
 # ---------------------------------------------------------------------------- modules shared with the derived net
 class ChainHead(nn.Module):
@@ -424,6 +452,10 @@ class ChainSupernet(nn.Module):
     def smallest_latency(self, predictor: LatencyPredictor, correction: dict | None = ...) -> float:
         """Predicted latency (ms) of the cheapest network the space can derive (:meth:`ChainSpace.smallest`)."""
         return self.space.smallest(predictor, correction)[0]
+
+    def largest_latency(self, predictor: LatencyPredictor, correction: dict | None = ...) -> float:
+        """Predicted latency (ms) of the dearest network the space can derive (:meth:`ChainSpace.largest`)."""
+        return self.space.largest(predictor, correction)
 
     def describe(self) -> list[dict]:
         """The architecture distribution, per stage, for the structural (GED) term: ``stage``, ``stride``,

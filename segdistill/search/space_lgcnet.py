@@ -231,6 +231,29 @@ class LgcSpace:
         corr = predictor.table.correction if correction is ... else correction
         return float(apply_correction(corr, predictor.features([n.key for n in spec.nodes]))), g
 
+    def largest(self, predictor: LatencyPredictor, correction: dict | None = ...) -> float:
+        """The predicted latency (ms) of a dear derived network: per node the two dearest input edges (by table
+        latency, each with its dearest op), every fusion level with its dearest op. Exact as the maximum for raw
+        sums; under a correction a close estimate of the space's slowest network (as :meth:`smallest`)."""
+        predictor.table.ensure(self.keys(), measure=predictor.measure, progress=predictor.progress)
+        t = lambda key: predictor.table.latency(str(key))  # noqa: E731
+        ops = [o for o in self.cell_ops if o != "none"]
+        cells = []
+        for k in range(3):
+            nodes = []
+            for i in range(self.nodes):
+                dear = sorted((max((t(self.edge_key(k, j, o)), o) for o in ops) + (j,)) for j in range(i + 2))
+                chosen = sorted(dear[-2:], key=lambda b: b[2])
+                nodes.append({"inputs": [b[2] for b in chosen], "ops": [b[1] for b in chosen]})
+            cells.append({"nodes": nodes})
+        fusion = []
+        if self.fusion:
+            fops = [o for o in self.fusion_ops if o != "none"]
+            fusion = [{"level": LEVELS[lv], "op": max(fops, key=lambda o: t(self.fusion_key(lv, o)))} for lv in range(4)]
+        spec = genotype_netspec(make_genotype(self, cells, fusion), self.input_shape, self.num_classes)
+        corr = predictor.table.correction if correction is ... else correction
+        return float(apply_correction(corr, predictor.features([n.key for n in spec.nodes])))
+
 
 # ---------------------------------------------------------------------------- genotypes
 def make_genotype(space: LgcSpace, cells: list, fusion: list, top_k: int = 2) -> dict:
@@ -527,6 +550,9 @@ class LgcSupernet(LgcBase):
 
     def smallest_latency(self, predictor: LatencyPredictor, correction: dict | None = ...) -> float:
         return self.space.smallest(predictor, correction)[0]
+
+    def largest_latency(self, predictor: LatencyPredictor, correction: dict | None = ...) -> float:
+        return self.space.largest(predictor, correction)
 
     def describe(self) -> dict:
         """Softmax probabilities (differentiable): ``cells`` (per cell ``{"name", "stride", "edges": [(node,
