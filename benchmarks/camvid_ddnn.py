@@ -186,9 +186,10 @@ def report(out_dir: Path) -> str:
             wall = statistics.mean(r["train_wall_s"] for r, _ in runs)
             lines.append(f"| {row} | {d} | {','.join(str(r['seed']) for r, _ in runs)} | {statistics.mean(m):.2f} "
                          f"({', '.join(f'{v:.2f}' for v in m)}) | {x0['params'] / 1e6:.2f} | {x0['macs'] / 1e9:.2f} | "
-                         f"{lat.get('torch-cpu') or '-'} | {lat.get('onnxruntime-cpu') or '-'} | {wall:.0f} |")
+                         f"{_ms(lat.get('torch-cpu'))} | {_ms(lat.get('onnxruntime-cpu'))} | {wall:.0f} |")
             if lat.get("torch-cpu"):
                 points.append((row if not row.startswith("alone") else "alone", d, lat["torch-cpu"], statistics.mean(m)))
+    lines += latency_noise(by_row) + goals(by_row)
     tim = out_dir / "timing.json"
     if tim.exists():
         t = json.loads(tim.read_text())["s_per_iter"]
@@ -199,6 +200,60 @@ def report(out_dir: Path) -> str:
         lines += ["", f"Plot: {out_dir / 'miou_vs_latency.png'}"]
     lines += ["", "Commands:", ""] + sorted({f"    {r['command']}" for r in results})
     return "\n".join(lines)
+
+
+def _ms(v) -> str:
+    return f"{v:.1f}" if v else "-"
+
+
+def latency_noise(by_row: dict) -> list[str]:
+    """A depth is the same network in every row, so its latency figures differ only by measurement: say by how much."""
+    out = []
+    for d in DEPTHS:
+        for p in ("torch-cpu", "onnxruntime-cpu"):
+            v = [x["latency_ms"][p] for rs in by_row.values() for x in rs[0]["depths"]
+                 if x["depth"] == d and x.get("latency_ms", {}).get(p)]
+            if len(v) > 1:
+                out.append(f"{d} {p} {min(v):.1f}-{max(v):.1f} ms ({100 * (max(v) / min(v) - 1):.0f}%)")
+    if not out:
+        return []
+    return ["", "Each depth is one network in every row (same blocks, other weights), so the latency columns differ by "
+            "measurement alone: " + "; ".join(out) + ". Read latency differences under these as noise."]
+
+
+def goals(by_row: dict) -> list[str]:
+    """Issue 12's goals from the finished rows: each EKD sub-net against the same depth alone (beyond the seed spread:
+    the difference of means exceeds the larger of the two rows' max-min over seeds), the full net within 0.5 mIoU of
+    the full net alone, and the training wall time of one DDNN against all independent nets together."""
+    def mious(row, d):
+        return [100 * x["miou"] for r in by_row.get(row, []) for x in r["depths"] if x["depth"] == d]
+
+    full = list(DEPTHS)[-1]
+    out = ["", "Goals (mean of seeds; spread = max - min over seeds):", ""]
+    for d in DEPTHS:
+        e, a = mious("ekd", d), mious(f"alone_{d}", d)
+        if not e or not a:
+            continue
+        diff, spread = statistics.mean(e) - statistics.mean(a), max(max(e) - min(e), max(a) - min(a))
+        if d == full:
+            verdict = "met" if diff >= -0.5 else "NOT met"
+            out.append(f"- full net {d}: EKD {statistics.mean(e):.2f} vs alone {statistics.mean(a):.2f} ({diff:+.2f}); "
+                       f"within 0.5 mIoU of the full net alone: {verdict}")
+        else:
+            verdict = "beats it beyond the spread" if diff > spread else (
+                "better, within the spread" if diff > 0 else "not better")
+            out.append(f"- sub-net {d}: EKD {statistics.mean(e):.2f} vs alone {statistics.mean(a):.2f} ({diff:+.2f}, "
+                       f"spread {spread:.2f}): {verdict}")
+        s_ = mious("sandwich", d)
+        if s_:
+            out[-1] += f"; sandwich without EKD {statistics.mean(s_):.2f} ({statistics.mean(e) - statistics.mean(s_):+.2f} for EKD)"
+    walls = {row: statistics.mean(r["train_wall_s"] for r in rs) for row, rs in by_row.items()}
+    alone = [walls[f"alone_{d}"] for d in DEPTHS if f"alone_{d}" in walls]
+    if "ekd" in walls and len(alone) == len(DEPTHS):
+        out.append(f"- training wall time: one DDNN with EKD {walls['ekd']:.0f} s against {sum(alone):.0f} s for the "
+                   f"{len(alone)} depths trained alone ({walls['ekd'] / sum(alone):.2f}x): "
+                   f"{'cheaper' if walls['ekd'] < sum(alone) else 'NOT cheaper'}")
+    return out
 
 
 def _plot(points, path: Path):

@@ -7,9 +7,11 @@ recipe is camvid_kd.py's ``--recipe`` row, default ``best`` = pixel KD (T 1, wei
 teacher-output cache, with camvid_kd.py's teacher):
 
 * ``kd_<student>``: every hand-designed student of camvid_baselines.py / camvid_kd.py, distilled;
-* ``torch<B>`` (one per ``--torch-budgets``, default 15,25,35 ms) and ``ort<B>`` (``--ort-budget``, default 14 ms):
+* ``torch<B>`` (one per ``--torch-budgets``, default 12,20,30 ms) and ``ort<B>`` (``--ort-budget``, default 14 ms):
   ``segdistill search`` (configs/search-camvid-cpu.yaml: chain space, CE + KD + GED + latency, 920 iterations at
-  120x160 crops, latency keys at 1x3x180x240, 2 threads) with that one budget, then the derived student retrained;
+  120x160 crops, latency keys at 1x3x180x240, 2 threads) with that one budget, then the derived student retrained.
+  The config's space (base widths 96/192/320) spans 3.7-35.2 ms torch-cpu and 1.5-17.7 ms onnxruntime-cpu by the
+  committed tables (2-core AMD EPYC): the budgets sit inside it, so each search can land in its band;
 * ablation at the middle torch budget: ``abl_ce`` (no teacher in the search: CE only, lambda_kd 0, lambda_ged 0),
   ``abl_cekd`` (lambda_ged 0); the full objective is ``torch<mid>``;
 * ``random<i>`` (``--random-archs``, default 3): genotypes drawn uniformly from the same space (random logits,
@@ -27,8 +29,9 @@ child process of its own).
     python benchmarks/camvid_search.py --rows all --seeds 0,1          # every row (resumable; see RESULTS.md)
     python benchmarks/camvid_search.py --latency --report               # measured latency, then table + Pareto plot
 
-Latency tables: ``--lut-dir`` holds ``lut-<platform>.json``; a missing one is built first (``segdistill lut build
---space chain --platform P --threads 2 --input 3x180x240``, seeded from benchmarks/latency/lut-P.json when that
+Latency tables: ``--lut-dir`` holds ``lut-<platform>.json``; a missing one, or one lacking blocks of the config's
+space, is built or extended first (``segdistill lut build --space chain --space-option base_widths=[...] --platform P
+--threads 2 --input 3x180x240``; ``--lut-dir benchmarks/latency/chain`` uses the committed tables), a new one seeded from benchmarks/latency/lut-P.json when that
 table was measured on this machine, which keeps its fitted correction; otherwise ``segdistill latency fit`` fits one
 afterwards). **Build tables on a quiet machine**: every figure of a search comes from them.
 
@@ -132,29 +135,34 @@ def lut_path(lut_dir: Path, platform: str) -> Path:
     return lut_dir / f"lut-{platform}.json"
 
 
-def ensure_lut(lut_dir: Path, platform: str, threads: int, search_input: list[int], timing: list[str]) -> Path:
-    """The table of ``platform`` in ``lut_dir``; built first when missing (run this on a quiet machine)."""
+def ensure_lut(lut_dir: Path, platform: str, threads: int, space: dict, timing: list[str]) -> Path:
+    """The table of ``platform`` in ``lut_dir`` covering the search's space (``space``: its options, ``input``
+    included): blocks it lacks are measured first (run this on a quiet machine), then its correction fitted if none."""
     from segdistill.errors import LatencyError
     from segdistill.latency.lut import LatencyTable
+    from segdistill.latency.spaces import build_space
 
     path = lut_path(lut_dir, platform)
+    opts = {k: v for k, v in space.items() if k != "input"}
     if path.is_file():
-        return path
+        keys = build_space("chain", space["input"], 11, **opts).keys()
+        if not LatencyTable.load(path).missing(keys):
+            return path
     lut_dir.mkdir(parents=True, exist_ok=True)
     seed = REPO / "benchmarks" / "latency" / f"lut-{platform}.json"
     try:
-        seeded = seed.is_file() and LatencyTable.load(seed).local_problem() is None and \
+        seeded = not path.is_file() and seed.is_file() and LatencyTable.load(seed).local_problem() is None and \
             LatencyTable.load(seed).threads == threads
     except LatencyError:
         seeded = False
     if seeded:
         shutil.copy(seed, path)
         print(f"lut: {path} starts from {seed} (measured on this machine; keeps its correction)", flush=True)
-    size = "x".join(map(str, search_input[1:]))
+    size = "x".join(map(str, space["input"][1:]))
     cli = [sys.executable, "-m", "segdistill"]
     cmd = cli + ["lut", "build", "--space", "chain", "--platform", platform, "--threads", str(threads), "--input", size,
-                 "--out", str(path), *timing]
-    print(f"lut: building {path} (needs a quiet machine): {shlex.join(cmd[2:])}", flush=True)
+                 "--out", str(path), *[f"--space-option={k}={json.dumps(v)}" for k, v in opts.items()], *timing]
+    print(f"lut: measuring the space's blocks into {path} (needs a quiet machine): {shlex.join(cmd[2:])}", flush=True)
     subprocess.run(cmd, check=True, cwd=REPO)
     if LatencyTable.load(path).correction is None:
         fit = cli + ["latency", "fit", "--lut", str(path), "--nets", "30", "--input", size, *timing]
@@ -261,7 +269,7 @@ def run_search(name: str, row: dict, out_dir: Path, lut_dir: Path, opts) -> dict
     done = sdir / "search.json"
     if done.exists() and (sdir / "genotype.json").exists() and not opts.force:
         return json.loads(done.read_text())
-    ensure_lut(lut_dir, row["platform"], opts.threads, opts.search_input, opts.lut_timing)
+    ensure_lut(lut_dir, row["platform"], opts.threads, opts.search_space, opts.lut_timing)
     config = search_config(row, sdir, lut_dir)
     ov = [*DATASETS[row["dataset"]][1], "train.seed=0", *opts.search_budget,
           f"distill.teacher={teacher_for(row['dataset'], out_dir)}", f"distill.cache={out_dir / 'teacher_cache'}",
@@ -308,7 +316,7 @@ def sample_random(index: int, row: dict, out_dir: Path, lut_dir: Path, opts, tri
     path = out_dir / f"random{index}" / "genotype.json"
     if path.exists() and not opts.force:
         return path
-    ensure_lut(lut_dir, row["platform"], opts.threads, opts.search_input, opts.lut_timing)
+    ensure_lut(lut_dir, row["platform"], opts.threads, opts.search_space, opts.lut_timing)
     cfg = load_config(SEARCH_CONFIG, [*DATASETS["camvid"][1], *opts.search_extra])
     net = build_model("chain_supernet", 11, **space_options(cfg.search))
     pred = predictor(lut_dir, row["platform"], measure=True)
@@ -519,7 +527,7 @@ def main():
     p.add_argument("--list", action="store_true", help="print the rows and exit")
     p.add_argument("--seeds", default="0,1", help="seeds of every retrain (searches: seed 0)")
     p.add_argument("--iters", type=int, help="smoke run: train.iters of retrains, searches and teacher (intervals follow)")
-    p.add_argument("--torch-budgets", default="15,25,35", help="torch-cpu budgets (ms at 1x3x180x240); the middle one "
+    p.add_argument("--torch-budgets", default="12,20,30", help="torch-cpu budgets (ms at 1x3x180x240); the middle one "
                                                                  "is the ablation's and Stanford Background's")
     p.add_argument("--ort-budget", type=float, default=14.0, help="the onnxruntime-cpu search's budget (ms)")
     p.add_argument("--random-archs", type=int, default=3, help="random architectures at the middle budget")
@@ -570,7 +578,8 @@ def main():
     from segdistill.config import load_config
     from segdistill.search.hook import space_options
 
-    args.search_input = space_options(load_config(SEARCH_CONFIG, args.search_extra).search)["input"]
+    args.search_space = space_options(load_config(SEARCH_CONFIG, args.search_extra).search)
+    args.search_input = args.search_space["input"]
     order = sorted(names, key=lambda n: rows[n]["kind"] != "teacher")  # a teacher before the rows distilled from it
     for n in order:
         for seed in map(int, args.seeds.split(",")):

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # What a lent GPU machine should measure for this project (on one H200: steps 1-3 about 5 minutes, step 4 over 5):
 #   1. the GPU check (scripts/gpu_check.sh): every CUDA path once (AMP bf16/fp16, cache, profile, tables, search);
-#   2. the chain search space's latency table on torch-cuda at 1x3x180x240, and its correction fitted on 30 random
-#      networks, so that a search can take torch-cuda as its third platform;
+#   2. the chain search space's latency table on torch-cuda at 1x3x180x240 (the default widths and the CamVid config's;
+#      benchmarks/latency/chain's table extended when there), and its correction fitted on 30 random networks if it
+#      has none, so that a search can take torch-cuda as its third platform;
 #   3. every zoo model (width 1.0, 11 classes, batch 1) profiled on torch-cuda and torch-cuda-fp16 at 1x3x180x240 and
 #      1x3x360x480 (OUT_DIR/zoo_cuda.json);
 #   4. the predictor report on torch-cuda: random networks and every zoo model at both inputs, measured whole beside
@@ -38,10 +39,16 @@ fi
 if want lut; then
     step "chain-space table on $PLATFORM"
     LUT="$OUT_DIR/lut-chain-$PLATFORM.json"
-    quiet "lut build" timeout "${LUT_TIMEOUT:-150}" "$PY" -m segdistill.cli lut build --space chain --platform "$PLATFORM" \
-        --input 3x180x240 --min-time 0.1 --out "$LUT" --quiet
+    [ "$PLATFORM" = torch-cuda ] && [ -f benchmarks/latency/chain/lut-$PLATFORM.json ] && cp benchmarks/latency/chain/lut-$PLATFORM.json "$LUT"
+    # the default space's widths, then configs/search-camvid-cpu.yaml's (an existing table is extended)
+    for widths in "[48,96,160]" "[96,192,320]"; do
+        quiet "lut build" timeout "${LUT_TIMEOUT:-150}" "$PY" -m segdistill.cli lut build --space chain \
+            --space-option "base_widths=$widths" --platform "$PLATFORM" --input 3x180x240 --min-time 0.1 \
+            --out "$LUT" --quiet
+    done
     step "its correction"
-    [ -f "$LUT" ] && quiet "latency fit" timeout "${FIT_TIMEOUT:-70}" "$PY" -m segdistill.cli latency fit --lut "$LUT" \
+    has_corr() { "$PY" -c "import json, sys; sys.exit(0 if json.load(open(sys.argv[1])).get('correction') else 1)" "$1"; }
+    [ -f "$LUT" ] && ! has_corr "$LUT" && quiet "latency fit" timeout "${FIT_TIMEOUT:-70}" "$PY" -m segdistill.cli latency fit --lut "$LUT" \
         --nets "$NETS" --min-time 0.3
 fi
 

@@ -1,7 +1,7 @@
 """``segdistill lut ...`` and ``segdistill latency ...``: build tables, predict, fit the correction, report accuracy.
 
     segdistill lut build --platform torch-cpu --input 3x180x240 --model lraspp_mobilenetv2 --out lut.json
-    segdistill lut build --platform onnxruntime-cpu --space mbv2-chain --out lut-ort.json
+    segdistill lut build --platform onnxruntime-cpu --space chain --out lut-ort.json
     segdistill lut blocks --model all --input 3x180x240 --out blocks.json   # for a table built on another device
     segdistill lut show lut.json
     segdistill latency predict --lut lut.json --model lraspp_mobilenetv2
@@ -52,6 +52,19 @@ def _model_names(names: list[str]) -> list[str]:
     return list(dict.fromkeys(out))
 
 
+def space_options(items) -> dict:
+    """``["base_widths=[96, 192, 320]", "layers=4"]`` -> ``{"base_widths": [96, 192, 320], "layers": 4}`` (YAML values)."""
+    import yaml
+
+    out = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise LatencyError(f"--space-option {item!r}: expected KEY=VALUE, e.g. base_widths=[96,192,320]")
+        out[key.strip()] = yaml.safe_load(value)
+    return out
+
+
 def _groups(args):
     """(description, keys) for every model, space and random-network set asked for, at every input."""
     from .network import sample_networks
@@ -67,7 +80,9 @@ def _groups(args):
             spec = model_spec(name, args.num_classes, args.width_mult, args.output_stride, shape[-2:])
             yield f"model {name} (width {args.width_mult:g}) @ {size}", decomposition(spec).net.keys()
         for space in args.space or []:
-            yield f"space {space} @ {size}", build_space(space, shape, args.num_classes).keys()
+            opts = space_options(getattr(args, "space_option", None))
+            shown = "".join(f" {k}={v}" for k, v in opts.items())
+            yield f"space {space}{shown} @ {size}", build_space(space, shape, args.num_classes, **opts).keys()
         if args.nets:
             nets = sample_networks(args.nets, shape, args.seed, args.num_classes)
             yield f"{args.nets} random networks (seed {args.seed}) @ {size}", [k for n in nets for k in n.keys()]
@@ -240,7 +255,9 @@ def cmd_latency_report(args):
 def _selection(s: argparse.ArgumentParser) -> None:
     s.add_argument("--input", action="append", help="C x H x W, repeatable (default 3x180x240)")
     s.add_argument("--model", action="append", help="a registered model, repeatable, or `all`")
-    s.add_argument("--space", action="append", help="a search space (mbv2-chain), repeatable")
+    s.add_argument("--space", action="append", help="a search space (chain, lgcnet, mbv2-chain), repeatable")
+    s.add_argument("--space-option", action="append", metavar="KEY=VALUE",
+                   help="an option of the space as search.* sets it, repeatable, e.g. base_widths=[96,192,320]")
     s.add_argument("--nets", type=int, default=0, help="also the blocks of N random networks (the report's sampler)")
     s.add_argument("--seed", type=int, default=0, help="seed of the random networks")
     _model_options(s)

@@ -3,7 +3,8 @@ search gets an expected latency (``SearchSpace.expected_latency``).
 
 A space is chain-structured here: fixed stem blocks, then layers (each one op chosen among its candidates, reading
 the previous layer's output), then fixed head blocks and the final resize. Register a new one with
-``SPACES[name] = builder(input_shape, num_classes) -> SearchSpace``.
+``SPACES[name] = builder(input_shape, num_classes, **options) -> SearchSpace`` (options: the space's own, e.g. the
+chain space's ``base_widths``, as ``search.*`` sets them).
 """
 from __future__ import annotations
 
@@ -73,28 +74,37 @@ def mbv2_chain(input_shape=(1, 3, 180, 240), num_classes: int = 11) -> SearchSpa
 SPACES: dict[str, Callable[..., SearchSpace]] = {"mbv2-chain": mbv2_chain}
 
 
-def _chain(input_shape=(1, 3, 180, 240), num_classes: int = 11):
+def _chain(input_shape=(1, 3, 180, 240), num_classes: int = 11, **options):
     """The stage-wise fully connected chain space (``segdistill/search/space_chain.py``; imported here lazily: the
     search package imports this one)."""
     from ..search.space_chain import ChainSpace
 
-    return ChainSpace(tuple(input_shape), num_classes)
+    return ChainSpace(tuple(input_shape), num_classes, **_tuples(options))
 
 
 SPACES["chain"] = _chain
 
 
-def _lgcnet(input_shape=(1, 3, 180, 240), num_classes: int = 11):
-    """The LGCNet cell space (``segdistill/search/space_lgcnet.py``), default options."""
+def _lgcnet(input_shape=(1, 3, 180, 240), num_classes: int = 11, **options):
+    """The LGCNet cell space (``segdistill/search/space_lgcnet.py``)."""
     from ..search.space_lgcnet import LgcSpace
 
-    return LgcSpace(tuple(input_shape), num_classes)
+    return LgcSpace(tuple(input_shape), num_classes, **_tuples(options))
 
 
 SPACES["lgcnet"] = _lgcnet
 
 
-def build_space(name: str, input_shape=(1, 3, 180, 240), num_classes: int = 11) -> SearchSpace:
+def _tuples(options: dict) -> dict:
+    return {k: tuple(v) if isinstance(v, list) else v for k, v in options.items()}
+
+
+def build_space(name: str, input_shape=(1, 3, 180, 240), num_classes: int = 11, **options) -> SearchSpace:
+    """The space ``name`` at ``input_shape``; ``options`` are its own (e.g. ``base_widths=[96, 192, 320]``), an
+    unknown one is a LatencyError naming it."""
     if name not in SPACES:
         raise LatencyError(f"unknown search space {name!r}; known: {', '.join(SPACES)}")
-    return SPACES[name](tuple(input_shape), num_classes)
+    try:
+        return SPACES[name](tuple(input_shape), num_classes, **options)
+    except TypeError as e:
+        raise LatencyError(f"search space {name!r}: {e} (options given: {', '.join(options) or 'none'})") from None
