@@ -579,7 +579,6 @@ def main():
     from segdistill.search.hook import space_options
 
     args.search_space = space_options(load_config(SEARCH_CONFIG, args.search_extra).search)
-    args.search_input = args.search_space["input"]
     order = sorted(names, key=lambda n: rows[n]["kind"] != "teacher")  # a teacher before the rows distilled from it
     for n in order:
         for seed in map(int, args.seeds.split(",")):

@@ -156,20 +156,27 @@ def test_expected_latency_gradients_push_towards_faster_ops():
     assert all(p.grad is None or p.grad.abs().sum() == 0 for p in net.beta)  # the sums over inputs cost nothing
 
 
+def every_network(sp: ChainSpace, layers: bool):
+    """The keys of every network the space derives, by brute force: each width and strided op combination, with
+    every layer removed (``layers`` false) or every layer of a stage kept with one op (all ops tried)."""
+    for wi in itertools.product(range(len(sp.width_ratios)), repeat=3):
+        widths = [sp.widths(s)[i] for s, i in enumerate(wi)]
+        head = sp.head_keys(widths[0], widths[2])
+        downs = [sp.down_keys(s, sp.stem_widths[1] if s == 0 else widths[s - 1], widths[s]) for s in range(3)]
+        stage_ops = [sp.layer_keys(s, widths[s]) for s in range(3)] if layers else [[None]] * 3
+        for d in itertools.product(*downs):
+            for ops in itertools.product(*stage_ops):
+                keys = sp.fixed_keys() + [str(k) for k in d] + [str(head["high"]), str(head["low"])]
+                yield keys + ([str(k) for k in ops for _ in range(sp.layers)] if layers else [])
+
+
 def test_smallest_latency_is_the_brute_force_minimum():
     torch.manual_seed(0)
     net = ChainSupernet(ChainSpace(SHAPE, 5, **SMALL, down_ops=("conv_3x3", "dwsep_5x5", "mbconv_k3_e6")))
     sp = net.space
     corr = {"model": "linear+io", "coef": {"raw": 1.5, "const": 0.2, "io": 0.3}}
     predictor, _ = fake_predictor(net.keys(), seed=5, correction=corr)
-    best = float("inf")
-    for wi in itertools.product(range(2), repeat=3):
-        widths = [sp.widths(s)[i] for s, i in enumerate(wi)]
-        head = sp.head_keys(widths[0], widths[2])
-        downs = [sp.down_keys(s, sp.stem_widths[1] if s == 0 else widths[s - 1], widths[s]) for s in range(3)]
-        for d in itertools.product(*downs):
-            keys = sp.fixed_keys() + [str(k) for k in d] + [str(head["high"]), str(head["low"])]
-            best = min(best, float(apply_correction(corr, predictor.features(keys))))
+    best = min(float(apply_correction(corr, predictor.features(keys))) for keys in every_network(sp, layers=False))
     assert net.smallest_latency(predictor) == pytest.approx(best, rel=1e-6)
     rng = np.random.default_rng(2)
     for _ in range(3):
@@ -184,17 +191,7 @@ def test_largest_latency_is_the_brute_force_maximum():
     sp = net.space
     corr = {"model": "linear+io", "coef": {"raw": 1.5, "const": 0.2, "io": 0.3}}
     predictor, _ = fake_predictor(net.keys(), seed=5, correction=corr)
-    worst = 0.0
-    for wi in itertools.product(range(2), repeat=3):
-        widths = [sp.widths(s)[i] for s, i in enumerate(wi)]
-        head = sp.head_keys(widths[0], widths[2])
-        downs = [sp.down_keys(s, sp.stem_widths[1] if s == 0 else widths[s - 1], widths[s]) for s in range(3)]
-        layers = [sp.layer_keys(s, widths[s]) for s in range(3)]
-        for d in itertools.product(*downs):
-            for ops in itertools.product(*layers):
-                keys = sp.fixed_keys() + [str(k) for k in d] + [str(k) for k in ops for _ in range(sp.layers)]
-                keys += [str(head["high"]), str(head["low"])]
-                worst = max(worst, float(apply_correction(corr, predictor.features(keys))))
+    worst = max(float(apply_correction(corr, predictor.features(keys))) for keys in every_network(sp, layers=True))
     assert net.largest_latency(predictor) == pytest.approx(worst, rel=1e-6)
     assert net.largest_latency(predictor) > net.smallest_latency(predictor)
     rng = np.random.default_rng(2)

@@ -248,12 +248,10 @@ class ChainSpace:
         return predictor.expected([keys for _, keys, _ in groups], joint, fixed=self.fixed_keys(),
                                   correction=correction)
 
-    def smallest(self, predictor: LatencyPredictor, correction: dict | None = ...) -> tuple[float, dict]:
-        """The cheapest derived network's predicted latency (ms) and its choices ``{"widths", "down"}``: every
-        searchable layer removed (skip), the cheapest strided op per stage, the width combination minimising the
-        prediction (all combinations tried; per combination the strided ops are picked by their cost under the
-        correction, exact when the correction is additive over blocks, as every linear one is, and by raw latency
-        under ``power``, which is monotone in it)."""
+    def _block_score(self, predictor: LatencyPredictor, correction: dict | None = ...):
+        """``(correction, score)``: every key of the space made present, and a block's cost as it adds to a network's
+        prediction (its share under an additive correction, its raw latency under ``none``/``power``, which are monotone
+        in the raw sum): what :meth:`smallest` and :meth:`largest` rank blocks by."""
         corr = predictor.table.correction if correction is ... else correction
         predictor.table.ensure(self.keys(), measure=predictor.measure, progress=predictor.progress)
         additive = corr and corr.get("model") not in ("none", "power")
@@ -264,6 +262,15 @@ class ChainSpace:
                 return predictor.table.latency(str(key))
             return float(apply_correction(corr, predictor.features([str(key)]))) - empty
 
+        return corr, score
+
+    def smallest(self, predictor: LatencyPredictor, correction: dict | None = ...) -> tuple[float, dict]:
+        """The cheapest derived network's predicted latency (ms) and its choices ``{"widths", "down"}``: every
+        searchable layer removed (skip), the cheapest strided op per stage, the width combination minimising the
+        prediction (all combinations tried; per combination the strided ops are picked by their cost under the
+        correction, exact when the correction is additive over blocks, as every linear one is, and by raw latency
+        under ``power``, which is monotone in it)."""
+        corr, score = self._block_score(predictor, correction)
         best = (float("inf"), {})
         fixed = self.fixed_keys()
         for combo in itertools.product(*[range(len(self.width_ratios))] * 3):
@@ -287,16 +294,7 @@ class ChainSpace:
         strided op per stage, the width combination maximising the prediction (all combinations tried; exact under
         the additive corrections and ``power``, as :meth:`smallest`). A budget whose band lies above it cannot be
         reached: the search then returns a network under the band."""
-        corr = predictor.table.correction if correction is ... else correction
-        predictor.table.ensure(self.keys(), measure=predictor.measure, progress=predictor.progress)
-        additive = corr and corr.get("model") not in ("none", "power")
-        empty = float(apply_correction(corr, predictor.features([]))) if additive else 0.0
-
-        def score(key) -> float:
-            if not additive:
-                return predictor.table.latency(str(key))
-            return float(apply_correction(corr, predictor.features([str(key)]))) - empty
-
+        corr, score = self._block_score(predictor, correction)
         best, fixed = 0.0, self.fixed_keys()
         for combo in itertools.product(*[range(len(self.width_ratios))] * 3):
             widths = [self.widths(s)[i] for s, i in enumerate(combo)]

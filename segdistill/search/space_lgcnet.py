@@ -209,17 +209,7 @@ class LgcSpace:
         """The predicted latency (ms) of a cheap derived network and its genotype: per node the two cheapest input
         edges (by table latency, each with its cheapest op), the cheapest single fusion edge. Exact as the minimum
         for raw sums; under a correction a close lower estimate of the space's fastest network."""
-        predictor.table.ensure(self.keys(), measure=predictor.measure, progress=predictor.progress)
-        t = lambda key: predictor.table.latency(str(key))  # noqa: E731
-        ops = [o for o in self.cell_ops if o != "none"]
-        cells = []
-        for k in range(3):
-            nodes = []
-            for i in range(self.nodes):
-                best = sorted((min((t(self.edge_key(k, j, o)), o) for o in ops) + (j,)) for j in range(i + 2))
-                chosen = sorted(best[:2], key=lambda b: b[2])
-                nodes.append({"inputs": [b[2] for b in chosen], "ops": [b[1] for b in chosen]})
-            cells.append({"nodes": nodes})
+        t, cells = self._extreme_cells(predictor, dear=False)
         fusion = []
         if self.fusion:
             fops = [o for o in self.fusion_ops if o != "none"]
@@ -227,30 +217,40 @@ class LgcSpace:
             _, lv, op = min((cost(lv, o), lv, o) for lv in range(4) for o in fops)
             fusion = [{"level": LEVELS[lv], "op": op}]
         g = make_genotype(self, cells, fusion)
-        spec = genotype_netspec(g, self.input_shape, self.num_classes)
-        corr = predictor.table.correction if correction is ... else correction
-        return float(apply_correction(corr, predictor.features([n.key for n in spec.nodes]))), g
+        return self._predict(g, predictor, correction), g
 
     def largest(self, predictor: LatencyPredictor, correction: dict | None = ...) -> float:
         """The predicted latency (ms) of a dear derived network: per node the two dearest input edges (by table
         latency, each with its dearest op), every fusion level with its dearest op. Exact as the maximum for raw
         sums; under a correction a close estimate of the space's slowest network (as :meth:`smallest`)."""
+        t, cells = self._extreme_cells(predictor, dear=True)
+        fusion = []
+        if self.fusion:
+            fops = [o for o in self.fusion_ops if o != "none"]
+            fusion = [{"level": LEVELS[lv], "op": max(fops, key=lambda o: t(self.fusion_key(lv, o)))} for lv in range(4)]
+        return self._predict(make_genotype(self, cells, fusion), predictor, correction)
+
+    def _extreme_cells(self, predictor: LatencyPredictor, dear: bool):
+        """``(t, cells)``: the table's latency lookup (every key made present) and the cells of :meth:`smallest`
+        (``dear`` false: per node the two cheapest input edges, each with its cheapest op) or :meth:`largest`
+        (the two dearest, each with its dearest op)."""
         predictor.table.ensure(self.keys(), measure=predictor.measure, progress=predictor.progress)
         t = lambda key: predictor.table.latency(str(key))  # noqa: E731
+        pick = max if dear else min
         ops = [o for o in self.cell_ops if o != "none"]
         cells = []
         for k in range(3):
             nodes = []
             for i in range(self.nodes):
-                dear = sorted((max((t(self.edge_key(k, j, o)), o) for o in ops) + (j,)) for j in range(i + 2))
-                chosen = sorted(dear[-2:], key=lambda b: b[2])
+                ranked = sorted((pick((t(self.edge_key(k, j, o)), o) for o in ops) + (j,)) for j in range(i + 2))
+                chosen = sorted(ranked[-2:] if dear else ranked[:2], key=lambda b: b[2])
                 nodes.append({"inputs": [b[2] for b in chosen], "ops": [b[1] for b in chosen]})
             cells.append({"nodes": nodes})
-        fusion = []
-        if self.fusion:
-            fops = [o for o in self.fusion_ops if o != "none"]
-            fusion = [{"level": LEVELS[lv], "op": max(fops, key=lambda o: t(self.fusion_key(lv, o)))} for lv in range(4)]
-        spec = genotype_netspec(make_genotype(self, cells, fusion), self.input_shape, self.num_classes)
+        return t, cells
+
+    def _predict(self, genotype: dict, predictor: LatencyPredictor, correction: dict | None = ...) -> float:
+        """Predicted latency (ms) of ``genotype`` under the table's correction (or ``correction``)."""
+        spec = genotype_netspec(genotype, self.input_shape, self.num_classes)
         corr = predictor.table.correction if correction is ... else correction
         return float(apply_correction(corr, predictor.features([n.key for n in spec.nodes])))
 
