@@ -301,6 +301,8 @@ class SearchConfig:
     penalty: str = checked("proxyless", one_of("proxyless", "hinge"), "latency penalty: lambda*E/B | lambda*max(0, E/B - 1)")
     band: list[float] = checked([0.9, 1.0], within(0.01, 1), "target band [lo, hi] x budget of the derived network")
     band_factor: float = checked(2.0, above(1), "lambda x factor above the band, / factor below (FasterSeg: 2)")
+    derive: str = checked("budget", one_of("budget", "argmax"), "the network returned: budget (the argmax priced by "
+                          "latency to land in the band, objective.derive_within_budget) | argmax (plain)")
     band_interval: int = checked(0, at_least(0), "iterations between band checks (0: one epoch)")
     arch_lr: float = checked(3e-3, above(0), "Adam learning rate of the architecture weights")
     arch_betas: list[float] = checked([0.5, 0.999], within(0, 1), "Adam betas of the architecture weights")

@@ -1,4 +1,5 @@
-"""``segdistill search CONFIG [overrides]``, ``segdistill pipeline CONFIG`` (:mod:`.pipeline`) and ``segdistill graph MODEL [--teacher T] [--png PATH]``."""
+"""``segdistill search CONFIG [overrides]``, ``segdistill derive SUPERNET``, ``segdistill pipeline CONFIG`` (:mod:`.pipeline`)
+and ``segdistill graph MODEL [--teacher T] [--png PATH]``."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -21,6 +22,65 @@ def cmd_search(args):
         print(f"done: searched architecture in {out / 'genotype.json'} (report: {out / 'report.md'}); supernet best "
               f"val mIoU {100 * result['best_miou']:.2f}. Train the derived student with "
               f"model.name=searched:{out / 'genotype.json'}")
+
+
+def _pairs(items: list[str], what: str, number: bool) -> dict:
+    from ..errors import ConfigError
+
+    out = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key or not value:
+            raise ConfigError(f"--{what} {item!r}: write PLATFORM={'MS' if number else 'PATH'}, e.g. torch-cpu="
+                              + ("20" if number else "lut-torch-cpu.json"))
+        try:
+            out[key] = float(value) if number else value
+        except ValueError:
+            raise ConfigError(f"--{what} {item!r}: {value!r} is not a number of ms") from None
+    return out
+
+
+def cmd_derive(args):
+    """Derive a network from a search's supernet checkpoint, for the run's budgets or new ones."""
+    import json
+    from types import SimpleNamespace
+
+    import yaml
+
+    from ..engine.checkpoint import build_from_checkpoint
+    from ..errors import ConfigError
+    from .genotype import derive, genotype_netspec, save_genotype
+    from .objective import check_budgets, derive_within_budget, platform_predictors
+
+    ckpt = Path(args.supernet)
+    if ckpt.is_dir():
+        ckpt = ckpt / "last.pt"
+    net, _ = build_from_checkpoint(ckpt)
+    if not hasattr(net, "arch_parameters"):
+        raise ConfigError(f"{ckpt} holds a {type(net).__name__}, not a search supernet; give a search run's folder "
+                          "or its last.pt / best.pt")
+    run_cfg = ckpt.parent / "config.yaml"
+    saved = yaml.safe_load(run_cfg.read_text()).get("search", {}) if run_cfg.is_file() else {}
+    budgets = _pairs(args.budget, "budget", True) or dict(saved.get("budget") or {})
+    luts = {**{p: v for p, v in (saved.get("lut") or {}).items() if p in budgets}, **_pairs(args.lut, "lut", False)}
+    band = [float(v) for v in args.band.split(",")] if args.band else list(saved.get("band") or [0.9, 1.0])
+    search = SimpleNamespace(budget=budgets, lut=luts, band=band, input=list(net.space.input_shape))
+    check_budgets(search)
+    preds = platform_predictors(search, net.space, ckpt.parent, args.threads)
+    if args.argmax or not preds:
+        g, info = derive(net), {"rule": "argmax", "mu": 0.0}
+        spec = genotype_netspec(g, tuple(net.space.input_shape), net.num_classes)
+        info["predicted_ms"] = info["argmax_ms"] = {p: float(pr.predict(spec)["predicted_ms"]) for p, pr in preds.items()}
+    else:
+        g, info = derive_within_budget(net, preds, budgets, tuple(band))
+    out = Path(args.out) if args.out else ckpt.parent / "genotype.json"
+    save_genotype(g, out)
+    for p, b in budgets.items():
+        print(f"{p}: budget {b:g} ms, derived {info['predicted_ms'][p]:.3f} ms ({info['predicted_ms'][p] / b:.2f} x), "
+              f"plain argmax {info['argmax_ms'][p]:.3f} ms")
+    print(f"rule {info['rule']} (mu {info['mu']:.4g}); wrote {out}")
+    if args.json:
+        print(json.dumps({"genotype": str(out), **info}))
 
 
 def load_any_model(spec: str, num_classes: int):
@@ -64,6 +124,20 @@ def add_commands(sub) -> None:
     s.add_argument("config")
     s.add_argument("overrides", nargs="*", help="section.key=value, e.g. search.budget.torch-cpu=20")
     s.set_defaults(fn=cmd_search)
+
+    s = sub.add_parser("derive", help="derive a network from a search's supernet for its budgets or new ones",
+                       description="The priced argmax of objective.derive_within_budget (or --argmax) of a search run's "
+                                   "supernet (its folder, last.pt or best.pt), for the run's search.budget or the "
+                                   "--budget given; one search, any budget's network. Tables: --lut, else the run's.")
+    s.add_argument("supernet", help="a search run folder, or its last.pt / best.pt")
+    s.add_argument("--budget", action="append", help="PLATFORM=MS (repeat per platform; default: the run's budgets)")
+    s.add_argument("--lut", action="append", help="PLATFORM=TABLE.json (default: the run's tables)")
+    s.add_argument("--band", help="lo,hi fractions of the budget (default: the run's, else 0.9,1.0)")
+    s.add_argument("--argmax", action="store_true", help="the plain argmax instead of the priced one")
+    s.add_argument("--threads", type=int, default=2, help="threads for blocks measured here (a local platform)")
+    s.add_argument("--out", help="genotype JSON to write (default: genotype.json in the run folder)")
+    s.add_argument("--json", action="store_true", help="also print the result as one JSON line")
+    s.set_defaults(fn=cmd_derive)
 
     from .pipeline import cmd_pipeline
 

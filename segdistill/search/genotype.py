@@ -34,6 +34,7 @@ were removed as unreachable: the expectation counts every layer).
 """
 from __future__ import annotations
 
+import itertools
 import json
 from pathlib import Path
 from typing import Mapping
@@ -87,27 +88,93 @@ def _resolve_stage(ops: list[str], inputs: list[list[int]]) -> tuple[list[dict],
     return layers, [new[i] for i in alias[last]]
 
 
-def derive(supernet: ChainSupernet, top_k: int | None = None) -> dict:
+def derive(supernet: ChainSupernet, top_k: int | None = None, price=None) -> dict:
     """The genotype of the most likely network of ``supernet`` (see the module docstring; ``top_k`` default 1).
-    Supernets of other spaces derive themselves (``supernet.derive(top_k)``, their own default)."""
+
+    ``price`` (a function of a block's :class:`BlockKey`, in nats) turns the argmax into a priced one: every choice
+    maximises ``log p(choice) - price(its block)``, the width of each stage jointly with its ops (all width
+    combinations tried); :func:`segdistill.search.objective.derive_within_budget` sets the price so that the network
+    meets its budgets. Without a price (or a zero one) it is the plain argmax. Supernets of other spaces derive
+    themselves (``supernet.derive(top_k, price=...)``, their own default ``top_k``)."""
     if not isinstance(supernet, ChainSupernet):
-        return supernet.derive() if top_k is None else supernet.derive(top_k)
+        kw = {} if price is None else {"price": price}
+        return supernet.derive(**kw) if top_k is None else supernet.derive(top_k, **kw)
     top_k = 1 if top_k is None else top_k
     if top_k < 1:
         raise ConfigError(f"top_k must be >= 1, got {top_k}")
     sp = supernet.space
-    stages = []
     with torch.no_grad():
+        lgs = [supernet.stage_logits(s) for s in range(3)]
+        widths, downs, stage_layers = _choose(sp, lgs, price or (lambda key: 0.0), top_k)
+        stages = []
         for s in range(3):
-            lg = supernet.stage_logits(s)
-            ops = [sp.layer_ops[int(a.argmax())] for a in lg["alpha"]]
-            ins = [sorted(int(i) for i in b.topk(min(top_k, len(b))).indices) for b in lg["beta"]]
-            layers, output = _resolve_stage(ops, ins)
-            stages.append({"width": sp.widths(s)[int(lg["width"].argmax())],
-                           "down": sp.down_ops[int(lg["down"].argmax())], "layers": layers, "output": output})
+            layers, output = _resolve_stage(*stage_layers[s])
+            stages.append({"width": widths[s], "down": downs[s], "layers": layers, "output": output})
     return {"format": FORMAT, "version": VERSION, "space": "chain", "input": list(sp.input_shape),
             "stem_widths": list(sp.stem_widths), "base_widths": list(sp.base_widths),
             "head_channels": sp.head_channels, "top_k": top_k, "stages": stages}
+
+
+def _argmax(scores: list[float]) -> int:
+    return max(range(len(scores)), key=scores.__getitem__)  # the first maximum, as torch.argmax
+
+
+def _stage_layers(la: list[list[float]], lb: list[list[float]], keys: list[BlockKey], ops: tuple, price,
+                  top_k: int) -> tuple[float, list[str], list[list[int]]]:
+    """One stage's layers at one width: ``(score, ops, inputs)``, the score relative to the plain argmax.
+
+    Top-1: the derived stage is the path its last layer reaches through each layer's input; layers off it are
+    removed, so their choices cost nothing and keep the argmax. A dynamic programme over the path maximises the
+    sum over its layers of ``log p(op) - price(op) + log p(input)``, each less its argmax value (so that a zero
+    price gives the plain argmax). Top-k > 1: every layer keeps its k likeliest inputs, ops priced one by one."""
+    best_ops, regret = [], []
+    for a in la:
+        scores = [v - price(k) for v, k in zip(a, keys)]
+        o = _argmax(scores)
+        best_ops.append(o)
+        regret.append(scores[o] - max(a))
+    plain_in = [sorted(sorted(range(len(b)), key=lambda i: -b[i])[:top_k]) for b in lb]
+    if top_k > 1 or not la:
+        return sum(regret), [ops[o] for o in best_ops], plain_in
+    f, back = [0.0], [None]
+    for j, b in enumerate(lb, start=1):
+        i = _argmax([f[i] + b[i] for i in range(j)])
+        f.append(regret[j - 1] + f[i] + b[i] - max(b))
+        back.append(i)
+    path, j = set(), len(la)
+    while j:
+        path.add(j)
+        j = back[j]
+    chosen = [best_ops[j - 1] if j in path else _argmax(la[j - 1]) for j in range(1, len(la) + 1)]
+    inputs = [[back[j]] if j in path else [_argmax(lb[j - 1])] for j in range(1, len(la) + 1)]
+    return f[-1], [ops[o] for o in chosen], inputs
+
+
+def _choose(sp: ChainSpace, lgs: list[dict], price, top_k: int):
+    """``(widths, strided ops, per stage (layer ops, layer inputs))`` maximising the sum of ``log p - price`` over
+    the choices the derived network keeps (:func:`_stage_layers`). Ops depend on the widths only through their
+    price, so each width combination picks its ops independently; all combinations are tried (the first maximum on
+    ties: the plain argmax when the price is zero)."""
+    lp = lambda t: torch.log_softmax(t.detach().float(), 0).tolist()  # noqa: E731
+    lw, ld = [lp(lg["width"]) for lg in lgs], [lp(lg["down"]) for lg in lgs]
+    la, lb = [[lp(a) for a in lg["alpha"]] for lg in lgs], [[lp(b) for b in lg["beta"]] for lg in lgs]
+    layer_best = {(s, i): _stage_layers(la[s], lb[s], sp.layer_keys(s, c), sp.layer_ops, price, top_k)
+                  for s in range(3) for i, c in enumerate(sp.widths(s))}
+    best = None
+    for combo in itertools.product(*[range(len(sp.width_ratios))] * 3):
+        widths = [sp.widths(s)[i] for s, i in enumerate(combo)]
+        head = sp.head_keys(widths[0], widths[2])
+        score = sum(lw[s][i] for s, i in enumerate(combo)) - price(head["high"]) - price(head["low"])
+        downs = []
+        for s, i in enumerate(combo):
+            keys = sp.down_keys(s, sp.in_widths(s)[0] if s == 0 else widths[s - 1], widths[s])
+            scores = [v - price(k) for v, k in zip(ld[s], keys)]
+            o = _argmax(scores)
+            score += scores[o] + layer_best[s, i][0]
+            downs.append(sp.down_ops[o])
+        if best is None or score > best[0]:
+            best = (score, widths, downs, [layer_best[s, i][1:] for s, i in enumerate(combo)])
+    return best[1], best[2], best[3]
 
 
 # ---------------------------------------------------------------------------- files and checks

@@ -25,7 +25,12 @@ Enabled by ``search.space=chain`` (factory ``search`` below; ``segdistill search
   temperature tau, annealed exponentially from ``tau_start`` (until the warm-up ends) to ``tau_end`` (last
   iteration).
 * **Band control** every ``search.band_interval`` iterations (0: once per epoch) after the warm-up
-  (:func:`~.objective.band_update`).
+  (:func:`~.objective.band_update`), on the plain argmax: it steers the architecture weights themselves.
+* **The network returned** (``genotype.json``, :meth:`SearchHook.derive_final`): with ``search.derive=budget``
+  (default) the argmax priced by latency so that it meets every budget and lands in the band
+  (:func:`~.objective.derive_within_budget`; the plain argmax when that is already in the band), with ``argmax``
+  the plain one. The log and report give both networks' predicted latency and the price ``mu``.
+  ``segdistill derive RUN --budget P=MS`` derives again from a finished search, for any budget.
 * **Outputs** in ``train.out_dir``: ``genotype.json``; ``arch_<iter>.png`` (alpha/beta/width heatmaps) per
   validation; ``search_log.jsonl`` (one record per band check and per validation: expected and predicted latency
   per platform, lambdas, E[GED], tau; at validations the derived network's exact GED to the teacher (networkx,
@@ -54,7 +59,15 @@ from ..errors import CheckpointError, ConfigError, DataError, SegDistillError
 from ..models import build_model
 from . import SPACES
 from .genotype import derive, genotype_netspec, save_genotype
-from .objective import band_update, check_budgets, latency_penalty, platform_availability, platform_predictors, soft_graph
+from .objective import (
+    band_update,
+    check_budgets,
+    derive_within_budget,
+    latency_penalty,
+    platform_availability,
+    platform_predictors,
+    soft_graph,
+)
 from .space_chain import ChainSupernet
 
 SPACE_KEYS = SPACES["chain"]["options"]
@@ -257,7 +270,18 @@ class SearchHook(Hook):
             rec[f"lambda/{p}"] = self.lambdas[p]
         return rec
 
+    def derive_final(self) -> tuple[dict, dict]:
+        """``(genotype, info)``: the network the search returns now (``search.derive``: ``budget``, the priced argmax
+        of :func:`~.objective.derive_within_budget`, or the plain ``argmax``). ``info`` has ``derive_rule``,
+        ``derive_mu`` and the plain argmax's predicted latency per platform (``argmax_ms/<p>``)."""
+        if self.s.derive == "argmax" or not self.predictors:
+            return derive(self.supernet), {"derive_rule": "argmax"}
+        g, info = derive_within_budget(self.supernet, self.predictors, dict(self.s.budget), tuple(self.s.band))
+        return g, {"derive_rule": info["rule"], "derive_mu": info["mu"],
+                   **{f"argmax_ms/{p}": v for p, v in info["argmax_ms"].items()}}
+
     def band_check(self, trainer) -> dict:
+        # band control steers the architecture weights themselves, so it reads the plain argmax
         rec = self.latency_status(derive(self.supernet))
         moves = {}
         for p in self.predictors:
@@ -295,9 +319,9 @@ class SearchHook(Hook):
 
     def on_validate(self, trainer, metrics):
         it = trainer.state.iteration
-        g = derive(self.supernet)
+        g, info = self.derive_final()
         rec = {"iter": it, "event": "validate", "tau": self.tau, "val_miou": metrics.get("miou"),
-               **self.latency_status(g)}
+               **self.latency_status(g), **info}
         if dist.is_main():
             rec.update(self.structure_status(g))
             save_genotype(g, self.out_dir / "genotype.json")
@@ -358,21 +382,31 @@ class SearchHook(Hook):
                  f"{s.lambda_ged:g}, Gumbel {'on' if s.gumbel else 'off'}; supernet val mIoU "
                  f"{100 * float(metrics.get('miou', float('nan'))):.2f}.", "",
                  "## Latency of the derived network", "",
-                 "| platform | budget (ms) | predicted (ms) | / budget | in band | expected, soft (ms) | final lambda |",
-                 "|---|---|---|---|---|---|---|"]
+                 "| platform | budget (ms) | predicted (ms) | / budget | in band | plain argmax (ms) | expected, soft (ms) "
+                 "| final lambda |", "|---|---|---|---|---|---|---|---|"]
         lo, hi = s.band
         for p in self.predictors:
             b, ms = s.budget[p], rec[f"predicted_ms/{p}"]
             ok = "yes" if lo * b <= ms <= hi * b else ("over budget" if ms > b else "under the band")
-            lines.append(f"| {p} | {b:g} | {ms:.3f} | {ms / b:.2f} | {ok} | {rec[f'expected_ms/{p}']:.3f} | "
-                         f"{self.lambdas[p]:.3g} |")
+            plain = rec.get(f"argmax_ms/{p}", ms)
+            lines.append(f"| {p} | {b:g} | {ms:.3f} | {ms / b:.2f} | {ok} | {plain:.3f} | "
+                         f"{rec[f'expected_ms/{p}']:.3f} | {self.lambdas[p]:.3g} |")
         for p, largest in self.unreachable.items():
             if largest is not None:
                 lines.append(f"\n**{p}: the budget is out of reach**: the dearest network of the space is predicted at "
                              f"{largest:.3f} ms, under the band; the result is the space's answer without that "
                              "constraint binding.")
         if not self.predictors:
-            lines.append("| (no budget) | | | | | | |")
+            lines.append("| (no budget) | | | | | | | |")
+        else:
+            rule = {"argmax": "the plain argmax of the architecture weights (it was in the band)",
+                    "priced": f"the argmax priced by latency (mu = {rec.get('derive_mu', 0):.4g}: "
+                              + ("slower blocks favoured to use the budget" if rec.get("derive_mu", 0) < 0 else
+                                 "faster blocks favoured to meet the budget") + ")",
+                    "unreachable": "the argmax priced by latency at the largest price tried: no price reached the "
+                                   "band"}[rec.get("derive_rule", "argmax")]
+            lines += ["", f"Derived by `search.derive={s.derive}`: {rule}. See "
+                      "`segdistill.search.objective.derive_within_budget`."]
         lines += ["", f"Band: [{lo:g}, {hi:g}] x budget. Predictions from the tables "
                   + "; ".join(f"{p}: {pred.table.path or 'measured here'} ({pred.table.device_note()})"
                               for p, pred in self.predictors.items())

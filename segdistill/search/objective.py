@@ -15,6 +15,15 @@
   (``P_p``); ``lambda_p`` is multiplied by ``factor`` when ``P_p > hi * B_p`` (too slow: pull harder), divided by it
   when ``P_p < lo * B_p`` (budget left unused: let the task loss buy accuracy), kept inside the band
   (default [0.9, 1.0] x budget), and clamped to [1e-6, 1e6].
+* :func:`derive_within_budget`: the network the search returns. The plain argmax of the architecture weights can
+  land far from the budget even when the soft expectation sits on it (a layer whose skip wins by a hair is removed
+  although most of its probability mass was on convolutions), and band control cannot fix that from below: lambda
+  only pulls towards *faster* ops. So the final network is the priced argmax: each choice maximises
+  ``log p(choice) - mu * sum_p cost_p(block) / B_p`` (cost_p: the block's share of platform p's prediction), a
+  Lagrangian relaxation of "most likely network within the budgets". ``mu = 0`` (the argmax) when that lands in the
+  band; else the ``mu`` closest to 0 that brings it into the band, found by bisection on the predicted latency
+  (``mu > 0`` when the argmax is over budget, ``mu < 0`` when it leaves budget unused). Every platform's budget is
+  met; the one that binds lands in the band unless a step of ``mu`` jumps over it (then the network just under).
 * :func:`platform_predictors`: one latency predictor per budgeted platform: ``search.lut.<p>`` when given, else a
   new table measured here (only when the platform runs on this machine; otherwise a ConfigError naming it). Every
   key of the space is made present before the search starts (tables measured here are saved as
@@ -31,7 +40,7 @@ from ..latency import standalone as core
 from ..latency.lut import LatencyTable
 from ..latency.predictor import LatencyPredictor
 from .graph import SoftGraph, slot_depth
-from .space_chain import ChainSpace, ChainSupernet
+from .space_chain import ChainSpace, ChainSupernet, block_scorer
 
 PENALTIES = ("proxyless", "hinge")
 LAMBDA_RANGE = (1e-6, 1e6)
@@ -164,3 +173,53 @@ def platform_predictors(search, space: ChainSpace, out_dir: Path, threads: int,
             table.save(copy)
         preds[p] = LatencyPredictor(table, measure=True, progress=False)
     return preds
+
+
+def derive_within_budget(supernet, predictors: dict[str, LatencyPredictor], budgets: dict[str, float],
+                         band=(0.9, 1.0), top_k: int | None = None, steps: int = 30) -> tuple[dict, dict]:
+    """``(genotype, info)``: the priced argmax of ``supernet`` for ``budgets`` (module docstring). ``info``:
+    ``rule`` (``argmax``: the plain argmax was in the band; ``priced``; ``unreachable``: no price reaches the band,
+    the network at the largest price tried), ``mu``, ``predicted_ms`` and ``argmax_ms`` per platform."""
+    from .genotype import derive, genotype_netspec
+
+    shape, nc = tuple(supernet.space.input_shape), supernet.num_classes
+    keys = supernet.keys()
+    cost: dict[str, float] = {}
+    for p, pred in predictors.items():
+        _, score = block_scorer(pred, keys)
+        for k in keys:
+            cost[k] = cost.get(k, 0.0) + score(k) / float(budgets[p])
+
+    def at(mu: float) -> tuple[dict, dict[str, float]]:
+        g = derive(supernet, top_k, price=(lambda key: mu * cost[str(key)]) if mu else None)
+        spec = genotype_netspec(g, shape, nc)
+        return g, {p: float(pred.predict(spec)["predicted_ms"]) for p, pred in predictors.items()}
+
+    ratio = lambda ms: max((ms[p] / float(budgets[p]) for p in ms), default=1.0)  # noqa: E731
+    lo, hi = band
+    g0, ms0 = at(0.0)
+    info = {"rule": "argmax", "mu": 0.0, "predicted_ms": ms0, "argmax_ms": ms0}
+    if not predictors or lo <= ratio(ms0) <= hi:
+        return g0, info
+    over = ratio(ms0) > hi
+    sign = 1.0 if over else -1.0
+    reached = (lambda r: r <= hi) if over else (lambda r: r >= lo)  # noqa: E731
+    a, b, m = 0.0, None, 1e-3
+    while m <= 1e5:  # bracket: a fails, b reaches
+        g, ms = at(sign * m)
+        if reached(ratio(ms)):
+            b = m
+            break
+        a, m = m, m * 2
+    if b is None:  # over: impossible after the set-up check on the smallest network; under: the space's top
+        return g, {**info, "rule": "unreachable", "mu": sign * a, "predicted_ms": ms}
+    for _ in range(steps):
+        mid = (a + b) / 2 if a == 0 else (a * b) ** 0.5
+        if reached(ratio(at(sign * mid)[1])):
+            b = mid
+        else:
+            a = mid
+    g, ms = at(sign * b)
+    if not over and ratio(ms) > hi:  # the step from under the band jumped over it: keep the network just under
+        g, ms, b = (*at(sign * a), a)
+    return g, {**info, "rule": "priced", "mu": sign * b, "predicted_ms": ms}

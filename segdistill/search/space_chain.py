@@ -121,6 +121,24 @@ def add_key(c: int, h: int, w: int, act: str = "none") -> BlockKey:
     return BlockKey("add", c, c, h, w, act=act)
 
 
+def block_scorer(predictor: LatencyPredictor, keys, correction: dict | None = ...):
+    """``(correction, score)``: every one of ``keys`` made present in the predictor's table, and ``score(key)``, a
+    block's cost (ms) as it adds to a network's prediction: its share under an additive correction, its raw latency
+    under ``none``/``power`` (monotone in the raw sum). What the cheapest/dearest networks and the priced derivation
+    (:func:`segdistill.search.objective.derive_within_budget`) rank blocks by."""
+    corr = predictor.table.correction if correction is ... else correction
+    predictor.table.ensure(list(keys), measure=predictor.measure, progress=predictor.progress)
+    additive = corr and corr.get("model") not in ("none", "power")
+    empty = float(apply_correction(corr, predictor.features([]))) if additive else 0.0
+
+    def score(key) -> float:
+        if not additive:
+            return predictor.table.latency(str(key))
+        return float(apply_correction(corr, predictor.features([str(key)]))) - empty
+
+    return corr, score
+
+
 # ---------------------------------------------------------------------------- the space as keys
 @dataclass
 class ChainSpace:
@@ -249,20 +267,8 @@ class ChainSpace:
                                   correction=correction)
 
     def _block_score(self, predictor: LatencyPredictor, correction: dict | None = ...):
-        """``(correction, score)``: every key of the space made present, and a block's cost as it adds to a network's
-        prediction (its share under an additive correction, its raw latency under ``none``/``power``, which are monotone
-        in the raw sum): what :meth:`smallest` and :meth:`largest` rank blocks by."""
-        corr = predictor.table.correction if correction is ... else correction
-        predictor.table.ensure(self.keys(), measure=predictor.measure, progress=predictor.progress)
-        additive = corr and corr.get("model") not in ("none", "power")
-        empty = float(apply_correction(corr, predictor.features([]))) if additive else 0.0
-
-        def score(key: BlockKey) -> float:
-            if not additive:
-                return predictor.table.latency(str(key))
-            return float(apply_correction(corr, predictor.features([str(key)]))) - empty
-
-        return corr, score
+        """:func:`block_scorer` over this space's keys: what :meth:`smallest` and :meth:`largest` rank blocks by."""
+        return block_scorer(predictor, self.keys(), correction)
 
     def smallest(self, predictor: LatencyPredictor, correction: dict | None = ...) -> tuple[float, dict]:
         """The cheapest derived network's predicted latency (ms) and its choices ``{"widths", "down"}``: every

@@ -628,28 +628,41 @@ class LgcSupernet(LgcBase):
         sg.add_edge(refine, cls)
         return sg
 
-    def derive(self, top_k: int = 2) -> dict:
-        """The genotype of the most likely network (module docstring: DARTS' rule)."""
+    def derive(self, top_k: int = 2, price=None) -> dict:
+        """The genotype of the most likely network (module docstring: DARTS' rule). With ``price`` (a function of a
+        block's key, in nats; :func:`segdistill.search.genotype.derive`) every strength and argmax is of
+        ``log p - price`` instead: an edge's op and strength include its block's price, a fusion level's include
+        its resize, and ``none`` is free."""
         if top_k < 1:
             raise ConfigError(f"top_k must be >= 1, got {top_k}")
-        sp = self.space
+        sp, pr = self.space, price or (lambda key: 0.0)
         with torch.no_grad():
             desc = self.describe()
             cells = []
-            for cell in desc["cells"]:
+            for k, cell in enumerate(desc["cells"]):
+                logp = torch.log(cell["probs"].detach().float()).tolist()
                 nodes = []
                 for i in range(sp.nodes):
-                    cands = [(e, src) for e, (node, src) in enumerate(cell["edges"]) if node == i]
-                    picked = sorted(((*_best(cell["probs"][e], sp.cell_ops), src) for e, src in cands),
+                    picked = sorted((_best([v - pr(sp.edge_key(k, src, o)) for v, o in zip(logp[e], sp.cell_ops)],
+                                           sp.cell_ops) + (src,)
+                                     for e, (node, src) in enumerate(cell["edges"]) if node == i),
                                     key=lambda t: -t[0])[:top_k]
                     picked.sort(key=lambda t: t[2])
                     nodes.append({"inputs": [t[2] for t in picked], "ops": [t[1] for t in picked]})
                 cells.append({"nodes": nodes})
             fusion = []
             if desc["fusion"] is not None:
-                probs = desc["fusion"]["probs"]
-                best = [(*_best(probs[lv], sp.fusion_ops), lv) for lv in range(4)]
-                kept = [b for b in best if sp.fusion_ops[int(probs[b[2]].argmax())] != "none"]
+                logp = torch.log(desc["fusion"]["probs"].detach().float()).tolist()
+
+                def score(lv: int, o: str, v: float) -> float:
+                    if o == "none":
+                        return v
+                    return v - pr(sp.fusion_key(lv, o)) - (pr(sp.fusion_resize_key(lv)) if lv > 1 else 0.0)
+
+                scores = [[score(lv, o, v) for o, v in zip(sp.fusion_ops, logp[lv])] for lv in range(4)]
+                best = [(*_best(scores[lv], sp.fusion_ops), lv) for lv in range(4)]
+                kept = [b for b, sc in zip(best, scores) if sp.fusion_ops[max(range(len(sc)), key=sc.__getitem__)]
+                        != "none"]
                 kept = kept or [max(best)]
                 fusion = [{"level": LEVELS[lv], "op": op} for _, op, lv in sorted(kept, key=lambda t: t[2])]
         return make_genotype(sp, cells, fusion, top_k)
@@ -678,9 +691,9 @@ def _src(s: int) -> str:
     return ("x0", "x1")[s] if s < 2 else f"n{s - 2}"
 
 
-def _best(probs: torch.Tensor, ops: tuple) -> tuple[float, str]:
-    """(strength, op): the largest non-``none`` probability and its op."""
-    p, o = max((float(p), o) for p, o in zip(probs, ops) if o != "none")
+def _best(scores, ops: tuple) -> tuple[float, str]:
+    """(strength, op): the largest non-``none`` score (a probability, or a log-probability less a price) and its op."""
+    p, o = max((float(p), o) for p, o in zip(scores, ops) if o != "none")
     return p, o
 
 

@@ -1,0 +1,166 @@
+"""The network a search returns (segdistill/search/genotype.py ``derive(price=...)``, objective.derive_within_budget,
+``segdistill derive``): a zero price is the plain argmax; the priced stage is the best one by brute force; the
+budgeted network meets its budget and lands in the band where the argmax did not; the command re-derives a search
+run for a new budget. Fake latency tables (tests/test_search_hook.py's), nothing timed."""
+from __future__ import annotations
+
+import itertools
+import json
+
+import pytest
+import torch
+from test_search_hook import SPACE, K, fake_lut, search_cfg, teacher_ckpt
+
+from segdistill.cli import main
+from segdistill.engine.hooks import build_hooks
+from segdistill.engine.trainer import Trainer
+from segdistill.errors import ConfigError
+from segdistill.latency.lut import LatencyTable
+from segdistill.latency.predictor import LatencyPredictor
+from segdistill.search.genotype import _resolve_stage, _stage_layers, derive, genotype_netspec
+from segdistill.search.objective import derive_within_budget
+from segdistill.search.space_chain import ChainSpace, ChainSupernet
+from segdistill.search.space_lgcnet import LgcSpace, LgcSupernet
+
+SHAPE = (1, 3, 48, 64)
+
+
+def space(**kw) -> ChainSpace:
+    opts = {k: tuple(v) if isinstance(v, list) else v for k, v in SPACE.items() if k != "input"}
+    return ChainSpace(SHAPE, K, **{**opts, **kw})
+
+
+def randomised(net, seed: int, scale: float = 1.0):
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        for p in net.arch_parameters():
+            p.normal_(0, scale)
+    return net
+
+
+def predictor(tmp_path, seed: int = 0, **space_kw) -> LatencyPredictor:
+    path = tmp_path / f"lut{seed}.json"
+    fake_lut(path, seed)
+    table = LatencyTable.load(path)
+    table.ensure(space(**space_kw).keys(), measure=True)  # keys of a larger space than the fake table's: measured
+    return LatencyPredictor(table, measure=True)
+
+
+def predict(pred, g) -> float:
+    return float(pred.predict(genotype_netspec(g, SHAPE, K))["predicted_ms"])
+
+
+def test_a_zero_price_is_the_plain_argmax():
+    for seed in range(5):
+        net = randomised(ChainSupernet(space(layers=3)), seed)
+        g = derive(net)
+        assert derive(net, price=lambda key: 0.0) == g
+        for s, st in enumerate(g["stages"]):  # widths and strided ops: each the argmax of its own logits
+            lg = net.stage_logits(s)
+            assert st["width"] == net.space.widths(s)[int(lg["width"].argmax())]
+            assert st["down"] == net.space.down_ops[int(lg["down"].argmax())]
+        expected = []  # layers: argmax op and top-1 input of each, then removal of skip-won and unreachable layers
+        for s in range(3):
+            lg = net.stage_logits(s)
+            ops = [net.space.layer_ops[int(a.argmax())] for a in lg["alpha"]]
+            ins = [[int(b.argmax())] for b in lg["beta"]]
+            expected.append(_resolve_stage(ops, ins))
+        assert [(st["layers"], st["output"]) for st in g["stages"]] == expected
+        lgc = randomised(LgcSupernet(LgcSpace(SHAPE, K, stem_widths=(8, 8), base_widths=(16, 24, 32),
+                                              head_channels=16)), seed)
+        assert lgc.derive(price=lambda key: 0.0) == lgc.derive()
+
+
+def test_the_priced_stage_is_the_best_by_brute_force():
+    """Top-1: the path the last layer reaches maximises sum(log p(op) - price + log p(input)) over kept layers, the
+    rest at their argmax, against every assignment of ops and inputs of a 3-layer stage."""
+    ops = ("skip", "a", "b")
+    keys = ["k_skip", "k_a", "k_b"]
+    price_of = {"k_skip": 0.0, "k_a": 0.7, "k_b": 1.9}
+    g = torch.Generator().manual_seed(0)
+    for trial in range(30):
+        la = [torch.log_softmax(torch.randn(3, generator=g) * 2, 0).tolist() for _ in range(3)]
+        lb = [torch.log_softmax(torch.randn(j, generator=g) * 2, 0).tolist() for j in (1, 2, 3)]
+        sign = -1.0 if trial % 2 else 1.0  # negative prices favour dear ops (a budget left unused)
+        price = lambda k: sign * price_of[k]  # noqa: E731
+        score, chosen, inputs = _stage_layers(la, lb, keys, ops, price, 1)
+
+        def objective(assign_ops, assign_ins) -> float:
+            layers, _ = _resolve_stage([ops[o] for o in assign_ops], [[i] for i in assign_ins])
+            kept = sum(price(keys[ops.index(la_["op"])]) for la_ in layers)
+            total = sum(la[j][o] + lb[j][i] for j, (o, i) in enumerate(zip(assign_ops, assign_ins)))
+            return total - kept - sum(max(a) + max(b) for a, b in zip(la, lb))
+
+        best = max(objective(o, i) for o in itertools.product(range(3), repeat=3)
+                   for i in itertools.product(range(1), range(2), range(3)))
+        assert score == pytest.approx(best, abs=1e-9)
+        assert objective([ops.index(o) for o in chosen], [i[0] for i in inputs]) == pytest.approx(best, abs=1e-9)
+
+
+def test_the_budgeted_network_meets_its_budget_and_lands_in_the_band(tmp_path):
+    pred = predictor(tmp_path, layers=3)
+    for seed in range(4):
+        net = randomised(ChainSupernet(space(layers=3)), seed, scale=0.3)
+        plain = predict(pred, derive(net))
+        smallest, largest = net.smallest_latency(pred), net.largest_latency(pred)
+        for budget in (plain / 0.6, plain * 0.8, (smallest + largest) / 2):
+            budget = max(budget, smallest * 1.05)
+            g, info = derive_within_budget(net, {"torch-cpu": pred}, {"torch-cpu": budget})
+            ms = predict(pred, g)
+            assert ms == pytest.approx(info["predicted_ms"]["torch-cpu"]) and info["argmax_ms"]["torch-cpu"] == plain
+            assert ms <= budget * (1 + 1e-9), (seed, budget, info)
+            if plain < 0.9 * budget:  # budget left by the argmax: the priced network uses (some of) it
+                assert info["mu"] < 0 and ms >= plain
+            elif plain > budget:
+                assert info["mu"] > 0
+            else:
+                assert info["rule"] == "argmax" and g == derive(net)
+        # the band is reached in most cases; where a step of mu jumps over it the network is the one just under
+        budget = (smallest + largest) / 2
+        g, info = derive_within_budget(net, {"torch-cpu": pred}, {"torch-cpu": budget}, band=(0.5, 1.0))
+        assert 0.5 * budget <= predict(pred, g) <= budget and info["rule"] in ("argmax", "priced")
+
+
+def test_two_platforms_are_met_at_once(tmp_path):
+    a, b = predictor(tmp_path, 0, layers=3), predictor(tmp_path, 1, layers=3)
+    net = randomised(ChainSupernet(space(layers=3)), 3, scale=0.3)
+    budgets = {"torch-cpu": 1.3 * predict(a, derive(net)), "onnxruntime-cpu": 1.1 * predict(b, derive(net))}
+    budgets = {p: max(v, 1.05 * net.smallest_latency(pr)) for (p, v), pr in zip(budgets.items(), (a, b))}
+    g, info = derive_within_budget(net, {"torch-cpu": a, "onnxruntime-cpu": b}, budgets)
+    assert predict(a, g) <= budgets["torch-cpu"] and predict(b, g) <= budgets["onnxruntime-cpu"]
+
+
+def test_a_search_returns_the_budgeted_network_and_the_command_rederives_it(tmp_path, capsys):
+    cfg = search_cfg(tmp_path, budget=1000.0)  # far above the argmax: the priced network must use more of it
+    trainer = Trainer(cfg, build_hooks(cfg))
+    trainer.train()
+    out = tmp_path / "run"
+    rec = [json.loads(x) for x in (out / "search_log.jsonl").read_text().splitlines()][-1]
+    largest = trainer.model.largest_latency(trainer.hook("search").predictors["torch-cpu"])
+    assert rec["derive_rule"] == "unreachable" and rec["derive_mu"] < 0  # 1000 ms is beyond the space
+    assert rec["predicted_ms/torch-cpu"] == pytest.approx(largest, rel=1e-6)
+    assert rec["argmax_ms/torch-cpu"] <= rec["predicted_ms/torch-cpu"]
+    assert "plain argmax" in (out / "report.md").read_text()
+
+    mid = (rec["argmax_ms/torch-cpu"] + largest) / 2
+    main(["derive", str(out), "--budget", f"torch-cpu={mid}", "--out", str(tmp_path / "g.json"), "--json"])
+    res = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    g = json.loads((tmp_path / "g.json").read_text())
+    pred = trainer.hook("search").predictors["torch-cpu"]
+    assert predict(pred, g) == pytest.approx(res["predicted_ms"]["torch-cpu"]) and predict(pred, g) <= mid
+    main(["derive", str(out / "best.pt"), "--argmax", "--out", str(tmp_path / "a.json")])
+    assert json.loads((tmp_path / "a.json").read_text()) == derive(trainer.model)
+    with pytest.raises(SystemExit):
+        main(["derive", str(out), "--budget", "torch-cpu"])
+    assert "PLATFORM=MS" in capsys.readouterr().err
+
+
+def test_derive_from_a_model_that_is_not_a_supernet_is_a_clear_error(tmp_path_factory):
+    from segdistill.search.cli import cmd_derive
+
+    class Args:
+        supernet = str(teacher_ckpt.__wrapped__(tmp_path_factory))  # a tiny LR-ASPP checkpoint
+        budget, lut, band, argmax, threads, out, json = None, None, None, False, 1, None, False
+
+    with pytest.raises(ConfigError, match="not a search supernet"):
+        cmd_derive(Args)
