@@ -1,5 +1,5 @@
 """The ``segdistill`` command line: train, distill, config, eval, predict, profile, export, models, demo, lut, latency,
-ddnn, search, pipeline, graph.
+ddnn, search, derive, pipeline, graph.
 
 Every command that takes a config also takes ``section.key=value`` overrides after it, e.g.::
 
