@@ -9,13 +9,13 @@ import json
 
 import pytest
 import torch
-from test_search_hook import SPACE, K, fake_lut, search_cfg, teacher_ckpt
+from test_search_hook import SPACE, K, search_cfg, teacher_ckpt
+from test_search_space import fake_predictor
 
 from segdistill.cli import main
 from segdistill.engine.hooks import build_hooks
 from segdistill.engine.trainer import Trainer
 from segdistill.errors import ConfigError
-from segdistill.latency.lut import LatencyTable
 from segdistill.latency.predictor import LatencyPredictor
 from segdistill.search.genotype import _resolve_stage, _stage_layers, derive, genotype_netspec
 from segdistill.search.objective import derive_within_budget
@@ -38,12 +38,8 @@ def randomised(net, seed: int, scale: float = 1.0):
     return net
 
 
-def predictor(tmp_path, seed: int = 0, **space_kw) -> LatencyPredictor:
-    path = tmp_path / f"lut{seed}.json"
-    fake_lut(path, seed)
-    table = LatencyTable.load(path)
-    table.ensure(space(**space_kw).keys(), measure=True)  # keys of a larger space than the fake table's: measured
-    return LatencyPredictor(table, measure=True)
+def predictor(seed: int = 0, correction=None) -> LatencyPredictor:
+    return fake_predictor(space().keys(), seed, correction)[0]
 
 
 def predict(pred, g) -> float:
@@ -97,8 +93,10 @@ def test_the_priced_stage_is_the_best_by_brute_force():
         assert objective([ops.index(o) for o in chosen], [i[0] for i in inputs]) == pytest.approx(best, abs=1e-9)
 
 
-def test_the_budgeted_network_meets_its_budget_and_lands_in_the_band(tmp_path):
-    pred = predictor(tmp_path, layers=3)
+@pytest.mark.parametrize("correction", [None, {"model": "linear+count", "coef": {"raw": 1.1, "count": 0.05,
+                                                                                 "const": 0.3}}])
+def test_the_budgeted_network_meets_its_budget_and_lands_in_the_band(correction):
+    pred = predictor(0, correction)
     for seed in range(4):
         net = randomised(ChainSupernet(space(layers=3)), seed, scale=0.3)
         plain = predict(pred, derive(net))
@@ -121,13 +119,25 @@ def test_the_budgeted_network_meets_its_budget_and_lands_in_the_band(tmp_path):
         assert 0.5 * budget <= predict(pred, g) <= budget and info["rule"] in ("argmax", "priced")
 
 
-def test_two_platforms_are_met_at_once(tmp_path):
-    a, b = predictor(tmp_path, 0, layers=3), predictor(tmp_path, 1, layers=3)
+def test_two_platforms_are_met_at_once():
+    a, b = predictor(0), predictor(1)
     net = randomised(ChainSupernet(space(layers=3)), 3, scale=0.3)
     budgets = {"torch-cpu": 1.3 * predict(a, derive(net)), "onnxruntime-cpu": 1.1 * predict(b, derive(net))}
     budgets = {p: max(v, 1.05 * net.smallest_latency(pr)) for (p, v), pr in zip(budgets.items(), (a, b))}
     g, info = derive_within_budget(net, {"torch-cpu": a, "onnxruntime-cpu": b}, budgets)
     assert predict(a, g) <= budgets["torch-cpu"] and predict(b, g) <= budgets["onnxruntime-cpu"]
+
+
+def test_the_lgcnet_space_is_priced_too():
+    net = randomised(LgcSupernet(LgcSpace(SHAPE, K, stem_widths=(8, 8), base_widths=(16, 24, 32), nodes=2,
+                                          head_channels=16)), 0, scale=0.3)
+    pred = fake_predictor(net.keys())[0]
+    plain = predict(pred, net.derive())
+    for budget in (plain * 0.8, plain * 1.3):
+        budget = max(budget, 1.05 * net.smallest_latency(pred))
+        g, info = derive_within_budget(net, {"torch-cpu": pred}, {"torch-cpu": budget})
+        assert predict(pred, g) <= budget and info["argmax_ms"]["torch-cpu"] == pytest.approx(plain)
+        assert info["mu"] > 0 if plain > budget else info["mu"] <= 0
 
 
 def test_a_search_returns_the_budgeted_network_and_the_command_rederives_it(tmp_path, capsys):
