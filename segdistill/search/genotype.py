@@ -88,14 +88,16 @@ def _resolve_stage(ops: list[str], inputs: list[list[int]]) -> tuple[list[dict],
     return layers, [new[i] for i in alias[last]]
 
 
-def derive(supernet: ChainSupernet, top_k: int | None = None, price=None) -> dict:
+def derive(supernet: ChainSupernet, top_k: int | None = None, price=None, widths=None, stats: dict | None = None) -> dict:
     """The genotype of the most likely network of ``supernet`` (see the module docstring; ``top_k`` default 1).
 
     ``price`` (a function of a block's :class:`BlockKey`, in nats) turns the argmax into a priced one: every choice
     maximises ``log p(choice) - price(its block)``, the width of each stage jointly with its ops (all width
     combinations tried); :func:`segdistill.search.objective.derive_within_budget` sets the price so that the network
-    meets its budgets. Without a price (or a zero one) it is the plain argmax. Supernets of other spaces derive
-    themselves (``supernet.derive(top_k, price=...)``, their own default ``top_k``)."""
+    meets its budgets. Without a price (or a zero one) it is the plain argmax. ``widths`` (chain: 3 channel counts)
+    fixes the stages' widths; ``stats`` (a dict) receives ``logp``, the log-probability of the kept choices less the
+    argmax's (0 for the argmax, < 0 otherwise). Supernets of other spaces derive themselves
+    (``supernet.derive(top_k, price=...)``, their own default ``top_k``)."""
     if not isinstance(supernet, ChainSupernet):
         kw = {} if price is None else {"price": price}
         return supernet.derive(**kw) if top_k is None else supernet.derive(top_k, **kw)
@@ -105,7 +107,9 @@ def derive(supernet: ChainSupernet, top_k: int | None = None, price=None) -> dic
     sp = supernet.space
     with torch.no_grad():
         lgs = [supernet.stage_logits(s) for s in range(3)]
-        widths, downs, stage_layers = _choose(sp, lgs, price or (lambda key: 0.0), top_k)
+        logp, widths, downs, stage_layers = _choose(sp, lgs, price or (lambda key: 0.0), top_k, widths)
+        if stats is not None:
+            stats["logp"] = logp
         stages = []
         for s in range(3):
             layers, output = _resolve_stage(*stage_layers[s])
@@ -120,22 +124,24 @@ def _argmax(scores: list[float]) -> int:
 
 
 def _stage_layers(la: list[list[float]], lb: list[list[float]], keys: list[BlockKey], ops: tuple, price,
-                  top_k: int) -> tuple[float, list[str], list[list[int]]]:
-    """One stage's layers at one width: ``(score, ops, inputs)``, the score relative to the plain argmax.
+                  top_k: int) -> tuple[float, float, list[str], list[list[int]]]:
+    """One stage's layers at one width: ``(score, logp, ops, inputs)``, the score (priced) and the log-probability
+    (unpriced) of the kept choices, each relative to the plain argmax.
 
     Top-1: the derived stage is the path its last layer reaches through each layer's input; layers off it are
     removed, so their choices cost nothing and keep the argmax. A dynamic programme over the path maximises the
     sum over its layers of ``log p(op) - price(op) + log p(input)``, each less its argmax value (so that a zero
     price gives the plain argmax). Top-k > 1: every layer keeps its k likeliest inputs, ops priced one by one."""
-    best_ops, regret = [], []
+    best_ops, regret, loss = [], [], []
     for a in la:
         scores = [v - price(k) for v, k in zip(a, keys)]
         o = _argmax(scores)
         best_ops.append(o)
         regret.append(scores[o] - max(a))
+        loss.append(a[o] - max(a))
     plain_in = [sorted(sorted(range(len(b)), key=lambda i: -b[i])[:top_k]) for b in lb]
     if top_k > 1 or not la:
-        return sum(regret), [ops[o] for o in best_ops], plain_in
+        return sum(regret), sum(loss), [ops[o] for o in best_ops], plain_in
     f, back = [0.0], [None]
     for j, b in enumerate(lb, start=1):
         i = _argmax([f[i] + b[i] for i in range(j)])
@@ -147,34 +153,43 @@ def _stage_layers(la: list[list[float]], lb: list[list[float]], keys: list[Block
         j = back[j]
     chosen = [best_ops[j - 1] if j in path else _argmax(la[j - 1]) for j in range(1, len(la) + 1)]
     inputs = [[back[j]] if j in path else [_argmax(lb[j - 1])] for j in range(1, len(la) + 1)]
-    return f[-1], [ops[o] for o in chosen], inputs
+    logp = sum(loss[j - 1] + lb[j - 1][back[j]] - max(lb[j - 1]) for j in path)
+    return f[-1], logp, [ops[o] for o in chosen], inputs
 
 
-def _choose(sp: ChainSpace, lgs: list[dict], price, top_k: int):
-    """``(widths, strided ops, per stage (layer ops, layer inputs))`` maximising the sum of ``log p - price`` over
-    the choices the derived network keeps (:func:`_stage_layers`). Ops depend on the widths only through their
-    price, so each width combination picks its ops independently; all combinations are tried (the first maximum on
-    ties: the plain argmax when the price is zero)."""
+def _choose(sp: ChainSpace, lgs: list[dict], price, top_k: int, fixed_widths=None):
+    """``(logp, widths, strided ops, per stage (layer ops, layer inputs))`` maximising the sum of ``log p - price``
+    over the choices the derived network keeps (:func:`_stage_layers`; ``logp``: their unpriced log-probability
+    less the argmax's). Ops depend on the widths only through their price, so each width combination picks its ops
+    independently; all combinations are tried, or only ``fixed_widths`` (the first maximum on ties: the plain argmax
+    when the price is zero)."""
     lp = lambda t: torch.log_softmax(t.detach().float(), 0).tolist()  # noqa: E731
     lw, ld = [lp(lg["width"]) for lg in lgs], [lp(lg["down"]) for lg in lgs]
     la, lb = [[lp(a) for a in lg["alpha"]] for lg in lgs], [[lp(b) for b in lg["beta"]] for lg in lgs]
     layer_best = {(s, i): _stage_layers(la[s], lb[s], sp.layer_keys(s, c), sp.layer_ops, price, top_k)
                   for s in range(3) for i, c in enumerate(sp.widths(s))}
+    combos = itertools.product(*[range(len(sp.width_ratios))] * 3)
+    if fixed_widths is not None:
+        if len(fixed_widths) != 3 or any(w not in sp.widths(s) for s, w in enumerate(fixed_widths)):
+            raise ConfigError(f"widths {fixed_widths} are not one per stage of {[sp.widths(s) for s in range(3)]}")
+        combos = [tuple(sp.widths(s).index(w) for s, w in enumerate(fixed_widths))]
     best = None
-    for combo in itertools.product(*[range(len(sp.width_ratios))] * 3):
+    for combo in combos:
         widths = [sp.widths(s)[i] for s, i in enumerate(combo)]
         head = sp.head_keys(widths[0], widths[2])
-        score = sum(lw[s][i] for s, i in enumerate(combo)) - price(head["high"]) - price(head["low"])
+        logp = sum(lw[s][i] - max(lw[s]) for s, i in enumerate(combo))
+        score = logp - price(head["high"]) - price(head["low"])
         downs = []
         for s, i in enumerate(combo):
             keys = sp.down_keys(s, sp.in_widths(s)[0] if s == 0 else widths[s - 1], widths[s])
             scores = [v - price(k) for v, k in zip(ld[s], keys)]
             o = _argmax(scores)
             score += scores[o] + layer_best[s, i][0]
+            logp += ld[s][o] - max(ld[s]) + layer_best[s, i][1]
             downs.append(sp.down_ops[o])
         if best is None or score > best[0]:
-            best = (score, widths, downs, [layer_best[s, i][1:] for s, i in enumerate(combo)])
-    return best[1], best[2], best[3]
+            best = (score, logp, widths, downs, [layer_best[s, i][2:] for s, i in enumerate(combo)])
+    return best[1:]
 
 
 # ---------------------------------------------------------------------------- files and checks

@@ -277,7 +277,7 @@ class SearchHook(Hook):
         if self.s.derive == "argmax" or not self.predictors:
             return derive(self.supernet), {"derive_rule": "argmax"}
         g, info = derive_within_budget(self.supernet, self.predictors, dict(self.s.budget), tuple(self.s.band))
-        return g, {"derive_rule": info["rule"], "derive_mu": info["mu"],
+        return g, {"derive_rule": info["rule"], "derive_mu": info["mu"], "derive_logp": info["logp"],
                    **{f"argmax_ms/{p}": v for p, v in info["argmax_ms"].items()}}
 
     def band_check(self, trainer) -> dict:
@@ -403,6 +403,8 @@ class SearchHook(Hook):
                     "priced": f"the argmax priced by latency (mu = {rec.get('derive_mu', 0):.4g}: "
                               + ("slower blocks favoured to use the budget" if rec.get("derive_mu", 0) < 0 else
                                  "faster blocks favoured to meet the budget") + ")",
+                    "priced-widths": f"the argmax priced by latency with the stage widths fixed, the likeliest "
+                                     f"width combination that lands in the band (mu = {rec.get('derive_mu', 0):.4g})",
                     "unreachable": "the argmax priced by latency at the largest price tried: no price reached the "
                                    "band"}[rec.get("derive_rule", "argmax")]
             lines += ["", f"Derived by `search.derive={s.derive}`: {rule}. See "

@@ -23,7 +23,8 @@
   Lagrangian relaxation of "most likely network within the budgets". ``mu = 0`` (the argmax) when that lands in the
   band; else the ``mu`` closest to 0 that brings it into the band, found by bisection on the predicted latency
   (``mu > 0`` when the argmax is over budget, ``mu < 0`` when it leaves budget unused). Every platform's budget is
-  met; the one that binds lands in the band unless a step of ``mu`` jumps over it (then the network just under).
+  met; the one that binds lands in the band. Where a step of ``mu`` jumps over the band (a stage's width changing),
+  the chain space bisects again per width combination and keeps the likeliest network in the band.
 * :func:`platform_predictors`: one latency predictor per budgeted platform: ``search.lut.<p>`` when given, else a
   new table measured here (only when the platform runs on this machine; otherwise a ConfigError naming it). Every
   key of the space is made present before the search starts (tables measured here are saved as
@@ -31,6 +32,7 @@
 """
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 
 import torch
@@ -178,8 +180,13 @@ def platform_predictors(search, space: ChainSpace, out_dir: Path, threads: int,
 def derive_within_budget(supernet, predictors: dict[str, LatencyPredictor], budgets: dict[str, float],
                          band=(0.9, 1.0), top_k: int | None = None, steps: int = 30) -> tuple[dict, dict]:
     """``(genotype, info)``: the priced argmax of ``supernet`` for ``budgets`` (module docstring). ``info``:
-    ``rule`` (``argmax``: the plain argmax was in the band; ``priced``; ``unreachable``: no price reaches the band,
-    the network at the largest price tried), ``mu``, ``predicted_ms`` and ``argmax_ms`` per platform."""
+    ``rule`` (``argmax``: the plain argmax was in the band; ``priced``; ``priced-widths``: see below;
+    ``unreachable``: no price reaches the band, the network at the largest price tried), ``mu``, ``logp`` (the
+    kept choices' log-probability less the argmax's), ``predicted_ms`` and ``argmax_ms`` per platform.
+
+    Chain space: when a step of ``mu`` jumps over the band (typically a stage's width changing), the bisection is
+    run again with the widths fixed, for every width combination, and the in-band network of highest ``logp`` is
+    taken (``priced-widths``); when none lands in the band, the network just under it stays."""
     from .genotype import derive, genotype_netspec
 
     shape, nc = tuple(supernet.space.input_shape), supernet.num_classes
@@ -189,37 +196,53 @@ def derive_within_budget(supernet, predictors: dict[str, LatencyPredictor], budg
         _, score = block_scorer(pred, keys)
         for k in keys:
             cost[k] = cost.get(k, 0.0) + score(k) / float(budgets[p])
-
-    def at(mu: float) -> tuple[dict, dict[str, float]]:
-        g = derive(supernet, top_k, price=(lambda key: mu * cost[str(key)]) if mu else None)
-        spec = genotype_netspec(g, shape, nc)
-        return g, {p: float(pred.predict(spec)["predicted_ms"]) for p, pred in predictors.items()}
-
     ratio = lambda ms: max((ms[p] / float(budgets[p]) for p in ms), default=1.0)  # noqa: E731
     lo, hi = band
-    g0, ms0 = at(0.0)
-    info = {"rule": "argmax", "mu": 0.0, "predicted_ms": ms0, "argmax_ms": ms0}
-    if not predictors or lo <= ratio(ms0) <= hi:
-        return g0, info
-    over = ratio(ms0) > hi
-    sign = 1.0 if over else -1.0
-    reached = (lambda r: r <= hi) if over else (lambda r: r >= lo)  # noqa: E731
-    a, b, m = 0.0, None, 1e-3
-    while m <= 1e5:  # bracket: a fails, b reaches
-        g, ms = at(sign * m)
-        if reached(ratio(ms)):
-            b = m
-            break
-        a, m = m, m * 2
-    if b is None:  # over: impossible after the set-up check on the smallest network; under: the space's top
-        return g, {**info, "rule": "unreachable", "mu": sign * a, "predicted_ms": ms}
-    for _ in range(steps):
-        mid = (a + b) / 2 if a == 0 else (a * b) ** 0.5
-        if reached(ratio(at(sign * mid)[1])):
-            b = mid
-        else:
-            a = mid
-    g, ms = at(sign * b)
-    if not over and ratio(ms) > hi:  # the step from under the band jumped over it: keep the network just under
-        g, ms, b = (*at(sign * a), a)
-    return g, {**info, "rule": "priced", "mu": sign * b, "predicted_ms": ms}
+
+    def at(mu: float, **kw) -> tuple[dict, dict[str, float], float]:
+        stats = {}
+        g = derive(supernet, top_k, price=(lambda key: mu * cost[str(key)]) if mu else None, stats=stats, **kw)
+        spec = genotype_netspec(g, shape, nc)
+        return g, {p: float(pred.predict(spec)["predicted_ms"]) for p, pred in predictors.items()}, stats.get("logp", 0.0)
+
+    def solve(**kw) -> tuple[dict, dict, float, float, str]:
+        """(genotype, ms, logp, mu, rule) by bisection on mu (with ``kw`` passed to derive)."""
+        g, ms, lp = at(0.0, **kw)
+        if lo <= ratio(ms) <= hi:
+            return g, ms, lp, 0.0, "argmax"
+        over = ratio(ms) > hi
+        sign = 1.0 if over else -1.0
+        reached = (lambda r: r <= hi) if over else (lambda r: r >= lo)  # noqa: E731
+        a, b, m = 0.0, None, 1e-3
+        while m <= 1e5:  # bracket: a fails, b reaches
+            g, ms, lp = at(sign * m, **kw)
+            if reached(ratio(ms)):
+                b = m
+                break
+            a, m = m, m * 2
+        if b is None:  # over: impossible after the set-up check on the smallest network; under: the space's top
+            return g, ms, lp, sign * a, "unreachable"
+        for _ in range(steps):
+            mid = (a + b) / 2 if a == 0 else (a * b) ** 0.5
+            if reached(ratio(at(sign * mid, **kw)[1])):
+                b = mid
+            else:
+                a = mid
+        g, ms, lp = at(sign * b, **kw)
+        if not over and ratio(ms) > hi:  # the step from under the band jumped over it: the network just under
+            (g, ms, lp), b = at(sign * a, **kw), a
+        return g, ms, lp, sign * b, "priced"
+
+    plain = at(0.0)[1]
+    g, ms, lp, mu, rule = solve() if predictors else (*at(0.0), 0.0, "argmax")
+    if predictors and not lo <= ratio(ms) <= hi and isinstance(supernet, ChainSupernet):
+        sp = supernet.space
+        found = []
+        for widths in itertools.product(*[sp.widths(s) for s in range(3)]):
+            cand = solve(widths=list(widths))
+            if lo <= ratio(cand[1]) <= hi:
+                found.append(cand)
+        if found:
+            g, ms, lp, mu, _ = max(found, key=lambda c: c[2])
+            rule = "priced-widths"
+    return g, {"rule": rule, "mu": mu, "logp": lp, "predicted_ms": ms, "argmax_ms": plain}
