@@ -15,7 +15,8 @@ teacher-output cache, with camvid_kd.py's teacher):
 * ablation at the middle torch budget: ``abl_ce`` (no teacher in the search: CE only, lambda_kd 0, lambda_ged 0),
   ``abl_cekd`` (lambda_ged 0); the full objective is ``torch<mid>``;
 * ``random<i>`` (``--random-archs``, default 3): genotypes drawn uniformly from the same space (random logits,
-  derived like a search's), kept when the predicted torch-cpu latency is within +-10% of the middle budget;
+  derived like a search's), kept when the predicted torch-cpu latency is in the search's band (0.9-1.0 x the middle
+  budget), where the searched network lands;
 * Stanford Background (8 classes, folder layout, resized to 180x240 like CamVid): ``sb_teacher`` (the
   camvid_baselines teacher recipe, 1,200 iterations, seed 0; distillation there needs a teacher of 8 classes),
   ``sb_kd_<student>`` and ``sb_torch<mid>`` (searched on Stanford Background with its teacher, then retrained).
@@ -38,6 +39,9 @@ afterwards). **Build tables on a quiet machine**: every figure of a search comes
 Resumable: runs train with ``train.resume=auto`` (a killed run continues from its last.pt); a finished row
 (``result.json``, ``search/genotype.json`` + ``search/search.json``) is skipped unless ``--force``.
 Results: OUT_DIR/<row>/seed<k>/result.json, searches OUT_DIR/<row>/search/ (default OUT_DIR ../runs/camvid_search).
+``--archive benchmarks/results/camvid_search`` keeps a copy of the small result files (never checkpoints) in the
+repository and restores them when OUT_DIR lacks them (a run folder lost with its machine): finished searches and rows
+are not redone, and a genotype searched once is retrained from its archived copy.
 """
 from __future__ import annotations
 
@@ -79,7 +83,7 @@ TEACHER_ITERS = ["train.iters=1200", "train.val_interval=300", "train.ckpt_inter
 # The hand-designed students: camvid_kd.py's two (LR-ASPP at OS 16) and camvid_baselines.py's other two.
 STUDENTS = {**{k: v for k, v in kd.STUDENTS.items()},
             **{k: (base.ROWS[k][0], base.ROWS[k][1]) for k in ("dlv3_r18_half", "dlv3p_mbv2")}}
-RANDOM_TOL = 0.10
+RANDOM_BAND = (0.9, 1.0)  # the search's band (search.band): random networks at the searched ones' latency
 SEARCHED_OV = ["model.output_stride=null"]  # the chain space fixes its strides (camvid-cpu.yaml says 8)
 
 
@@ -111,7 +115,7 @@ def define_rows(torch_budgets: list[float], ort_budget: float, n_random: int) ->
                         "search_ov": ["search.lambda_ged=0"]}
     for i in range(n_random):
         rows[f"random{i}"] = {"desc": f"random architecture {i} of the space, predicted torch-cpu {mid:g} ms "
-                                      f"+-{RANDOM_TOL:.0%}, distilled", "kind": "random", "dataset": "camvid",
+                                      f"x [{RANDOM_BAND[0]:g}, {RANDOM_BAND[1]:g}], distilled", "kind": "random", "dataset": "camvid",
                               "platform": "torch-cpu", "budget": mid, "index": i}
     headline("sb", "sb_", [mid])
     return rows
@@ -227,6 +231,37 @@ def train_eval(config: Path, ov: list[str], run_dir: Path) -> dict:
             "num_classes": val.num_classes}
 
 
+# ---------------------------------------------------------------------------- archive
+def restore_archive(archive: Path, out_dir: Path) -> None:
+    """Copy every archived result file that OUT_DIR lacks back into it (a new machine, a lost run folder): finished
+    searches and rows are then skipped as done, and their figures reported."""
+    n = 0
+    for src in sorted(archive.rglob("*")):
+        dst = out_dir / src.relative_to(archive)
+        if src.is_file() and not dst.exists():
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            if src.name == "search.json":  # its genotype path points into the run folder it was written in
+                data = json.loads(src.read_text())
+                data["genotype"] = str(dst.parent / "genotype.json")
+                dst.write_text(json.dumps(data, indent=2))
+            else:
+                shutil.copy2(src, dst)
+            n += 1
+    if n:
+        print(f"archive: restored {n} result files from {archive} into {out_dir}", flush=True)
+
+
+def to_archive(opts, out_dir: Path, *paths: Path) -> None:
+    """Copy small result files (never checkpoints) into ``--archive``, which can be committed."""
+    if not opts.archive:
+        return
+    for path in paths:
+        if path.is_file():
+            dst = Path(opts.archive) / path.relative_to(out_dir)
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(path, dst)
+
+
 # ---------------------------------------------------------------------------- search
 def search_config(row: dict, search_dir: Path, lut_dir: Path) -> Path:
     """configs/search-camvid-cpu.yaml with ``search.budget`` and ``search.lut`` set to this row's one platform.
@@ -297,6 +332,7 @@ def run_search(name: str, row: dict, out_dir: Path, lut_dir: Path, opts) -> dict
            "final": last, "genotype": str(sdir / "genotype.json"), "date": time.strftime("%Y-%m-%d"),
            "command": "python benchmarks/camvid_search.py " + shlex.join(sys.argv[1:])}
     done.write_text(json.dumps(res, indent=2))
+    to_archive(opts, out_dir, *(sdir / f for f in ("genotype.json", "search_log.jsonl", "report.md", "search.json")))
     print(f"   search done in {res['wall_s']:.0f} s, peak RSS {res['peak_rss_mb']:.0f} MB; derived network predicted "
           + ", ".join(f"{k.split('/')[1]} {v:.2f} ms" for k, v in last.items() if k.startswith("predicted_ms/")), flush=True)
     return res
@@ -305,7 +341,7 @@ def run_search(name: str, row: dict, out_dir: Path, lut_dir: Path, opts) -> dict
 # ---------------------------------------------------------------------------- random architectures
 def sample_random(index: int, row: dict, out_dir: Path, lut_dir: Path, opts, tries: int = 20000) -> Path:
     """Genotype ``index``: random logits (argmax = a uniform choice of every width, op and predecessor), derived as a
-    search derives, kept when its predicted latency is within +-RANDOM_TOL of the budget. Deterministic per index."""
+    search's plain argmax, kept when its predicted latency is in RANDOM_BAND x the budget. Deterministic per index."""
     import torch
 
     from segdistill.config import load_config
@@ -322,7 +358,7 @@ def sample_random(index: int, row: dict, out_dir: Path, lut_dir: Path, opts, tri
     pred = predictor(lut_dir, row["platform"], measure=True)
     n_before = len(pred.table)
     gen = torch.Generator().manual_seed(1000 + index)
-    lo, hi = (1 - RANDOM_TOL) * row["budget"], (1 + RANDOM_TOL) * row["budget"]
+    lo, hi = RANDOM_BAND[0] * row["budget"], RANDOM_BAND[1] * row["budget"]
     seen = []
     with torch.no_grad():
         for t in range(tries):
@@ -333,15 +369,16 @@ def sample_random(index: int, row: dict, out_dir: Path, lut_dir: Path, opts, tri
             seen.append(ms)
             if lo <= ms <= hi:
                 g["sampled"] = {"index": index, "tries": t + 1, "predicted_ms": ms, "platform": row["platform"],
-                                "budget_ms": row["budget"], "tolerance": RANDOM_TOL, "generator_seed": 1000 + index}
+                                "budget_ms": row["budget"], "band": list(RANDOM_BAND), "generator_seed": 1000 + index}
                 path.parent.mkdir(parents=True, exist_ok=True)
                 save_genotype(g, path)
+                to_archive(opts, out_dir, path)
                 if len(pred.table) > n_before:  # keys measured on demand (a space not in the table): keep them
                     pred.table.save()
                 print(f"== random{index}: accepted draw {t + 1} at {ms:.2f} ms predicted ({row['platform']}, budget "
-                      f"{row['budget']:g} ms +-{RANDOM_TOL:.0%})", flush=True)
+                      f"{row['budget']:g} ms x {list(RANDOM_BAND)})", flush=True)
                 return path
-    raise SystemExit(f"random{index}: none of {tries} random genotypes predicted within +-{RANDOM_TOL:.0%} of "
+    raise SystemExit(f"random{index}: none of {tries} random genotypes predicted within {list(RANDOM_BAND)} x "
                      f"{row['budget']:g} ms (range {min(seen):.2f}-{max(seen):.2f} ms); choose a budget in that range")
 
 
@@ -388,13 +425,14 @@ def run(name: str, row: dict, seed: int, out_dir: Path, lut_dir: Path, opts) -> 
               "checkpoint": str(run_dir / "best.pt"),
               "command": "python benchmarks/camvid_search.py " + shlex.join(sys.argv[1:])}
     res_path.write_text(json.dumps(result, indent=2, default=float))
+    to_archive(opts, out_dir, res_path)
     pred = ", ".join(f"predicted {p} {v:.2f} ms" for p, v in result.get("predicted_ms", {}).items())
     print(f"   val mIoU {100 * r['miou']:.2f}, {r['params'] / 1e6:.2f} M params, {r['macs'] / 1e9:.3f} GMACs"
           + (f", {pred}" if pred else ""), flush=True)
     return result
 
 
-def add_latency(out_dir: Path, threads: int, force: bool = False):
+def add_latency(out_dir: Path, threads: int, force: bool = False, opts=None):
     """Measured latency of every finished row (both CPU platforms, segdistill's profile routine), in this process:
     run it with nothing else on the machine."""
     from segdistill.engine.checkpoint import build_from_checkpoint
@@ -407,6 +445,10 @@ def add_latency(out_dir: Path, threads: int, force: bool = False):
             measured.add(res["row"])
             continue
         measured.add(res["row"])
+        if not (path.parent / "best.pt").exists():
+            print(f"latency {res['row']} seed {res['seed']}: not measured, {path.parent / 'best.pt'} is gone (a result "
+                  "restored from --archive); retrain the row (--force) to measure it", flush=True)
+            continue
         model, _ = build_from_checkpoint(path.parent / "best.pt")
         prof = profile_model(model, LAT_SHAPE, platforms=PLATFORMS, runs=50, warmup=10, threads=threads)
         res["latency"] = {p: {k: v.get(k) for k in ("median_ms", "p90_ms", "error", "skipped") if k in v}
@@ -415,6 +457,8 @@ def add_latency(out_dir: Path, threads: int, force: bool = False):
                                "machine": prof["machine"], "date": prof["date"],
                                "command": "python benchmarks/camvid_search.py " + shlex.join(sys.argv[1:])}
         path.write_text(json.dumps(res, indent=2, default=float))
+        if opts is not None:
+            to_archive(opts, out_dir, path)
         print(f"latency {res['row']} seed {res['seed']}: " + ", ".join(
             f"{p} {v.get('median_ms', float('nan')):.2f} ms" for p, v in res["latency"].items()), flush=True)
 
@@ -542,6 +586,9 @@ def main():
     p.add_argument("--force", action="store_true", help="redo finished rows (and searches, random draws)")
     p.add_argument("--latency", action="store_true", help="measure latency of every finished row (quiet machine)")
     p.add_argument("--report", action="store_true", help="Markdown table (OUT_DIR/report.md) and OUT_DIR/pareto.png")
+    p.add_argument("--archive", help="folder that keeps a copy of every small result file (search.json, genotype.json, "
+                                     "search_log.jsonl, report.md, result.json; no checkpoints) and restores what "
+                                     "OUT_DIR lacks at start, e.g. benchmarks/results/camvid_search (committed)")
     p.add_argument("--search-one", help=argparse.SUPPRESS)
     p.add_argument("overrides", nargs="*", help="extra section.key=value: search.* ones go to the searches (and the "
                                                 "random sampler's space), the others to every run")
@@ -561,6 +608,8 @@ def main():
     if args.recipe not in kd.ROWS:
         p.error(f"unknown --recipe {args.recipe}; known: {', '.join(kd.ROWS)}")
     print(f"protocol: {PROTOCOL}\ncommand: python benchmarks/camvid_search.py {shlex.join(sys.argv[1:])}", flush=True)
+    if args.archive and Path(args.archive).is_dir():
+        restore_archive(Path(args.archive), out_dir)
     names = list(rows) if args.rows == "all" else [r for r in args.rows.split(",") if r]
     bad = set(names) - set(rows)
     if bad:
@@ -584,7 +633,7 @@ def main():
         for seed in map(int, args.seeds.split(",")):
             run(n, rows[n], seed, out_dir, lut_dir, args)
     if args.latency:
-        add_latency(out_dir, args.threads, args.force)
+        add_latency(out_dir, args.threads, args.force, args)
     if args.report:
         print(report(out_dir, rows, [int(s) for s in args.seeds.split(",")]))
 
