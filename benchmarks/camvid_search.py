@@ -12,6 +12,9 @@ teacher-output cache, with camvid_kd.py's teacher):
   120x160 crops, latency keys at 1x3x180x240, 2 threads) with that one budget, then the derived student retrained.
   The config's space (base widths 96/192/320) spans 3.7-35.2 ms torch-cpu and 1.5-17.7 ms onnxruntime-cpu by the
   committed tables (2-core AMD EPYC): the budgets sit inside it, so each search can land in its band;
+* ``lgc<B>`` (issue 11, same budgets): the LGCNet space (``search.space=lgcnet``: cell-independent cells, the
+  GCN-guided module, the dense fusion cell; same base widths), searched and retrained the same way; its ablation at the
+  middle budget: ``lgc_share`` (cell-sharing, no GGM), ``lgc_noggm`` (gamma 0), ``lgc_nofusion`` (the chain head);
 * ablation at the middle torch budget: ``abl_ce`` (no teacher in the search: CE only, lambda_kd 0, lambda_ged 0),
   ``abl_cekd`` (lambda_ged 0); the full objective is ``torch<mid>``;
 * ``random<i>`` (``--random-archs``, default 3): genotypes drawn uniformly from the same space (random logits,
@@ -113,6 +116,16 @@ def define_rows(torch_budgets: list[float], ort_budget: float, n_random: int) ->
     rows["abl_cekd"] = {"desc": f"ablation: searched for torch-cpu {mid:g} ms, CE + KD (lambda_ged 0), distilled",
                         "kind": "search", "dataset": "camvid", "platform": "torch-cpu", "budget": mid,
                         "search_ov": ["search.lambda_ged=0"]}
+    for b in torch_budgets:  # issue 11: the LGCNet space at the same budgets
+        rows[f"lgc{b:g}"] = {"desc": f"LGCNet space (cell-independent + GGM + dense fusion) searched for torch-cpu {b:g} "
+                                     "ms (CE + KD + GED), distilled", "kind": "search", "space": "lgcnet",
+                             "dataset": "camvid", "platform": "torch-cpu", "budget": b, "search_ov": []}
+    for name, what, ov in (("lgc_share", "cell-sharing (one alpha for every cell, no GGM)",
+                            ["search.share_cells=true", "search.ggm_gamma=0"]),
+                           ("lgc_noggm", "cell-independent without the GGM (gamma 0)", ["search.ggm_gamma=0"]),
+                           ("lgc_nofusion", "without the dense fusion cell (the chain head)", ["search.fusion=false"])):
+        rows[name] = {"desc": f"LGCNet ablation: {what}, torch-cpu {mid:g} ms, distilled", "kind": "search",
+                      "space": "lgcnet", "dataset": "camvid", "platform": "torch-cpu", "budget": mid, "search_ov": ov}
     for i in range(n_random):
         rows[f"random{i}"] = {"desc": f"random architecture {i} of the space, predicted torch-cpu {mid:g} ms "
                                       f"x [{RANDOM_BAND[0]:g}, {RANDOM_BAND[1]:g}], distilled", "kind": "random", "dataset": "camvid",
@@ -139,17 +152,20 @@ def lut_path(lut_dir: Path, platform: str) -> Path:
     return lut_dir / f"lut-{platform}.json"
 
 
-def ensure_lut(lut_dir: Path, platform: str, threads: int, space: dict, timing: list[str]) -> Path:
-    """The table of ``platform`` in ``lut_dir`` covering the search's space (``space``: its options, ``input``
+SUPERNET_ONLY = ("share_cells", "ggm_gamma")  # search.* options of a supernet, not of its blocks
+
+
+def ensure_lut(lut_dir: Path, platform: str, threads: int, space: dict, timing: list[str], name: str = "chain") -> Path:
+    """The table of ``platform`` in ``lut_dir`` covering the search's space ``name`` (``space``: its options, ``input``
     included): blocks it lacks are measured first (run this on a quiet machine), then its correction fitted if none."""
     from segdistill.errors import LatencyError
     from segdistill.latency.lut import LatencyTable
     from segdistill.latency.spaces import build_space
 
     path = lut_path(lut_dir, platform)
-    opts = {k: v for k, v in space.items() if k != "input"}
+    opts = {k: v for k, v in space.items() if k != "input" and k not in SUPERNET_ONLY}
     if path.is_file():
-        keys = build_space("chain", space["input"], 11, **opts).keys()
+        keys = build_space(name, space["input"], 11, **opts).keys()
         if not LatencyTable.load(path).missing(keys):
             return path
     lut_dir.mkdir(parents=True, exist_ok=True)
@@ -164,7 +180,7 @@ def ensure_lut(lut_dir: Path, platform: str, threads: int, space: dict, timing: 
         print(f"lut: {path} starts from {seed} (measured on this machine; keeps its correction)", flush=True)
     size = "x".join(map(str, space["input"][1:]))
     cli = [sys.executable, "-m", "segdistill"]
-    cmd = cli + ["lut", "build", "--space", "chain", "--platform", platform, "--threads", str(threads), "--input", size,
+    cmd = cli + ["lut", "build", "--space", name, "--platform", platform, "--threads", str(threads), "--input", size,
                  "--out", str(path), *[f"--space-option={k}={json.dumps(v)}" for k, v in opts.items()], *timing]
     print(f"lut: measuring the space's blocks into {path} (needs a quiet machine): {shlex.join(cmd[2:])}", flush=True)
     subprocess.run(cmd, check=True, cwd=REPO)
@@ -273,12 +289,24 @@ def search_config(row: dict, search_dir: Path, lut_dir: Path) -> Path:
     data = yaml.safe_load(SEARCH_CONFIG.read_text())
     p = row["platform"]
     data["search"]["budget"] = {p: float(row["budget"])}
+    data["search"]["space"] = row.get("space", "chain")
     data["search"]["lut"] = {p: str(lut_path(lut_dir, p))}
     search_dir.mkdir(parents=True, exist_ok=True)
     path = search_dir / "search-config.yaml"
     path.write_text(f"# {SEARCH_CONFIG.name} with one budget, written by benchmarks/camvid_search.py\n"
                     + yaml.safe_dump(data, sort_keys=False))
     return path
+
+
+def row_space(row: dict, opts) -> dict:
+    """The search space options (``search.*`` of configs/search-camvid-cpu.yaml with the row's and the command's
+    overrides) of a search row."""
+    from segdistill.config import load_config
+    from segdistill.search.hook import space_options
+
+    ov = [*opts.search_extra, f"search.space={row.get('space', 'chain')}",
+          *[o for o in row.get("search_ov", []) if o.startswith("search.")]]
+    return space_options(load_config(SEARCH_CONFIG, ov).search)
 
 
 def search_one(request: Path) -> dict:
@@ -304,7 +332,7 @@ def run_search(name: str, row: dict, out_dir: Path, lut_dir: Path, opts) -> dict
     done = sdir / "search.json"
     if done.exists() and (sdir / "genotype.json").exists() and not opts.force:
         return json.loads(done.read_text())
-    ensure_lut(lut_dir, row["platform"], opts.threads, opts.search_space, opts.lut_timing)
+    ensure_lut(lut_dir, row["platform"], opts.threads, row_space(row, opts), opts.lut_timing, row.get("space", "chain"))
     config = search_config(row, sdir, lut_dir)
     ov = [*DATASETS[row["dataset"]][1], "train.seed=0", *opts.search_budget,
           f"distill.teacher={teacher_for(row['dataset'], out_dir)}", f"distill.cache={out_dir / 'teacher_cache'}",
@@ -490,11 +518,13 @@ def report(out_dir: Path, rows: dict[str, dict], seeds: list[int]) -> str:
              f"Rows not done ({len(missing)}): {', '.join(missing) or 'none'}", ""]
     head = ("| row | what | seeds | val mIoU % (each) | params M | GMACs | torch-cpu ms | ORT-cpu ms | predicted ms "
             "(platform) | budget ms | search wall s | search peak RSS MB |")
-    groups = [("CamVid: hand-designed distilled vs searched + distilled", lambda n, r: r["dataset"] == "camvid" and
-               r["kind"] in ("kd", "search") and not n.startswith("abl_")),
+    groups = [("CamVid: hand-designed distilled vs searched + distilled (chain and LGCNet spaces)",
+               lambda n, r: r["dataset"] == "camvid" and r["kind"] in ("kd", "search") and not n.startswith(("abl_", "lgc_"))),
               ("CamVid ablation at the middle budget (search objective; random architectures at the same predicted "
                "latency)", lambda n, r: r["dataset"] == "camvid" and (n.startswith("abl_") or r["kind"] == "random"
                                                                        or n == mid_row(rows))),
+              ("CamVid LGCNet ablation at the middle budget (cell-sharing, GGM, dense fusion cell)",
+               lambda n, r: n.startswith("lgc_") or n == mid_row(rows, "lgc")),
               ("Stanford Background (second dataset)", lambda n, r: r["dataset"] == "sb")]
     points = []
     for title, keep in groups:
@@ -521,7 +551,8 @@ def report(out_dir: Path, rows: dict[str, dict], seeds: list[int]) -> str:
                 f"{_ms(s.get('wall_s'))} | {_ms(s.get('peak_rss_mb'))} |")
             for p in PLATFORMS:
                 if isinstance(lat.get(p, {}).get("median_ms"), (int, float)):
-                    points.append((p, row["dataset"], row["kind"], n, lat[p]["median_ms"], statistics.mean(m)))
+                    kind = "lgcnet" if row.get("space") == "lgcnet" else row["kind"]
+                    points.append((p, row["dataset"], kind, n, lat[p]["median_ms"], statistics.mean(m)))
         lines.append("")
     if any(r.get("predicted_input") and tuple(r["predicted_input"]) != LAT_SHAPE for r in results):
         lines.append("Predicted latency is at the search input of each genotype, which differs from the measured "
@@ -537,16 +568,16 @@ def report(out_dir: Path, rows: dict[str, dict], seeds: list[int]) -> str:
     return text
 
 
-def mid_row(rows: dict[str, dict]) -> str | None:
+def mid_row(rows: dict[str, dict], prefix: str = "torch") -> str | None:
     abl = rows.get("abl_cekd")
-    return f"torch{abl['budget']:g}" if abl else None
+    return f"{prefix}{abl['budget']:g}" if abl else None
 
 
 def _plot(points, path: Path):
     from segdistill.viz import new_figure, save_figure
 
     fig = new_figure(11, 4.5, "the Pareto plot")
-    markers = {"kd": "s", "search": "*", "random": "x", "teacher": "o"}
+    markers = {"kd": "s", "search": "*", "lgcnet": "P", "random": "x", "teacher": "o"}
     for i, p in enumerate(PLATFORMS):
         ax = fig.add_subplot(1, 2, i + 1)
         for ds, colour in (("camvid", "tab:blue"), ("sb", "tab:orange")):

@@ -182,11 +182,13 @@ def derive_within_budget(supernet, predictors: dict[str, LatencyPredictor], budg
     """``(genotype, info)``: the priced argmax of ``supernet`` for ``budgets`` (module docstring). ``info``:
     ``rule`` (``argmax``: the plain argmax was in the band; ``priced``; ``priced-widths``: see below;
     ``unreachable``: no price reaches the band, the network at the largest price tried), ``mu``, ``logp`` (the
-    kept choices' log-probability less the argmax's), ``predicted_ms`` and ``argmax_ms`` per platform.
+    kept choices' log-probability less the argmax's; chain space only, else None), ``predicted_ms`` and
+    ``argmax_ms`` per platform.
 
     Chain space: when a step of ``mu`` jumps over the band (typically a stage's width changing), the bisection is
     run again with the widths fixed, for every width combination, and the in-band network of highest ``logp`` is
-    taken (``priced-widths``); when none lands in the band, the network just under it stays."""
+    taken (``priced-widths``); when none lands in the band, the network just under it stays. The LGCNet space has
+    fixed widths and no such fallback: a jump leaves its network under the band."""
     from .genotype import derive, genotype_netspec
 
     shape, nc = tuple(supernet.space.input_shape), supernet.num_classes
@@ -203,7 +205,7 @@ def derive_within_budget(supernet, predictors: dict[str, LatencyPredictor], budg
         stats = {}
         g = derive(supernet, top_k, price=(lambda key: mu * cost[str(key)]) if mu else None, stats=stats, **kw)
         spec = genotype_netspec(g, shape, nc)
-        return g, {p: float(pred.predict(spec)["predicted_ms"]) for p, pred in predictors.items()}, stats.get("logp", 0.0)
+        return g, {p: float(pred.predict(spec)["predicted_ms"]) for p, pred in predictors.items()}, stats.get("logp")
 
     def solve(**kw) -> tuple[dict, dict, float, float, str]:
         """(genotype, ms, logp, mu, rule) by bisection on mu (with ``kw`` passed to derive)."""
