@@ -119,8 +119,9 @@ def derive(supernet: ChainSupernet, top_k: int | None = None, price=None, widths
             "head_channels": sp.head_channels, "top_k": top_k, "stages": stages}
 
 
-def _argmax(scores: list[float]) -> int:
-    return max(range(len(scores)), key=scores.__getitem__)  # the first maximum, as torch.argmax
+def first_argmax(scores: list[float]) -> int:
+    """The index of the first maximum of a list (as torch.argmax picks it)."""
+    return max(range(len(scores)), key=scores.__getitem__)
 
 
 def _stage_layers(la: list[list[float]], lb: list[list[float]], keys: list[BlockKey], ops: tuple, price,
@@ -135,7 +136,7 @@ def _stage_layers(la: list[list[float]], lb: list[list[float]], keys: list[Block
     best_ops, regret, loss = [], [], []
     for a in la:
         scores = [v - price(k) for v, k in zip(a, keys)]
-        o = _argmax(scores)
+        o = first_argmax(scores)
         best_ops.append(o)
         regret.append(scores[o] - max(a))
         loss.append(a[o] - max(a))
@@ -144,15 +145,15 @@ def _stage_layers(la: list[list[float]], lb: list[list[float]], keys: list[Block
         return sum(regret), sum(loss), [ops[o] for o in best_ops], plain_in
     f, back = [0.0], [None]
     for j, b in enumerate(lb, start=1):
-        i = _argmax([f[i] + b[i] for i in range(j)])
+        i = first_argmax([f[i] + b[i] for i in range(j)])
         f.append(regret[j - 1] + f[i] + b[i] - max(b))
         back.append(i)
     path, j = set(), len(la)
     while j:
         path.add(j)
         j = back[j]
-    chosen = [best_ops[j - 1] if j in path else _argmax(la[j - 1]) for j in range(1, len(la) + 1)]
-    inputs = [[back[j]] if j in path else [_argmax(lb[j - 1])] for j in range(1, len(la) + 1)]
+    chosen = [best_ops[j - 1] if j in path else first_argmax(la[j - 1]) for j in range(1, len(la) + 1)]
+    inputs = [[back[j]] if j in path else [first_argmax(lb[j - 1])] for j in range(1, len(la) + 1)]
     logp = sum(loss[j - 1] + lb[j - 1][back[j]] - max(lb[j - 1]) for j in path)
     return f[-1], logp, [ops[o] for o in chosen], inputs
 
@@ -183,7 +184,7 @@ def _choose(sp: ChainSpace, lgs: list[dict], price, top_k: int, fixed_widths=Non
         for s, i in enumerate(combo):
             keys = sp.down_keys(s, sp.in_widths(s)[0] if s == 0 else widths[s - 1], widths[s])
             scores = [v - price(k) for v, k in zip(ld[s], keys)]
-            o = _argmax(scores)
+            o = first_argmax(scores)
             score += scores[o] + layer_best[s, i][0]
             logp += ld[s][o] - max(ld[s]) + layer_best[s, i][1]
             downs.append(sp.down_ops[o])

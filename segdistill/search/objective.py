@@ -201,11 +201,17 @@ def derive_within_budget(supernet, predictors: dict[str, LatencyPredictor], budg
     ratio = lambda ms: max((ms[p] / float(budgets[p]) for p in ms), default=1.0)  # noqa: E731
     lo, hi = band
 
+    seen: dict = {}  # (mu, widths) -> result: the bisection and the per-width passes revisit the same points
+
     def at(mu: float, **kw) -> tuple[dict, dict[str, float], float]:
-        stats = {}
-        g = derive(supernet, top_k, price=(lambda key: mu * cost[str(key)]) if mu else None, stats=stats, **kw)
-        spec = genotype_netspec(g, shape, nc)
-        return g, {p: float(pred.predict(spec)["predicted_ms"]) for p, pred in predictors.items()}, stats.get("logp")
+        memo = (mu, tuple(kw.get("widths") or ()))
+        if memo not in seen:
+            stats = {}
+            g = derive(supernet, top_k, price=(lambda key: mu * cost[str(key)]) if mu else None, stats=stats, **kw)
+            spec = genotype_netspec(g, shape, nc)
+            seen[memo] = (g, {p: float(pred.predict(spec)["predicted_ms"]) for p, pred in predictors.items()},
+                          stats.get("logp"))
+        return seen[memo]
 
     def solve(**kw) -> tuple[dict, dict, float, float, str]:
         """(genotype, ms, logp, mu, rule) by bisection on mu (with ``kw`` passed to derive)."""

@@ -54,7 +54,7 @@ from ..latency.standalone import BlockKey
 from ..models.heads import FCNHead
 from ..models.layers import init_weights
 from ..models.output import SegOutput
-from .genotype import FORMAT, VERSION
+from .genotype import FORMAT, VERSION, first_argmax
 from .ggm import GCNGuidedModule
 from .graph import SoftGraph, slot_depth
 from .space_chain import OPS, ChainHead, ChainSpace, add_key, build_op, op_key
@@ -661,8 +661,7 @@ class LgcSupernet(LgcBase):
 
                 scores = [[score(lv, o, v) for o, v in zip(sp.fusion_ops, logp[lv])] for lv in range(4)]
                 best = [(*_best(scores[lv], sp.fusion_ops), lv) for lv in range(4)]
-                kept = [b for b, sc in zip(best, scores) if sp.fusion_ops[max(range(len(sc)), key=sc.__getitem__)]
-                        != "none"]
+                kept = [b for b, sc in zip(best, scores) if sp.fusion_ops[first_argmax(sc)] != "none"]
                 kept = kept or [max(best)]
                 fusion = [{"level": LEVELS[lv], "op": op} for _, op, lv in sorted(kept, key=lambda t: t[2])]
         return make_genotype(sp, cells, fusion, top_k)
