@@ -374,7 +374,7 @@ def sample_random(index: int, row: dict, out_dir: Path, lut_dir: Path, opts, tri
 
     from segdistill.config import load_config
     from segdistill.models import build_model
-    from segdistill.search.genotype import derive, genotype_netspec, save_genotype
+    from segdistill.search.genotype import genotype_netspec, random_genotype, save_genotype
     from segdistill.search.hook import space_options
 
     path = out_dir / f"random{index}" / "genotype.json"
@@ -388,24 +388,21 @@ def sample_random(index: int, row: dict, out_dir: Path, lut_dir: Path, opts, tri
     gen = torch.Generator().manual_seed(1000 + index)
     lo, hi = RANDOM_BAND[0] * row["budget"], RANDOM_BAND[1] * row["budget"]
     seen = []
-    with torch.no_grad():
-        for t in range(tries):
-            for p in net.arch_parameters():
-                p.copy_(torch.randn(p.shape, generator=gen))
-            g = derive(net)
-            ms = float(pred.predict(genotype_netspec(g, tuple(g["input"]), 11))["predicted_ms"])
-            seen.append(ms)
-            if lo <= ms <= hi:
-                g["sampled"] = {"index": index, "tries": t + 1, "predicted_ms": ms, "platform": row["platform"],
-                                "budget_ms": row["budget"], "band": list(RANDOM_BAND), "generator_seed": 1000 + index}
-                path.parent.mkdir(parents=True, exist_ok=True)
-                save_genotype(g, path)
-                to_archive(opts, out_dir, path)
-                if len(pred.table) > n_before:  # keys measured on demand (a space not in the table): keep them
-                    pred.table.save()
-                print(f"== random{index}: accepted draw {t + 1} at {ms:.2f} ms predicted ({row['platform']}, budget "
-                      f"{row['budget']:g} ms x {list(RANDOM_BAND)})", flush=True)
-                return path
+    for t in range(tries):
+        g = random_genotype(net, gen)
+        ms = float(pred.predict(genotype_netspec(g, tuple(g["input"]), 11))["predicted_ms"])
+        seen.append(ms)
+        if lo <= ms <= hi:
+            g["sampled"] = {"index": index, "tries": t + 1, "predicted_ms": ms, "platform": row["platform"],
+                            "budget_ms": row["budget"], "band": list(RANDOM_BAND), "generator_seed": 1000 + index}
+            path.parent.mkdir(parents=True, exist_ok=True)
+            save_genotype(g, path)
+            to_archive(opts, out_dir, path)
+            if len(pred.table) > n_before:  # keys measured on demand (a space not in the table): keep them
+                pred.table.save()
+            print(f"== random{index}: accepted draw {t + 1} at {ms:.2f} ms predicted ({row['platform']}, budget "
+                  f"{row['budget']:g} ms x {list(RANDOM_BAND)})", flush=True)
+            return path
     raise SystemExit(f"random{index}: none of {tries} random genotypes predicted within {list(RANDOM_BAND)} x "
                      f"{row['budget']:g} ms (range {min(seen):.2f}-{max(seen):.2f} ms); choose a budget in that range")
 

@@ -193,3 +193,46 @@ def test_derive_from_a_model_that_is_not_a_supernet_is_a_clear_error(tmp_path_fa
 
     with pytest.raises(ConfigError, match="not a search supernet"):
         cmd_derive(Args)
+
+
+# ---------------------------------------------------------------------------- random networks of a space
+def test_space_networks_are_the_spaces_derived_networks_and_run():
+    from test_search_lgcnet import TINY
+
+    from segdistill.latency.network import ChainNet
+    from segdistill.search.genotype import space_networks
+
+    opts = {k: v for k, v in SPACE.items() if k != "input"}
+    nets = space_networks("chain", 6, SHAPE, seed=3, num_classes=K, **opts)
+    again = space_networks("chain", 6, SHAPE, seed=3, num_classes=K, **opts)
+    assert [n.keys() for n in nets] == [n.keys() for n in again]  # deterministic per seed
+    assert len({tuple(n.keys()) for n in nets}) > 1 and len({n.name for n in nets}) == 6  # distinct draws, names
+    assert {n.meta["genotype"]["space"] for n in nets} == {"chain"}
+    lgc = space_networks("lgcnet", 2, SHAPE, seed=0, num_classes=K, **{k: list(v) if isinstance(v, tuple) else v
+                                                                          for k, v in TINY.items()})
+    for spec in nets[:2] + lgc:
+        with torch.no_grad():
+            assert ChainNet(spec).eval()(torch.randn(SHAPE)).shape == (1, K, *SHAPE[2:])
+    with pytest.raises(ConfigError, match="unknown search space 'nope'"):
+        space_networks("nope", 1, SHAPE)
+
+
+def test_latency_fit_on_a_space_records_its_networks(tmp_path, capsys):
+    from segdistill.latency.lut import LatencyTable
+
+    lut = tmp_path / "lut.json"
+    opts = [f"--space-option={k}={json.dumps(v)}" for k, v in SPACE.items() if k != "input"]
+    shape = "x".join(map(str, SHAPE[1:]))
+    main(["lut", "build", "--platform", "torch-cpu", "--threads", "1", "--space", "chain", *opts, "--input", shape,
+          "--num-classes", str(K), "--runs", "2", "--min-time", "0", "--warmup", "1", "--quiet", "--out", str(lut)])
+    n_keys = len(LatencyTable.load(lut))
+    main(["latency", "fit", "--lut", str(lut), "--space", "chain", *opts, "--nets", "5", "--input", shape,
+          "--num-classes", str(K), "--runs", "2", "--min-time", "0", "--warmup", "1"])
+    corr = LatencyTable.load(lut).correction
+    assert corr["fitted_on"] == 5 and corr["networks"].startswith("5 random networks of search space chain")
+    assert len(LatencyTable.load(lut)) == n_keys  # a space's networks use only the space's blocks: nothing measured
+    main(["lut", "show", str(lut)])
+    assert "fitted on 5 random networks of search space chain" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        main(["latency", "fit", "--lut", str(lut), "--space-option", "layers=1", "--nets", "5"])
+    assert "--space-option needs --space" in capsys.readouterr().err

@@ -144,7 +144,8 @@ def cmd_lut_show(args):
         print(f"  built for {what}")
     if table.correction:
         c = table.correction
-        print(f"correction {c['model']} {c['coef']} (CV MAPE {c.get('cv_mape')})")
+        on = f", fitted on {c['networks']}" if c.get("networks") else ""
+        print(f"correction {c['model']} {c['coef']} (CV MAPE {c.get('cv_mape')}{on})")
 
 
 def cmd_latency_predict(args):
@@ -195,6 +196,7 @@ def cmd_latency_predict(args):
 
 
 def cmd_latency_fit(args):
+    from ..search.genotype import space_networks
     from . import standalone as core
     from .lut import LatencyTable
     from .network import sample_networks
@@ -209,18 +211,25 @@ def cmd_latency_fit(args):
     malloc = core.table_malloc_mode(table.data) or "steady"  # networks timed as the table's blocks were
     cfg = ReportConfig(threads=table.threads, repeats=1, net_timing={"warmup": args.warmup, "min_runs": args.runs,
                                                                       "min_time": args.min_time}, malloc=malloc)
+    opts = space_options(args.space_option)
+    if opts and not args.space:
+        raise LatencyError("--space-option needs --space (the search space whose networks the fit measures)")
     feats, y = [], []
     with _exporter(args.exporter), core.malloc_mode(malloc):
         for text in args.input or ["3x180x240"]:
-            nets = sample_networks(args.nets, parse_shape(text), args.seed, args.num_classes)
+            nets = (space_networks(args.space, args.nets, parse_shape(text), args.seed, args.num_classes, **opts)
+                    if args.space else sample_networks(args.nets, parse_shape(text), args.seed, args.num_classes))
             measured = NetTimer(cfg, table.platform).round_robin(nets, lambda it, d: core.progress_bar(it, d, True))
             for net in nets:
                 feats.append(predictor.breakdown(net)["features"])
                 y.append(measured[net.name][0])
     table.correction = select_correction(feats, y)
+    shown = "".join(f" {k}={v}" for k, v in opts.items())
+    table.correction["networks"] = (f"{args.nets} random networks of search space {args.space}{shown} (seed "
+                                    f"{args.seed})" if args.space else f"{args.nets} random networks (seed {args.seed})")
     table.save()
     c = table.correction
-    print(f"correction {c['model']} {c['coef']} fitted on {len(y)} networks; CV MAPE: "
+    print(f"correction {c['model']} {c['coef']} fitted on {len(y)} networks ({c['networks']}); CV MAPE: "
           + ", ".join(f"{m} {v:.2f}%" for m, v in c["cv_mape"].items()) + f"; saved in {args.lut}")
 
 
@@ -325,6 +334,11 @@ def add_commands(sub) -> None:
     s.add_argument("--input", action="append", help="C x H x W, repeatable (default 3x180x240)")
     s.add_argument("--seed", type=int, default=1, help="seed of the random networks (the report uses 0)")
     s.add_argument("--num-classes", type=int, default=11)
+    s.add_argument("--space", choices=("chain", "lgcnet"),
+                   help="fit on random networks of this search space (as a search derives them) instead of the "
+                        "report's generic sampler: a table used by searches of one space predicts its networks best")
+    s.add_argument("--space-option", action="append", metavar="KEY=VALUE",
+                   help="an option of that space as search.* sets it, repeatable, e.g. base_widths=[96,192,320]")
     _measure_options(s, runs=20, min_time=1.0, warmup=5)
     s.set_defaults(fn=cmd_latency_fit)
     s = lsub.add_parser("report", help="accuracy of the predictor on random networks and the zoo, per platform")

@@ -342,3 +342,34 @@ def genotype_netspec(genotype, input_shape=(1, 3, 180, 240), num_classes: int = 
     spec = NetSpec(f"searched@{size}", space.input_shape, nodes, "space", {"genotype": g})
     spec.check()
     return spec
+
+
+# ---------------------------------------------------------------------------- random networks of a space
+def random_genotype(supernet, generator: torch.Generator) -> dict:
+    """The plain argmax of ``supernet`` under standard-normal architecture logits drawn from ``generator``: every
+    argmax choice (width, op, predecessor) is uniform. The supernet's logits are overwritten."""
+    with torch.no_grad():
+        for p in supernet.arch_parameters():
+            p.copy_(torch.randn(p.shape, generator=generator))
+    return derive(supernet)
+
+
+def space_networks(space: str, n: int, input_shape=(1, 3, 180, 240), seed: int = 0, num_classes: int = 11,
+                   **options) -> list[NetSpec]:
+    """``n`` random networks of search space ``space`` (``search.space``: chain or lgcnet) with its ``options``
+    (``search.*`` keys such as ``base_widths``), as blocks: the networks a search of that space derives, for fitting
+    a latency table's correction on them (``segdistill latency fit --space``). Deterministic per seed."""
+    from ..models import build_model
+    from . import SPACES
+
+    if space not in SPACES:
+        raise ConfigError(f"unknown search space {space!r}; known: {', '.join(SPACES)}")
+    net = build_model(SPACES[space]["model"], num_classes, input=list(input_shape), **options)
+    gen = torch.Generator().manual_seed(seed)
+    size = "x".join(map(str, input_shape[1:]))
+    out = []
+    for i in range(n):
+        spec = genotype_netspec(random_genotype(net, gen), tuple(input_shape), num_classes)
+        spec.name, spec.kind = f"{space}{i:03d}@{size}", "space"
+        out.append(spec)
+    return out
