@@ -407,6 +407,64 @@ def sample_random(index: int, row: dict, out_dir: Path, lut_dir: Path, opts, tri
                      f"{row['budget']:g} ms (range {min(seen):.2f}-{max(seen):.2f} ms); choose a budget in that range")
 
 
+# ---------------------------------------------------------------------------- tables changed: derive again
+def rederive(name: str, row: dict, out_dir: Path, lut_dir: Path, opts) -> bool:
+    """After the latency tables changed (a correction fitted on the space's own networks, say): derive a search row's
+    network again from its finished supernet (``segdistill derive`` on its last.pt, for the same budget and band), or
+    draw a random row's genotype again. A changed genotype sets the old one (``genotype-before-<stamp>.json``) and the
+    row's retrains (``seed<k>-before-<stamp>``) aside, and drops their archived results, so that the row retrains;
+    ``search.json`` lists every re-derivation. Returns whether the genotype changed."""
+    stamp = time.strftime("%Y%m%d-%H%M")
+    if row["kind"] == "search":
+        sdir = out_dir / name / "search"
+        if not (sdir / "last.pt").exists():
+            print(f"== {name}: not re-derived, {sdir / 'last.pt'} is missing (its search must run again)", flush=True)
+            return False
+        new = sdir / f"genotype-{stamp}.json"
+        cmd = [sys.executable, "-m", "segdistill", "derive", str(sdir.resolve()), "--out", str(new.resolve()), "--json"]
+        p = subprocess.run(cmd, cwd=REPO, stdout=subprocess.PIPE, text=True)  # the run's lut paths are repo-relative
+        if p.returncode != 0:
+            raise SystemExit(f"{name}: segdistill derive failed (exit {p.returncode}); its output is above")
+        info = json.loads(p.stdout.strip().splitlines()[-1])
+        old = json.loads((sdir / "genotype.json").read_text())
+        changed = json.loads(new.read_text())["stages"] != old["stages"]
+        if changed:
+            (sdir / "genotype.json").rename(sdir / f"genotype-before-{stamp}.json")
+            new.rename(sdir / "genotype.json")
+            res = json.loads((sdir / "search.json").read_text())
+            res.setdefault("rederivations", []).append(
+                {"date": stamp, "command": "segdistill derive " + str(sdir) + " (from the repository root)",
+                 "why": "the latency tables changed since the search (camvid_search.py --rederive)",
+                 "before": f"genotype-before-{stamp}.json", **{k: info.get(k) for k in
+                                                                 ("rule", "mu", "logp", "predicted_ms", "argmax_ms")}})
+            (sdir / "search.json").write_text(json.dumps(res, indent=2))
+            to_archive(opts, out_dir, *(sdir / f for f in ("genotype.json", f"genotype-before-{stamp}.json",
+                                                           "search.json")))
+        else:
+            new.unlink()
+    else:
+        path = out_dir / name / "genotype.json"
+        before = path.with_name(f"genotype-before-{stamp}.json")
+        if not path.exists():
+            return False  # never drawn: the run draws it under the current tables
+        path.rename(before)
+        sample_random(row["index"], row, out_dir, lut_dir, argparse.Namespace(**{**vars(opts), "force": True}))
+        changed = json.loads(path.read_text())["stages"] != json.loads(before.read_text())["stages"]
+        if changed:
+            to_archive(opts, out_dir, before)
+        else:
+            before.unlink()
+    if changed:
+        for d in sorted((out_dir / name).glob("seed[0-9]*")):
+            if d.is_dir() and "-before-" not in d.name:
+                d.rename(d.with_name(f"{d.name}-before-{stamp}"))
+                if opts.archive:
+                    (Path(opts.archive) / name / d.name / "result.json").unlink(missing_ok=True)
+    print(f"== {name}: genotype {'changed: its retrains are set aside and run again' if changed else 'unchanged'} "
+          "under the current tables", flush=True)
+    return changed
+
+
 # ---------------------------------------------------------------------------- one row
 def run(name: str, row: dict, seed: int, out_dir: Path, lut_dir: Path, opts) -> dict | None:
     run_dir = out_dir / name / f"seed{seed}"
@@ -612,6 +670,9 @@ def main():
                                                     "default: segdistill lut build's)")
     p.add_argument("--threads", type=int, default=2, help="threads of latency tables and measured latency")
     p.add_argument("--force", action="store_true", help="redo finished rows (and searches, random draws)")
+    p.add_argument("--rederive", action="store_true",
+                   help="the tables changed: derive each selected search row again from its supernet (random rows: "
+                        "draw again); a row whose network changed retrains (the old run is set aside)")
     p.add_argument("--latency", action="store_true", help="measure latency of every finished row (quiet machine)")
     p.add_argument("--report", action="store_true", help="Markdown table (OUT_DIR/report.md) and OUT_DIR/pareto.png")
     p.add_argument("--archive", help="folder that keeps a copy of every small result file (search.json, genotype.json, "
@@ -657,6 +718,10 @@ def main():
 
     args.search_space = space_options(load_config(SEARCH_CONFIG, args.search_extra).search)
     order = sorted(names, key=lambda n: rows[n]["kind"] != "teacher")  # a teacher before the rows distilled from it
+    if args.rederive:
+        for n in order:
+            if rows[n]["kind"] in ("search", "random"):
+                rederive(n, rows[n], out_dir, lut_dir, args)
     for n in order:
         for seed in map(int, args.seeds.split(",")):
             run(n, rows[n], seed, out_dir, lut_dir, args)

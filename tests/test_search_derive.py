@@ -17,7 +17,7 @@ from segdistill.engine.hooks import build_hooks
 from segdistill.engine.trainer import Trainer
 from segdistill.errors import ConfigError
 from segdistill.latency.predictor import LatencyPredictor
-from segdistill.search.genotype import _resolve_stage, _stage_layers, derive, genotype_netspec
+from segdistill.search.genotype import _resolve_stage, _stage_layers, derive, genotype_netspec, op_preference
 from segdistill.search.objective import derive_within_budget
 from segdistill.search.space_chain import ChainSpace, ChainSupernet
 from segdistill.search.space_lgcnet import LgcSpace, LgcSupernet
@@ -169,11 +169,13 @@ def test_a_search_returns_the_budgeted_network_and_the_command_rederives_it(tmp_
     assert rec["derive_rule"] == "unreachable" and rec["derive_mu"] < 0  # 1000 ms is beyond the space
     assert rec["predicted_ms/torch-cpu"] == pytest.approx(largest, rel=1e-6)
     assert rec["argmax_ms/torch-cpu"] <= rec["predicted_ms/torch-cpu"]
-    assert "plain argmax" in (out / "report.md").read_text()
+    assert "plain argmax" in (out / "report.md").read_text() and "## Architecture weights" in (out / "report.md").read_text()
 
     mid = (rec["argmax_ms/torch-cpu"] + largest) / 2
     main(["derive", str(out), "--budget", f"torch-cpu={mid}", "--out", str(tmp_path / "g.json"), "--json"])
     res = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    want = op_preference(trainer.model)
+    assert res["op_preference"]["ops"] == pytest.approx(want["ops"]) and res["op_preference"]["choices"] == want["choices"]
     g = json.loads((tmp_path / "g.json").read_text())
     pred = trainer.hook("search").predictors["torch-cpu"]
     assert predict(pred, g) == pytest.approx(res["predicted_ms"]["torch-cpu"]) and predict(pred, g) <= mid
@@ -236,3 +238,23 @@ def test_latency_fit_on_a_space_records_its_networks(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["latency", "fit", "--lut", str(lut), "--space-option", "layers=1", "--nets", "5"])
     assert "--space-option needs --space" in capsys.readouterr().err
+
+
+def test_op_preference_reads_uniform_and_decided_weights():
+    net = ChainSupernet(space())
+    with torch.no_grad():
+        for p in net.arch_parameters():
+            p.zero_()
+    uni = op_preference(net)
+    n_choices = 3 + 3 * SPACE["layers"]  # a strided op and the layers' ops per stage
+    assert uni["choices"] == n_choices and uni["decided"] == 0 and uni["max_ratio"] == pytest.approx(1.0)
+    assert all(r == pytest.approx(1.0) for r in uni["ops"].values())
+    with torch.no_grad():
+        for name, p in net.named_arch_parameters():
+            if name.startswith("alpha"):
+                p[..., 0] = 10.0  # every op choice picks its first candidate
+    dec = op_preference(net)
+    assert dec["decided"] == 1.0 and dec["ops"]["skip"] > 5 and dec["ops"]["dwsep_3x3"] < 0.1
+    lgc = op_preference(LgcSupernet(LgcSpace(SHAPE, K, stem_widths=(8, 8), base_widths=(16, 24, 32), nodes=2,
+                                             head_channels=16)))
+    assert lgc["choices"] > 0 and 0.0 <= lgc["decided"] <= 1.0

@@ -49,7 +49,7 @@ def cmd_derive(args):
 
     from ..engine.checkpoint import build_from_checkpoint
     from ..errors import ConfigError
-    from .genotype import derive, genotype_netspec, save_genotype
+    from .genotype import derive, genotype_netspec, op_preference, preference_line, save_genotype
     from .objective import check_budgets, derive_within_budget, platform_predictors
 
     ckpt = Path(args.supernet)
@@ -79,6 +79,9 @@ def cmd_derive(args):
         print(f"{p}: budget {b:g} ms, derived {info['predicted_ms'][p]:.3f} ms ({info['predicted_ms'][p] / b:.2f} x), "
               f"plain argmax {info['argmax_ms'][p]:.3f} ms")
     print(f"rule {info['rule']} (mu {info['mu']:.4g}); wrote {out}")
+    pref = op_preference(net)
+    print(preference_line(pref))
+    info["op_preference"] = pref
     if args.json:
         print(json.dumps({"genotype": str(out), **info}))
 

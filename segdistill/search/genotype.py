@@ -119,6 +119,43 @@ def derive(supernet: ChainSupernet, top_k: int | None = None, price=None, widths
             "head_channels": sp.head_channels, "top_k": top_k, "stages": stages}
 
 
+def op_preference(supernet) -> dict:
+    """How decided the architecture weights are: every op choice of ``supernet.describe()`` (chain: each layer's and
+    strided op; LGCNet: each edge's and fusion's), its probabilities times the number of candidates (1.0 = uniform).
+    Returns ``{"ops": {op: mean ratio over the choices offering it}, "max_ratio": the largest single ratio, "choices":
+    count, "decided": share of choices whose favourite has at least twice the uniform probability}``."""
+    sums: dict[str, list[float]] = {}
+    rows: list[list[float]] = []
+
+    def walk(node):
+        if isinstance(node, dict):
+            if "ops" in node and "probs" in node:
+                probs = node["probs"].detach().float()
+                for row in probs.reshape(-1, probs.shape[-1]).tolist():
+                    ratio = [p * len(row) for p in row]
+                    rows.append(ratio)
+                    for op, r in zip(node["ops"], ratio):
+                        sums.setdefault(op, []).append(r)
+            for v in node.values():
+                walk(v)
+        elif isinstance(node, (list, tuple)):
+            for v in node:
+                walk(v)
+
+    walk(supernet.describe())
+    return {"ops": {op: sum(v) / len(v) for op, v in sums.items()},
+            "max_ratio": max((max(r) for r in rows), default=1.0), "choices": len(rows),
+            "decided": sum(max(r) >= 2.0 for r in rows) / max(len(rows), 1)}
+
+
+def preference_line(pref: dict) -> str:
+    """One line of :func:`op_preference` for logs and reports."""
+    ops = sorted(pref["ops"].items(), key=lambda kv: -kv[1])
+    return (f"architecture weights, probability x candidates (1 = uniform), mean over {pref['choices']} choices: "
+            + ", ".join(f"{op} {r:.2f}" for op, r in ops)
+            + f"; largest {pref['max_ratio']:.2f}; {100 * pref['decided']:.0f}% of choices favour one op at >= 2x uniform")
+
+
 def first_argmax(scores: list[float]) -> int:
     """The index of the first maximum of a list (as torch.argmax picks it)."""
     return max(range(len(scores)), key=scores.__getitem__)

@@ -58,7 +58,7 @@ from ..engine.trainer import Hook
 from ..errors import CheckpointError, ConfigError, DataError, SegDistillError
 from ..models import build_model
 from . import SPACES
-from .genotype import derive, genotype_netspec, save_genotype
+from .genotype import derive, genotype_netspec, op_preference, preference_line, save_genotype
 from .objective import (
     band_update,
     check_budgets,
@@ -422,7 +422,9 @@ class SearchHook(Hook):
                       f"{rec['expected_ged']:.3f}"]
         else:
             lines.append("- no teacher: no structural term")
-        lines += ["", "## Derived network (`genotype.json`)", ""]
+        lines += ["", "## Architecture weights", "", preference_line(op_preference(self.supernet)) + ". Where they "
+                  "stay near uniform, the derived network is decided by the latency price, not by the search.",
+                  "", "## Derived network (`genotype.json`)", ""]
         if genotype["space"] == "lgcnet":
             from .space_lgcnet import report_rows
 
