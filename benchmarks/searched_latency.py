@@ -1,0 +1,134 @@
+"""How well the latency tables predict the networks a search returns (issue 10's goal: every derived network's
+measured latency within +-10% of its prediction). No training: latency depends on the architecture only.
+
+For every genotype given (default: every searched and random genotype archived by camvid_search.py in
+benchmarks/results/camvid_search), on each platform with a table in ``--lut-dir``:
+
+* ``predicted``: the table's prediction (block sum under the table's fitted correction), as the search saw it;
+* ``block sum``: the raw sum of the table's block entries;
+* ``model``: the searched model itself (``searched:genotype.json``, deploy form, batch 1) measured whole;
+* ``blocks``: the same blocks chained as the table measured them one by one (latency/network.py's ChainNet), whole.
+
+``model`` against ``blocks`` separates two error sources: the implementation (the model runs other code than the
+sum of its blocks) and the whole-network effect (blocks timed alone cost more, or less, than inside a network),
+which a correction fitted on the space's own networks (``segdistill latency fit --space chain``) absorbs.
+Measurements: one process, the table's thread count and allocator mode, every network prepared once, then
+``--repeats`` round-robin passes (median of >= ``--runs`` runs after warm-up each); the figure is the median over
+passes. Run it on a quiet machine.
+
+    python benchmarks/searched_latency.py --lut-dir benchmarks/latency/chain
+    python benchmarks/searched_latency.py --genotype runs/search/genotype.json --out searched_latency.json
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import statistics
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+ARCHIVE = REPO / "benchmarks" / "results" / "camvid_search"
+PLATFORMS = ("torch-cpu", "onnxruntime-cpu")
+
+
+def archived_genotypes(archive: Path) -> dict[str, Path]:
+    """row -> genotype.json of every search (``<row>/search/genotype.json``) and random row (``<row>/genotype.json``)."""
+    out = {p.parent.parent.name: p for p in sorted(archive.glob("*/search/genotype.json"))}
+    out.update({p.parent.name: p for p in sorted(archive.glob("*/genotype.json"))})
+    return dict(sorted(out.items()))
+
+
+def label(path: Path) -> str:
+    """A row name for a genotype path: ``<row>/search/genotype.json`` -> row, ``<row>/genotype.json`` -> row."""
+    if path.stem != "genotype":
+        return path.stem
+    return path.parent.parent.name if path.parent.name == "search" else path.parent.name
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--lut-dir", default=str(REPO / "benchmarks" / "latency" / "chain"), help="lut-<platform>.json")
+    p.add_argument("--genotype", action="append", help="a genotype JSON (repeatable; default: the archived ones)")
+    p.add_argument("--num-classes", type=int, default=11)
+    p.add_argument("--repeats", type=int, default=3, help="round-robin passes over the networks")
+    p.add_argument("--runs", type=int, default=50, help="timed runs per measurement (at least)")
+    p.add_argument("--out", help="write the rows as JSON here")
+    args = p.parse_args()
+
+
+    from segdistill.latency import standalone as core
+    from segdistill.latency.lut import LatencyTable
+    from segdistill.latency.network import ChainNet
+    from segdistill.latency.predictor import LatencyPredictor
+    from segdistill.models import build_model
+    from segdistill.models.output import deploy_copy
+    from segdistill.search.genotype import genotype_netspec, load_genotype
+
+    cmd = "python benchmarks/searched_latency.py " + shlex.join(sys.argv[1:])
+    genos = {label(Path(g)): Path(g) for g in args.genotype} if args.genotype else archived_genotypes(ARCHIVE)
+    if not genos:
+        raise SystemExit(f"no genotypes: none archived under {ARCHIVE}; give --genotype PATH")
+    rows = []
+    print(f"command: {cmd}\ngenotypes: {', '.join(f'{k} ({v})' for k, v in genos.items())}", flush=True)
+    for platform in PLATFORMS:
+        path = Path(args.lut_dir) / f"lut-{platform}.json"
+        if not path.is_file():
+            print(f"{platform}: no table {path}, skipped", flush=True)
+            continue
+        table = LatencyTable.load(path)
+        why = table.local_problem()
+        if why:
+            raise SystemExit(f"{path}: {why}; measure on the table's machine")
+        pred = LatencyPredictor(table, measure=False)
+        plat = core.get_platform(platform)
+        timing = {"warmup": 10, "min_runs": args.runs, "min_time": 0.5}
+        malloc = core.table_malloc_mode(table.data) or "steady"
+        with core.malloc_mode(malloc), core.torch_threads(table.threads):
+            runners, preds = {}, {}
+            for name, gpath in genos.items():
+                g = load_genotype(gpath)
+                spec = genotype_netspec(g, tuple(g["input"]), args.num_classes)
+                res = pred.predict(spec)
+                preds[name] = (float(res["predicted_ms"]), float(res["raw_ms"]))
+                x = core.example_inputs([spec.input_shape[1:]])
+                model = deploy_copy(build_model(f"searched:{gpath}", args.num_classes)).eval()
+                runners[name] = {"model": plat.prepare(model, x, table.threads),
+                                 "blocks": plat.prepare(ChainNet(spec).eval(), x, table.threads)}
+            times = {(n, v): [] for n in genos for v in ("model", "blocks")}
+            for r in range(args.repeats):
+                for name in genos:
+                    for v in ("model", "blocks"):
+                        times[(name, v)].append(core.measure_latency(runners[name][v].fn, sync=False, **timing)["median_ms"])
+                print(f"{platform}: pass {r + 1}/{args.repeats} done", flush=True)
+        for name in genos:
+            m, b = (statistics.median(times[(name, v)]) for v in ("model", "blocks"))
+            rows.append({"genotype": name, "path": str(genos[name]), "platform": platform, "threads": table.threads,
+                         "predicted_ms": preds[name][0], "block_sum_ms": preds[name][1], "model_ms": m, "blocks_ms": b,
+                         "model_passes": times[(name, "model")], "blocks_passes": times[(name, "blocks")],
+                         "error_pct": 100 * (preds[name][0] - m) / m, "table": str(path),
+                         "correction": (table.correction or {}).get("model", "none"),
+                         "correction_networks": (table.correction or {}).get("networks", "random networks")})
+    print(f"\nProtocol: batch 1 at each genotype's search input, eval, no grad; the table's threads and allocator; "
+          f"{args.repeats} round-robin passes of >= {args.runs} runs after 10 warm-up, median over passes; "
+          f"{time.strftime('%Y-%m-%d')}. Command: `{cmd}`\n")
+    print("| genotype | platform | predicted ms (correction) | block sum ms | model ms | blocks whole ms | "
+          "predicted / model |")
+    print("|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['genotype']} | {r['platform']} | {r['predicted_ms']:.2f} ({r['correction']}) | "
+              f"{r['block_sum_ms']:.2f} | {r['model_ms']:.2f} | {r['blocks_ms']:.2f} | "
+              f"{r['predicted_ms'] / r['model_ms']:.2f} ({r['error_pct']:+.0f}%) |")
+    within = [r for r in rows if abs(r["error_pct"]) <= 10]
+    print(f"\nwithin +-10%: {len(within)} of {len(rows)}")
+    if args.out:
+        Path(args.out).write_text(json.dumps({"command": cmd, "date": time.strftime("%Y-%m-%d"), "rows": rows},
+                                             indent=1))
+        print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
