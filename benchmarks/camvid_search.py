@@ -421,8 +421,9 @@ def rederive(name: str, row: dict, out_dir: Path, lut_dir: Path, opts) -> bool:
             print(f"== {name}: not re-derived, {sdir / 'last.pt'} is missing (its search must run again)", flush=True)
             return False
         new = sdir / f"genotype-{stamp}.json"
-        cmd = [sys.executable, "-m", "segdistill", "derive", str(sdir.resolve()), "--out", str(new.resolve()), "--json"]
-        p = subprocess.run(cmd, cwd=REPO, stdout=subprocess.PIPE, text=True)  # the run's lut paths are repo-relative
+        cmd = [sys.executable, "-m", "segdistill", "derive", str(sdir.resolve()), "--out", str(new.resolve()), "--json",
+               "--lut", f"{row['platform']}={lut_path(lut_dir, row['platform']).resolve()}"]
+        p = subprocess.run(cmd, cwd=REPO, stdout=subprocess.PIPE, text=True)
         if p.returncode != 0:
             raise SystemExit(f"{name}: segdistill derive failed (exit {p.returncode}); its output is above")
         info = json.loads(p.stdout.strip().splitlines()[-1])
@@ -433,7 +434,7 @@ def rederive(name: str, row: dict, out_dir: Path, lut_dir: Path, opts) -> bool:
             new.rename(sdir / "genotype.json")
             res = json.loads((sdir / "search.json").read_text())
             res.setdefault("rederivations", []).append(
-                {"date": stamp, "command": "segdistill derive " + str(sdir) + " (from the repository root)",
+                {"date": stamp, "command": shlex.join(["segdistill", *cmd[3:]]),
                  "why": "the latency tables changed since the search (camvid_search.py --rederive)",
                  "before": f"genotype-before-{stamp}.json", **{k: info.get(k) for k in
                                                                  ("rule", "mu", "logp", "predicted_ms", "argmax_ms")}})
