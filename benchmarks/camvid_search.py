@@ -17,9 +17,9 @@ teacher-output cache, with camvid_kd.py's teacher):
   middle budget: ``lgc_share`` (cell-sharing, no GGM), ``lgc_noggm`` (gamma 0), ``lgc_nofusion`` (the chain head);
 * ablation at the middle torch budget: ``abl_ce`` (no teacher in the search: CE only, lambda_kd 0, lambda_ged 0),
   ``abl_cekd`` (lambda_ged 0); the full objective is ``torch<mid>``;
-* ``random<i>`` (``--random-archs``, default 3): genotypes drawn uniformly from the same space (random logits,
-  derived like a search's), kept when the predicted torch-cpu latency is in the search's band (0.9-1.0 x the middle
-  budget), where the searched network lands;
+* ``random<i>`` (``--random-archs``, default 3): random architecture weights of the same space (standard normal
+  logits), derived by the search's own rule for the middle budget (the argmax priced by latency, in the search's band
+  0.9-1.0 x budget): a searched row differs from a random one only in where its weights came from;
 * Stanford Background (8 classes, folder layout, resized to 180x240 like CamVid): ``sb_teacher`` (the
   camvid_baselines teacher recipe, 1,200 iterations, seed 0; distillation there needs a teacher of 8 classes),
   ``sb_kd_<student>`` and ``sb_torch<mid>`` (searched on Stanford Background with its teacher, then retrained).
@@ -367,15 +367,18 @@ def run_search(name: str, row: dict, out_dir: Path, lut_dir: Path, opts) -> dict
 
 
 # ---------------------------------------------------------------------------- random architectures
-def sample_random(index: int, row: dict, out_dir: Path, lut_dir: Path, opts, tries: int = 20000) -> Path:
-    """Genotype ``index``: random logits (argmax = a uniform choice of every width, op and predecessor), derived as a
-    search's plain argmax, kept when its predicted latency is in RANDOM_BAND x the budget. Deterministic per index."""
+def sample_random(index: int, row: dict, out_dir: Path, lut_dir: Path, opts, tries: int = 100) -> Path:
+    """Genotype ``index``: random architecture weights (standard normal logits, so every plain-argmax choice is
+    uniform), derived by the search's own rule for the row's budget (``derive_within_budget``: the argmax priced by
+    latency, in RANDOM_BAND x the budget). A searched row and a random row then differ only in where the weights came
+    from: learned, or drawn. A draw the rule cannot bring into the band is skipped. Deterministic per index."""
     import torch
 
     from segdistill.config import load_config
     from segdistill.models import build_model
-    from segdistill.search.genotype import genotype_netspec, random_genotype, save_genotype
+    from segdistill.search.genotype import random_genotype, save_genotype
     from segdistill.search.hook import space_options
+    from segdistill.search.objective import derive_within_budget
 
     path = out_dir / f"random{index}" / "genotype.json"
     if path.exists() and not opts.force:
@@ -386,25 +389,26 @@ def sample_random(index: int, row: dict, out_dir: Path, lut_dir: Path, opts, tri
     pred = predictor(lut_dir, row["platform"], measure=True)
     n_before = len(pred.table)
     gen = torch.Generator().manual_seed(1000 + index)
-    lo, hi = RANDOM_BAND[0] * row["budget"], RANDOM_BAND[1] * row["budget"]
-    seen = []
+    p, budget = row["platform"], float(row["budget"])
     for t in range(tries):
-        g = random_genotype(net, gen)
-        ms = float(pred.predict(genotype_netspec(g, tuple(g["input"]), 11))["predicted_ms"])
-        seen.append(ms)
-        if lo <= ms <= hi:
-            g["sampled"] = {"index": index, "tries": t + 1, "predicted_ms": ms, "platform": row["platform"],
-                            "budget_ms": row["budget"], "band": list(RANDOM_BAND), "generator_seed": 1000 + index}
+        random_genotype(net, gen)  # sets the supernet's logits
+        g, info = derive_within_budget(net, {p: pred}, {p: budget}, RANDOM_BAND)
+        ms = info["predicted_ms"][p]
+        if RANDOM_BAND[0] * budget <= ms <= RANDOM_BAND[1] * budget:
+            g["sampled"] = {"index": index, "tries": t + 1, "predicted_ms": ms, "platform": p, "budget_ms": budget,
+                            "band": list(RANDOM_BAND), "generator_seed": 1000 + index, "rule": info["rule"],
+                            "mu": info["mu"], "argmax_ms": info["argmax_ms"][p],
+                            "method": "standard-normal architecture logits, derived by derive_within_budget"}
             path.parent.mkdir(parents=True, exist_ok=True)
             save_genotype(g, path)
             to_archive(opts, out_dir, path)
             if len(pred.table) > n_before:  # keys measured on demand (a space not in the table): keep them
                 pred.table.save()
-            print(f"== random{index}: accepted draw {t + 1} at {ms:.2f} ms predicted ({row['platform']}, budget "
-                  f"{row['budget']:g} ms x {list(RANDOM_BAND)})", flush=True)
+            print(f"== random{index}: draw {t + 1} derived at {ms:.2f} ms predicted ({p}, budget {budget:g} ms x "
+                  f"{list(RANDOM_BAND)}, rule {info['rule']}, mu {info['mu']:.3g})", flush=True)
             return path
-    raise SystemExit(f"random{index}: none of {tries} random genotypes predicted within {list(RANDOM_BAND)} x "
-                     f"{row['budget']:g} ms (range {min(seen):.2f}-{max(seen):.2f} ms); choose a budget in that range")
+    raise SystemExit(f"random{index}: none of {tries} random architecture weights derived within "
+                     f"{list(RANDOM_BAND)} x {budget:g} ms on {p}; is the budget inside the space's range?")
 
 
 # ---------------------------------------------------------------------------- tables changed: derive again
@@ -449,7 +453,11 @@ def rederive(name: str, row: dict, out_dir: Path, lut_dir: Path, opts) -> bool:
         if not path.exists():
             return False  # never drawn: the run draws it under the current tables
         path.rename(before)
-        sample_random(row["index"], row, out_dir, lut_dir, argparse.Namespace(**{**vars(opts), "force": True}))
+        try:
+            sample_random(row["index"], row, out_dir, lut_dir, argparse.Namespace(**{**vars(opts), "force": True}))
+        except BaseException:
+            before.rename(path)  # nothing is lost: the row keeps its genotype and results
+            raise
         changed = json.loads(path.read_text())["stages"] != json.loads(before.read_text())["stages"]
         if changed:
             to_archive(opts, out_dir, before)
