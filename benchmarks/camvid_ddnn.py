@@ -6,6 +6,7 @@ iteration budget):
 
 * ``ekd``: the DDNN with EKD (sandwich rule: smallest + 1 random sub-net; CE + T^2 KL + self-attention term);
 * ``sandwich``: the same DDNN and sub-net schedule, task loss only (``ekd.kl_weight=0 ekd.att_weight=0``);
+* ``ekd_kl`` / ``ekd_att``: EKD with one of its two terms (the other's weight 0), to tell which term does what;
 * ``alone_<depth>``: a network with that one depth only (``model.arch.depths={<depth>: [...]}``, no EKD): a plain
   DeepLabV3 on a ResNet of that depth (r18 = ResNet-18's blocks, r34 = ResNet-34's).
 
@@ -57,6 +58,8 @@ def _depths(d: dict) -> str:
 ROWS = {
     "ekd": ("DDNN + EKD (sandwich: smallest + 1 random; CE + KL + attention)", []),
     "sandwich": ("DDNN, sandwich rule, task loss only (no EKD)", ["ekd.kl_weight=0", "ekd.att_weight=0"]),
+    "ekd_kl": ("DDNN + EKD's KL term only (attention weight 0): which EKD term does what", ["ekd.att_weight=0"]),
+    "ekd_att": ("DDNN + EKD's attention term only (KL weight 0)", ["ekd.kl_weight=0"]),
     **{f"alone_{k}": (f"{k} {v} trained alone (plain network, no EKD)", ["ekd.enabled=false", _depths({k: v})])
        for k, v in DEPTHS.items()},
 }
@@ -247,6 +250,10 @@ def goals(by_row: dict) -> list[str]:
         s_ = mious("sandwich", d)
         if s_:
             out[-1] += f"; sandwich without EKD {statistics.mean(s_):.2f} ({statistics.mean(e) - statistics.mean(s_):+.2f} for EKD)"
+        for row, what in (("ekd_kl", "KL term only"), ("ekd_att", "attention term only")):
+            m = mious(row, d)
+            if m:
+                out[-1] += f"; {what} {statistics.mean(m):.2f} (spread {max(m) - min(m):.2f})"
     walls = {row: statistics.mean(r["train_wall_s"] for r in rs) for row, rs in by_row.items()}
     alone = [walls[f"alone_{d}"] for d in DEPTHS if f"alone_{d}" in walls]
     if "ekd" in walls and len(alone) == len(DEPTHS):
