@@ -12,6 +12,8 @@ benchmarks/results/camvid_search), on each platform with a table in ``--lut-dir`
 ``model`` against ``blocks`` separates two error sources: the implementation (the model runs other code than the
 sum of its blocks) and the whole-network effect (blocks timed alone cost more, or less, than inside a network),
 which a correction fitted on the space's own networks (``segdistill latency fit --space chain``) absorbs.
+``--recheck`` measures each of those networks' blocks again, alone as the table did, against its table entry: a
+table built on another day (or another VM of the same CPU name) may no longer describe this machine.
 Measurements: one process, the table's thread count and allocator mode, every network prepared once, then
 ``--repeats`` round-robin passes (median of >= ``--runs`` runs after warm-up each); the figure is the median over
 passes. Run it on a quiet machine.
@@ -53,9 +55,13 @@ def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--lut-dir", default=str(REPO / "benchmarks" / "latency" / "chain"), help="lut-<platform>.json")
     p.add_argument("--genotype", action="append", help="a genotype JSON (repeatable; default: the archived ones)")
+    p.add_argument("--platform", action="append", choices=PLATFORMS, help="only these platforms (default: both)")
     p.add_argument("--num-classes", type=int, default=11)
     p.add_argument("--repeats", type=int, default=3, help="round-robin passes over the networks")
     p.add_argument("--runs", type=int, default=50, help="timed runs per measurement (at least)")
+    p.add_argument("--recheck", action="store_true",
+                   help="also measure every block of these networks again, alone as the table did, and compare with "
+                        "the table's entry: does the table still describe this machine?")
     p.add_argument("--out", help="write the rows as JSON here")
     args = p.parse_args()
 
@@ -72,9 +78,9 @@ def main():
     genos = {label(Path(g)): Path(g) for g in args.genotype} if args.genotype else archived_genotypes(ARCHIVE)
     if not genos:
         raise SystemExit(f"no genotypes: none archived under {ARCHIVE}; give --genotype PATH")
-    rows = []
+    rows, rechecks = [], []
     print(f"command: {cmd}\ngenotypes: {', '.join(f'{k} ({v})' for k, v in genos.items())}", flush=True)
-    for platform in PLATFORMS:
+    for platform in args.platform or PLATFORMS:
         path = Path(args.lut_dir) / f"lut-{platform}.json"
         if not path.is_file():
             print(f"{platform}: no table {path}, skipped", flush=True)
@@ -104,6 +110,17 @@ def main():
                     for v in ("model", "blocks"):
                         times[(name, v)].append(core.measure_latency(runners[name][v].fn, sync=False, **timing)["median_ms"])
                 print(f"{platform}: pass {r + 1}/{args.repeats} done", flush=True)
+            if args.recheck:
+                keys = sorted({k for n in genos for k in genotype_netspec(load_genotype(genos[n]), tuple(
+                    load_genotype(genos[n])["input"]), args.num_classes).keys()})
+                ratios = [core.measure_key(k, platform, table.threads, **table.data["timing"])["median_ms"]
+                          / table.latency(k) for k in keys]
+                q = statistics.quantiles(ratios, n=10)
+                rechecks.append({"platform": platform, "blocks": len(keys), "median": statistics.median(ratios),
+                                 "p10": q[0], "p90": q[-1], "table_date": table.data.get("date")})
+                print(f"{platform}: {len(keys)} blocks measured again / table entry (dated "
+                      f"{table.data.get('date', '?')[:10]}): median {statistics.median(ratios):.2f}, 10-90% "
+                      f"{q[0]:.2f}-{q[-1]:.2f}", flush=True)
         for name in genos:
             m, b = (statistics.median(times[(name, v)]) for v in ("model", "blocks"))
             rows.append({"genotype": name, "path": str(genos[name]), "platform": platform, "threads": table.threads,
@@ -124,9 +141,12 @@ def main():
               f"{r['predicted_ms'] / r['model_ms']:.2f} ({r['error_pct']:+.0f}%) |")
     within = [r for r in rows if abs(r["error_pct"]) <= 10]
     print(f"\nwithin +-10%: {len(within)} of {len(rows)}")
+    for r in rechecks:
+        print(f"{r['platform']}: blocks measured again / table: median {r['median']:.2f} (10-90% {r['p10']:.2f}-"
+              f"{r['p90']:.2f}) over {r['blocks']} blocks")
     if args.out:
-        Path(args.out).write_text(json.dumps({"command": cmd, "date": time.strftime("%Y-%m-%d"), "rows": rows},
-                                             indent=1))
+        Path(args.out).write_text(json.dumps({"command": cmd, "date": time.strftime("%Y-%m-%d"), "rows": rows,
+                                              "rechecks": rechecks}, indent=1))
         print(f"wrote {args.out}")
 
 
