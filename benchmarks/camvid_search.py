@@ -466,7 +466,9 @@ def rederive(name: str, row: dict, out_dir: Path, lut_dir: Path, opts) -> bool:
     if changed:
         for d in sorted((out_dir / name).glob("seed[0-9]*")):
             if d.is_dir() and "-before-" not in d.name:
-                d.rename(d.with_name(f"{d.name}-before-{stamp}"))
+                aside = d.with_name(f"{d.name}-before-{stamp}")
+                d.rename(aside)
+                to_archive(opts, out_dir, aside / "result.json")  # kept as history, never read as a row
                 if opts.archive:
                     (Path(opts.archive) / name / d.name / "result.json").unlink(missing_ok=True)
     print(f"== {name}: genotype {'changed: its retrains are set aside and run again' if changed else 'unchanged'} "
@@ -524,6 +526,12 @@ def run(name: str, row: dict, seed: int, out_dir: Path, lut_dir: Path, opts) -> 
     return result
 
 
+def result_paths(out_dir: Path) -> list[Path]:
+    """Every row's current results (``<row>/seed<k>/result.json``); runs set aside by ``--rederive``
+    (``seed<k>-before-<stamp>``) are history, not rows."""
+    return [p for p in out_dir.glob("*/seed*/result.json") if "-before-" not in p.parent.name]
+
+
 def add_latency(out_dir: Path, threads: int, force: bool = False, opts=None):
     """Measured latency of every finished row (both CPU platforms, segdistill's profile routine), in this process:
     run it with nothing else on the machine."""
@@ -531,7 +539,7 @@ def add_latency(out_dir: Path, threads: int, force: bool = False, opts=None):
     from segdistill.tools.profile import profile_model
 
     measured = set()
-    for path in sorted(out_dir.glob("*/seed*/result.json"), key=lambda q: (q.parent.parent.name, q.parent.name)):
+    for path in sorted(result_paths(out_dir), key=lambda q: (q.parent.parent.name, q.parent.name)):
         res = json.loads(path.read_text())
         if res["row"] in measured or ("latency" in res and not force):  # the architecture sets it: one seed per row
             measured.add(res["row"])
@@ -561,7 +569,7 @@ def _ms(v) -> str:
 
 
 def report(out_dir: Path, rows: dict[str, dict], seeds: list[int]) -> str:
-    results = [json.loads(p.read_text()) for p in sorted(out_dir.glob("*/seed*/result.json"))]
+    results = [json.loads(p.read_text()) for p in sorted(result_paths(out_dir))]
     by_row: dict[str, list] = {}
     for r in results:
         by_row.setdefault(r["row"], []).append(r)
