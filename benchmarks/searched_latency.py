@@ -35,6 +35,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 ARCHIVE = REPO / "benchmarks" / "results" / "camvid_search"
 PLATFORMS = ("torch-cpu", "onnxruntime-cpu")
+LAT_SHAPE = (3, 180, 240)  # the checkpoints' (camvid-cpu's) latency input
 
 
 def archived_genotypes(archive: Path) -> dict[str, Path]:
@@ -62,10 +63,14 @@ def main():
     p.add_argument("--recheck", action="store_true",
                    help="also measure every block of these networks again, alone as the table did, and compare with "
                         "the table's entry: does the table still describe this machine?")
+    p.add_argument("--checkpoint", action="append", default=[], metavar="NAME=PATH",
+                   help="also measure this trained model (e.g. a hand-designed student's best.pt) in the same passes, "
+                        "so that rows are compared in the same machine state (no prediction: not a genotype)")
     p.add_argument("--out", help="write the rows as JSON here")
     args = p.parse_args()
 
 
+    from segdistill.engine.checkpoint import build_from_checkpoint
     from segdistill.latency import standalone as core
     from segdistill.latency.lut import LatencyTable
     from segdistill.latency.network import ChainNet
@@ -104,10 +109,15 @@ def main():
                 model = deploy_copy(build_model(f"searched:{gpath}", args.num_classes)).eval()
                 runners[name] = {"model": plat.prepare(model, x, table.threads),
                                  "blocks": plat.prepare(ChainNet(spec).eval(), x, table.threads)}
-            times = {(n, v): [] for n in genos for v in ("model", "blocks")}
+            for item in args.checkpoint:
+                name, _, ckpt = item.partition("=")
+                model, _ = build_from_checkpoint(ckpt)
+                runners[name] = {"model": plat.prepare(deploy_copy(model).eval(), core.example_inputs([LAT_SHAPE]),
+                                                       table.threads)}
+            times = {(n, v): [] for n in runners for v in runners[n]}
             for r in range(args.repeats):
-                for name in genos:
-                    for v in ("model", "blocks"):
+                for name in runners:
+                    for v in runners[name]:
                         times[(name, v)].append(core.measure_latency(runners[name][v].fn, sync=False, **timing)["median_ms"])
                 print(f"{platform}: pass {r + 1}/{args.repeats} done", flush=True)
             if args.recheck:
@@ -121,26 +131,42 @@ def main():
                 print(f"{platform}: {len(keys)} blocks measured again / table entry (dated "
                       f"{table.data.get('date', '?')[:10]}): median {statistics.median(ratios):.2f}, 10-90% "
                       f"{q[0]:.2f}-{q[-1]:.2f}", flush=True)
+        for item in args.checkpoint:
+            name = item.partition("=")[0]
+            t = times[(name, "model")]
+            rows.append({"genotype": name, "path": item.partition("=")[2], "platform": platform,
+                         "threads": table.threads, "model_ms": statistics.median(t), "model_passes": t,
+                         "fastest_ms": min(t), "slowest_ms": max(t)})
         for name in genos:
             m, b = (statistics.median(times[(name, v)]) for v in ("model", "blocks"))
             rows.append({"genotype": name, "path": str(genos[name]), "platform": platform, "threads": table.threads,
                          "predicted_ms": preds[name][0], "block_sum_ms": preds[name][1], "model_ms": m, "blocks_ms": b,
                          "model_passes": times[(name, "model")], "blocks_passes": times[(name, "blocks")],
                          "error_pct": 100 * (preds[name][0] - m) / m, "table": str(path),
+                         "fastest_ms": min(times[(name, "model")]), "slowest_ms": max(times[(name, "model")]),
+                         "error_fastest_pct": 100 * (preds[name][0] - min(times[(name, "model")])) / min(
+                             times[(name, "model")]),
                          "correction": (table.correction or {}).get("model", "none"),
                          "correction_networks": (table.correction or {}).get("networks", "random networks")})
     print(f"\nProtocol: batch 1 at each genotype's search input, eval, no grad; the table's threads and allocator; "
           f"{args.repeats} round-robin passes of >= {args.runs} runs after 10 warm-up, median over passes; "
           f"{time.strftime('%Y-%m-%d')}. Command: `{cmd}`\n")
-    print("| genotype | platform | predicted ms (correction) | block sum ms | model ms | blocks whole ms | "
-          "predicted / model |")
-    print("|---|---|---|---|---|---|---|")
+    print("| network | platform | predicted ms (correction) | block sum ms | model ms, median (fastest-slowest pass) | "
+          "blocks whole ms | predicted / median | predicted / fastest |")
+    print("|---|---|---|---|---|---|---|---|")
     for r in rows:
+        span = f"{r['model_ms']:.2f} ({r['fastest_ms']:.2f}-{r['slowest_ms']:.2f})"
+        if "predicted_ms" not in r:
+            print(f"| {r['genotype']} | {r['platform']} | - | - | {span} | - | - | - |")
+            continue
         print(f"| {r['genotype']} | {r['platform']} | {r['predicted_ms']:.2f} ({r['correction']}) | "
-              f"{r['block_sum_ms']:.2f} | {r['model_ms']:.2f} | {r['blocks_ms']:.2f} | "
-              f"{r['predicted_ms'] / r['model_ms']:.2f} ({r['error_pct']:+.0f}%) |")
-    within = [r for r in rows if abs(r["error_pct"]) <= 10]
-    print(f"\nwithin +-10%: {len(within)} of {len(rows)}")
+              f"{r['block_sum_ms']:.2f} | {span} | {r['blocks_ms']:.2f} | "
+              f"{r['predicted_ms'] / r['model_ms']:.2f} ({r['error_pct']:+.0f}%) | "
+              f"{r['predicted_ms'] / r['fastest_ms']:.2f} ({r['error_fastest_pct']:+.0f}%) |")
+    pred_rows = [r for r in rows if "predicted_ms" in r]
+    for key, what in (("error_pct", "median pass"), ("error_fastest_pct", "fastest pass")):
+        within = [r for r in pred_rows if abs(r[key]) <= 10]
+        print(f"within +-10% of the {what}: {len(within)} of {len(pred_rows)}")
     for r in rechecks:
         print(f"{r['platform']}: blocks measured again / table: median {r['median']:.2f} (10-90% {r['p10']:.2f}-"
               f"{r['p90']:.2f}) over {r['blocks']} blocks")
