@@ -99,10 +99,10 @@ def main():
         timing = {"warmup": 10, "min_runs": args.runs, "min_time": 0.5}
         malloc = core.table_malloc_mode(table.data) or "steady"
         with core.malloc_mode(malloc), core.torch_threads(table.threads):
-            runners, preds = {}, {}
+            runners, preds, specs = {}, {}, {}
             for name, gpath in genos.items():
                 g = load_genotype(gpath)
-                spec = genotype_netspec(g, tuple(g["input"]), args.num_classes)
+                spec = specs[name] = genotype_netspec(g, tuple(g["input"]), args.num_classes)
                 res = pred.predict(spec)
                 preds[name] = (float(res["predicted_ms"]), float(res["raw_ms"]))
                 x = core.example_inputs([spec.input_shape[1:]])
@@ -121,8 +121,7 @@ def main():
                         times[(name, v)].append(core.measure_latency(runners[name][v].fn, sync=False, **timing)["median_ms"])
                 print(f"{platform}: pass {r + 1}/{args.repeats} done", flush=True)
             if args.recheck:
-                keys = sorted({k for n in genos for k in genotype_netspec(load_genotype(genos[n]), tuple(
-                    load_genotype(genos[n])["input"]), args.num_classes).keys()})
+                keys = sorted({k for spec in specs.values() for k in spec.keys()})
                 ratios = [core.measure_key(k, platform, table.threads, **table.data["timing"])["median_ms"]
                           / table.latency(k) for k in keys]
                 q = statistics.quantiles(ratios, n=10)
