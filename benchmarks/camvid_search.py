@@ -25,9 +25,11 @@ teacher-output cache, with camvid_kd.py's teacher):
   ``sb_kd_<student>`` and ``sb_torch<mid>`` (searched on Stanford Background with its teacher, then retrained).
 
 Every retrained row: val mIoU per seed, params and MACs at 1x3x180x240, predicted latency per platform whose table
-exists (searched and random rows), budget; ``--latency`` adds measured torch-cpu and onnxruntime-cpu latency
-(segdistill's ``profile_model``, batch 1, median of >= 50 runs, ``--threads``) to every finished row, in one process:
-run it with nothing else on the machine. Searched rows add the search's wall time and peak RSS (the search runs in a
+exists (searched and random rows), budget; ``--latency`` measures torch-cpu and onnxruntime-cpu latency of every
+finished row in one process and one window: ``--latency-repeats`` round-robin passes over all rows (each pass times
+every row once, median of >= 50 runs after warm-up; a row's figure is the median over passes), batch 1, ``--threads``.
+This machine's speed flips between two states about 25% apart (RESULTS.md), so rows measured at different times do not
+compare; rows measured in the same passes do. Run it with nothing else on the machine. Searched rows add the search's wall time and peak RSS (the search runs in a
 child process of its own).
 
     python benchmarks/camvid_search.py --rows all --seeds 0,1          # every row (resumable; see RESULTS.md)
@@ -532,35 +534,52 @@ def result_paths(out_dir: Path) -> list[Path]:
     return [p for p in out_dir.glob("*/seed*/result.json") if "-before-" not in p.parent.name]
 
 
-def add_latency(out_dir: Path, threads: int, force: bool = False, opts=None):
-    """Measured latency of every finished row (both CPU platforms, segdistill's profile routine), in this process:
-    run it with nothing else on the machine."""
+def add_latency(out_dir: Path, threads: int, repeats: int = 5, opts=None):
+    """Measured latency of every finished row on both CPU platforms, all rows in the same ``repeats`` round-robin
+    passes (``standalone.measure_interleaved``: each pass times every row once, median of >= 50 runs after 10 warm-up;
+    a row's figure is the median over passes), so that a machine whose speed drifts or flips between states shifts
+    every row alike and rows compare within one window. One seed per row (the architecture sets latency); the
+    deployed model (network + upsampling to the input), batch 1, eval, no grad, ``threads`` threads, the steady
+    allocator as ``segdistill profile``. Run it with nothing else on the machine."""
     from segdistill.engine.checkpoint import build_from_checkpoint
-    from segdistill.tools.profile import profile_model
+    from segdistill.latency import standalone as core
+    from segdistill.models.output import deploy_copy
 
-    measured = set()
+    first: dict[str, Path] = {}
     for path in sorted(result_paths(out_dir), key=lambda q: (q.parent.parent.name, q.parent.name)):
+        row = json.loads(path.read_text())["row"]
+        if row in first:
+            continue
+        if (path.parent / "best.pt").exists():
+            first[row] = path
+        else:
+            print(f"latency {row}: not measured again, {path.parent / 'best.pt'} is gone (a result restored from "
+                  "--archive); retrain the row (--force) to measure it in this window", flush=True)
+    if not first:
+        return
+    models = {row: deploy_copy(build_from_checkpoint(path.parent / "best.pt")[0]).eval() for row, path in first.items()}
+    x = core.example_inputs([LAT_SHAPE])
+    measured: dict[str, dict] = {row: {} for row in first}
+    with core.malloc_mode(None) as malloc, core.torch_threads(threads):
+        for platform in PLATFORMS:
+            plat = core.get_platform(platform)
+            fns = {row: plat.prepare(m, x, threads).fn for row, m in models.items()}
+            res = core.measure_interleaved(fns, repeats, warmup=10, min_runs=50, min_time=0.5,
+                                           progress=lambda r: print(f"latency {platform}: pass {r + 1}/{repeats} of "
+                                                                    f"{len(fns)} rows done", flush=True))
+            for row, v in res.items():
+                measured[row][platform] = v
+    meta = {"threads": threads, "input": list(LAT_SHAPE), "min_runs": 50, "warmup": 10, "repeats": repeats,
+            "malloc": malloc, "rows_in_window": sorted(first), "machine": core.machine_info()["cpu"],
+            "date": core.now_iso(), "command": "python benchmarks/camvid_search.py " + shlex.join(sys.argv[1:])}
+    for row, path in first.items():
         res = json.loads(path.read_text())
-        if res["row"] in measured or ("latency" in res and not force):  # the architecture sets it: one seed per row
-            measured.add(res["row"])
-            continue
-        measured.add(res["row"])
-        if not (path.parent / "best.pt").exists():
-            print(f"latency {res['row']} seed {res['seed']}: not measured, {path.parent / 'best.pt'} is gone (a result "
-                  "restored from --archive); retrain the row (--force) to measure it", flush=True)
-            continue
-        model, _ = build_from_checkpoint(path.parent / "best.pt")
-        prof = profile_model(model, LAT_SHAPE, platforms=PLATFORMS, runs=50, warmup=10, threads=threads)
-        res["latency"] = {p: {k: v.get(k) for k in ("median_ms", "p90_ms", "error", "skipped") if k in v}
-                          for p, v in prof["latency"].items()}
-        res["latency_meta"] = {"threads": prof["threads"], "input": list(LAT_SHAPE), "min_runs": 50, "warmup": 10,
-                               "machine": prof["machine"], "date": prof["date"],
-                               "command": "python benchmarks/camvid_search.py " + shlex.join(sys.argv[1:])}
+        res["latency"], res["latency_meta"] = measured[row], meta
         path.write_text(json.dumps(res, indent=2, default=float))
         if opts is not None:
             to_archive(opts, out_dir, path)
-        print(f"latency {res['row']} seed {res['seed']}: " + ", ".join(
-            f"{p} {v.get('median_ms', float('nan')):.2f} ms" for p, v in res["latency"].items()), flush=True)
+        print(f"latency {row}: " + ", ".join(f"{p} {v['median_ms']:.2f} ms ({v['fastest_ms']:.2f}-{v['slowest_ms']:.2f})"
+                                             for p, v in measured[row].items()), flush=True)
 
 
 # ---------------------------------------------------------------------------- report
@@ -577,14 +596,20 @@ def report(out_dir: Path, rows: dict[str, dict], seeds: list[int]) -> str:
     partial = [n for n in rows if n in by_row and n not in done]
     missing = [n for n in rows if n not in by_row]
     r0 = results[0] if results else {}
-    lat_meta = next((r["latency_meta"] for r in results if "latency_meta" in r), None)
+    metas = [r["latency_meta"] for r in results if "latency_meta" in r]
+    lat_meta = max(metas, key=lambda m: m["date"]) if metas else None  # the latest window
+    stale = {n for n in {r["row"] for r in results} if max((r["latency_meta"]["date"] for r in results if r["row"] == n
+                                                         and "latency_meta" in r), default=None) not in (None, lat_meta["date"])}
     lines = [f"Protocol: {PROTOCOL}. Retrain budget (every distilled row, the same): "
              f"{' '.join(r0.get('budget_overrides', []) or RETRAIN)} at batch 8; distillation: camvid_kd.py's "
              f"`{r0.get('recipe', 'best')}` row ({kd.ROWS[r0.get('recipe', 'best')][0]}). Search budget: "
              f"{' '.join(SEARCH)} (configs/search-camvid-cpu.yaml: 120x160 crops, latency keys at the search input)."
              + (f" Measured latency: {lat_meta['threads']} threads, batch 1, {'x'.join(map(str, lat_meta['input']))}, "
-                f"median of >= {lat_meta['min_runs']} runs after {lat_meta['warmup']} warm-up, one seed per row, "
-                f"`--latency`, {lat_meta['date'][:10]}." if lat_meta else " Measured latency: not measured yet (`--latency`)."),
+                f"median of >= {lat_meta['min_runs']} runs after {lat_meta['warmup']} warm-up"
+                + (f", every row in the same {lat_meta['repeats']} round-robin passes (median over passes)"
+                   if lat_meta.get('repeats') else "") + f", one seed per row, `--latency`, {lat_meta['date'][:10]}."
+                + (f" Rows marked * were measured in an earlier window ({', '.join(sorted(stale))}): compare them "
+                   "with care." if stale else "") if lat_meta else " Measured latency: not measured yet (`--latency`)."),
              "", f"Rows done ({len(done)}): {', '.join(done) or 'none'}",
              f"Rows partly done ({len(partial)}): {', '.join(partial) or 'none'}",
              f"Rows not done ({len(missing)}): {', '.join(missing) or 'none'}", ""]
@@ -609,14 +634,16 @@ def report(out_dir: Path, rows: dict[str, dict], seeds: list[int]) -> str:
                 lines.append(f"| {n} | {row['desc']} | not done |  |  |  |  |  |  |  |  |  |")
                 continue
             m = [100 * r["miou"] for r in rs]
-            lat = next((r["latency"] for r in rs if "latency" in r), {})
+            timed = sorted((r for r in rs if "latency" in r), key=lambda r: r["latency_meta"]["date"])
+            lat = timed[-1]["latency"] if timed else {}  # the latest window this row was measured in
             x = rs[0]
             s = x.get("search") or {}
             predicted = {k.split("/", 1)[1]: v for k, v in s.get("final", {}).items() if k.startswith("predicted_ms/")}
             predicted.update(x.get("predicted_ms", {}))  # the search's own figure where the lut-dir table lacks keys
             pred = ", ".join(f"{v:.1f} ({SHORT[p]})" for p, v in predicted.items())
             lines.append(
-                f"| {n} | {row['desc']} | {','.join(str(r['seed']) for r in rs)} | {statistics.mean(m):.2f} "
+                f"| {n}{' *' if timed and timed[-1]['latency_meta']['date'] != lat_meta['date'] else ''} | {row['desc']} | "
+                f"{','.join(str(r['seed']) for r in rs)} | {statistics.mean(m):.2f} "
                 f"({', '.join(f'{v:.2f}' for v in m)}) | {x['params'] / 1e6:.2f} | {x['macs'] / 1e9:.3f} | "
                 f"{_ms(lat.get('torch-cpu', {}).get('median_ms'))} | {_ms(lat.get('onnxruntime-cpu', {}).get('median_ms'))} | "
                 f"{pred or '-'} | {_ms(row.get('budget'))}{' (' + SHORT[row['platform']] + ')' if row.get('platform') else ''} | "
@@ -690,7 +717,9 @@ def main():
     p.add_argument("--rederive", action="store_true",
                    help="the tables changed: derive each selected search row again from its supernet (random rows: "
                         "draw again); a row whose network changed retrains (the old run is set aside)")
-    p.add_argument("--latency", action="store_true", help="measure latency of every finished row (quiet machine)")
+    p.add_argument("--latency", action="store_true", help="measure latency of every finished row, all in the same "
+                                                           "round-robin passes (quiet machine)")
+    p.add_argument("--latency-repeats", type=int, default=5, help="round-robin passes of --latency")
     p.add_argument("--report", action="store_true", help="Markdown table (OUT_DIR/report.md) and OUT_DIR/pareto.png")
     p.add_argument("--archive", help="folder that keeps a copy of every small result file (search.json, genotype.json, "
                                      "search_log.jsonl, report.md, result.json; no checkpoints) and restores what "
@@ -743,7 +772,7 @@ def main():
         for seed in map(int, args.seeds.split(",")):
             run(n, rows[n], seed, out_dir, lut_dir, args)
     if args.latency:
-        add_latency(out_dir, args.threads, args.force, args)
+        add_latency(out_dir, args.threads, args.latency_repeats, args)
     if args.report:
         print(report(out_dir, rows, [int(s) for s in args.seeds.split(",")]))
 

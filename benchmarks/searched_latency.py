@@ -114,12 +114,10 @@ def main():
                 model, _ = build_from_checkpoint(ckpt)
                 runners[name] = {"model": plat.prepare(deploy_copy(model).eval(), core.example_inputs([LAT_SHAPE]),
                                                        table.threads)}
-            times = {(n, v): [] for n in runners for v in runners[n]}
-            for r in range(args.repeats):
-                for name in runners:
-                    for v in runners[name]:
-                        times[(name, v)].append(core.measure_latency(runners[name][v].fn, sync=False, **timing)["median_ms"])
-                print(f"{platform}: pass {r + 1}/{args.repeats} done", flush=True)
+            fns = {(n, v): runners[n][v].fn for n in runners for v in runners[n]}
+            res = core.measure_interleaved(fns, args.repeats, **timing, progress=lambda r: print(
+                f"{platform}: pass {r + 1}/{args.repeats} done", flush=True))
+            times = {k: v["passes_ms"] for k, v in res.items()}
             if args.recheck:
                 keys = sorted({k for spec in specs.values() for k in spec.keys()})
                 ratios = [core.measure_key(k, platform, table.threads, **table.data["timing"])["median_ms"]

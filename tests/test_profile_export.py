@@ -1,4 +1,5 @@
 import json
+import time
 
 import numpy as np
 import pytest
@@ -62,6 +63,33 @@ def test_measure_latency():
     assert lat["runs"] >= 50
     assert 0 < lat["median_ms"] <= lat["p90_ms"]
     assert lat["threads"] == torch.get_num_threads()
+
+
+def test_measure_interleaved_round_robin():
+    """Every pass times every callable once, in turn; a callable's figure is the median of its pass medians."""
+    from segdistill.latency.standalone import measure_interleaved
+
+    calls, sleep = [], {"a": 0.0, "b": 0.002}
+
+    def timed(name):
+        def fn():
+            calls.append(name)
+            time.sleep(sleep[name])
+        return fn
+
+    passes = []
+    res = measure_interleaved({"a": timed("a"), "b": timed("b")}, repeats=3, warmup=1, min_runs=2, min_time=0.0,
+                              progress=passes.append)
+    assert passes == [0, 1, 2]
+    blocks = [c for i, c in enumerate(calls) if i == 0 or calls[i - 1] != c]  # a, b, a, b, a, b: interleaved
+    assert blocks == ["a", "b"] * 3
+    for name, r in res.items():
+        assert len(r["passes_ms"]) == 3 and r["runs"] == 6
+        assert r["fastest_ms"] <= r["median_ms"] <= r["slowest_ms"]
+        assert r["median_ms"] == sorted(r["passes_ms"])[1]
+    assert res["b"]["median_ms"] > 1.5 and res["a"]["median_ms"] < res["b"]["median_ms"]
+    with pytest.raises(ValueError, match="repeats"):
+        measure_interleaved({"a": timed("a")}, repeats=0)
 
 
 def test_profile_model_on_cpu():

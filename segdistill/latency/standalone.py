@@ -45,7 +45,7 @@ import time
 import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Sequence
+from typing import Callable, Hashable, Iterable, Sequence
 
 import torch
 import torch.nn as nn
@@ -422,6 +422,28 @@ def measure_latency(fn: Callable[[], object], warmup: int = 10, min_runs: int = 
     return {"median_ms": statistics.median(times), "p90_ms": _percentile(ordered, 90),
             "mean_ms": statistics.fmean(times), "min_ms": ordered[0], "runs": len(times),
             "threads": torch.get_num_threads()}
+
+
+def measure_interleaved(fns: dict[Hashable, Callable[[], object]], repeats: int = 5, progress: Callable | None = None,
+                        **timing) -> dict[Hashable, dict]:
+    """Time several callables in ``repeats`` round-robin passes (each pass measures every one of them once with
+    :func:`measure_latency` and ``timing``), so that all of them see the same machine states: a CPU whose speed
+    drifts, or flips between states, shifts every network alike instead of whichever ran then. Per name: the
+    median over passes of the pass medians (``median_ms``), ``fastest_ms`` and ``slowest_ms`` (the spread of the
+    machine), every pass (``passes_ms``) and the pooled ``runs``. ``progress(pass_index)`` is called after each pass."""
+    if repeats < 1:
+        raise ValueError(f"repeats must be >= 1, got {repeats}")
+    passes: dict[str, list[float]] = {n: [] for n in fns}
+    runs = dict.fromkeys(fns, 0)
+    for r in range(repeats):
+        for name, fn in fns.items():
+            res = measure_latency(fn, **{"sync": False, **timing})
+            passes[name].append(res["median_ms"])
+            runs[name] += res["runs"]
+        if progress is not None:
+            progress(r)
+    return {n: {"median_ms": statistics.median(t), "fastest_ms": min(t), "slowest_ms": max(t), "passes_ms": t,
+                "repeats": repeats, "runs": runs[n], "threads": torch.get_num_threads()} for n, t in passes.items()}
 
 
 def _percentile(ordered: list[float], q: float) -> float:
