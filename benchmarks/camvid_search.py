@@ -75,6 +75,7 @@ DATASETS = {  # name -> (description, data overrides)
     "sb": ("Stanford Background (8 classes, folder layout, train 500 -> val 100, resized to 240x180)",
            ["data.name=folder", f"data.root={SHARED / 'stanford-background'}"]),
 }
+NUM_CLASSES = {"camvid": 11, "sb": 8}  # the head's latency blocks depend on it
 PROTOCOL = ("camvid-cpu (../shared/docs/benchmark-protocol.md): train->val, images resized to 240x180, void/unknown "
             "ignored; whole-image val mIoU of best.pt; latency batch 1, eval, no grad, 1x3x180x240, median of >= 50 "
             "runs after warm-up")
@@ -157,9 +158,11 @@ def lut_path(lut_dir: Path, platform: str) -> Path:
 SUPERNET_ONLY = ("share_cells", "ggm_gamma")  # search.* options of a supernet, not of its blocks
 
 
-def ensure_lut(lut_dir: Path, platform: str, threads: int, space: dict, timing: list[str], name: str = "chain") -> Path:
+def ensure_lut(lut_dir: Path, platform: str, threads: int, space: dict, timing: list[str], name: str = "chain",
+               num_classes: int = 11) -> Path:
     """The table of ``platform`` in ``lut_dir`` covering the search's space ``name`` (``space``: its options, ``input``
-    included): blocks it lacks are measured first (run this on a quiet machine), then its correction fitted if none."""
+    included) for ``num_classes`` classes (the head's blocks depend on it): blocks it lacks are measured first (run
+    this on a quiet machine), then its correction fitted if none."""
     from segdistill.errors import LatencyError
     from segdistill.latency.lut import LatencyTable
     from segdistill.latency.spaces import build_space
@@ -167,7 +170,7 @@ def ensure_lut(lut_dir: Path, platform: str, threads: int, space: dict, timing: 
     path = lut_path(lut_dir, platform)
     opts = {k: v for k, v in space.items() if k != "input" and k not in SUPERNET_ONLY}
     if path.is_file():
-        keys = build_space(name, space["input"], 11, **opts).keys()
+        keys = build_space(name, space["input"], num_classes, **opts).keys()
         if not LatencyTable.load(path).missing(keys):
             return path
     lut_dir.mkdir(parents=True, exist_ok=True)
@@ -183,7 +186,8 @@ def ensure_lut(lut_dir: Path, platform: str, threads: int, space: dict, timing: 
     size = "x".join(map(str, space["input"][1:]))
     cli = [sys.executable, "-m", "segdistill"]
     cmd = cli + ["lut", "build", "--space", name, "--platform", platform, "--threads", str(threads), "--input", size,
-                 "--out", str(path), *[f"--space-option={k}={json.dumps(v)}" for k, v in opts.items()], *timing]
+                 "--num-classes", str(num_classes), "--out", str(path),
+                 *[f"--space-option={k}={json.dumps(v)}" for k, v in opts.items()], *timing]
     print(f"lut: measuring the space's blocks into {path} (needs a quiet machine): {shlex.join(cmd[2:])}", flush=True)
     subprocess.run(cmd, check=True, cwd=REPO)
     if LatencyTable.load(path).correction is None:
@@ -334,7 +338,8 @@ def run_search(name: str, row: dict, out_dir: Path, lut_dir: Path, opts) -> dict
     done = sdir / "search.json"
     if done.exists() and (sdir / "genotype.json").exists() and not opts.force:
         return json.loads(done.read_text())
-    ensure_lut(lut_dir, row["platform"], opts.threads, row_space(row, opts), opts.lut_timing, row.get("space", "chain"))
+    ensure_lut(lut_dir, row["platform"], opts.threads, row_space(row, opts), opts.lut_timing, row.get("space", "chain"),
+               NUM_CLASSES[row["dataset"]])
     config = search_config(row, sdir, lut_dir)
     ov = [*DATASETS[row["dataset"]][1], "train.seed=0", *opts.search_budget,
           f"distill.teacher={teacher_for(row['dataset'], out_dir)}", f"distill.cache={out_dir / 'teacher_cache'}",
@@ -385,7 +390,8 @@ def sample_random(index: int, row: dict, out_dir: Path, lut_dir: Path, opts, tri
     path = out_dir / f"random{index}" / "genotype.json"
     if path.exists() and not opts.force:
         return path
-    ensure_lut(lut_dir, row["platform"], opts.threads, opts.search_space, opts.lut_timing)
+    ensure_lut(lut_dir, row["platform"], opts.threads, opts.search_space, opts.lut_timing,
+               num_classes=NUM_CLASSES[row["dataset"]])
     cfg = load_config(SEARCH_CONFIG, [*DATASETS["camvid"][1], *opts.search_extra])
     net = build_model("chain_supernet", 11, **space_options(cfg.search))
     pred = predictor(lut_dir, row["platform"], measure=True)
