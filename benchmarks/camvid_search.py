@@ -16,7 +16,9 @@ teacher-output cache, with camvid_kd.py's teacher):
   GCN-guided module, the dense fusion cell; same base widths), searched and retrained the same way; its ablation at the
   middle budget: ``lgc_share`` (cell-sharing, no GGM), ``lgc_noggm`` (gamma 0), ``lgc_nofusion`` (the chain head);
 * ablation at the middle torch budget: ``abl_ce`` (no teacher in the search: CE only, lambda_kd 0, lambda_ged 0),
-  ``abl_cekd`` (lambda_ged 0); the full objective is ``torch<mid>``;
+  ``abl_cekd`` (lambda_ged 0), ``abl_nominal`` (the full objective with the teacher's graph staged by nominal stride,
+  ``search.ged_stages=nominal``: the dilated teacher's last stage meets the student's stride-32 stage); the full
+  objective is ``torch<mid>``;
 * ``random<i>`` (``--random-archs``, default 3): random architecture weights of the same space (standard normal
   logits), derived by the search's own rule for the middle budget (the argmax priced by latency, in the search's band
   0.9-1.0 x budget): a searched row differs from a random one only in where its weights came from;
@@ -119,6 +121,10 @@ def define_rows(torch_budgets: list[float], ort_budget: float, n_random: int) ->
     rows["abl_cekd"] = {"desc": f"ablation: searched for torch-cpu {mid:g} ms, CE + KD (lambda_ged 0), distilled",
                         "kind": "search", "dataset": "camvid", "platform": "torch-cpu", "budget": mid,
                         "search_ov": ["search.lambda_ged=0"]}
+    rows["abl_nominal"] = {"desc": f"ablation: searched for torch-cpu {mid:g} ms, CE + KD + GED with the teacher's nodes "
+                                   "staged by nominal stride (search.ged_stages=nominal), distilled", "kind": "search",
+                           "dataset": "camvid", "platform": "torch-cpu", "budget": mid,
+                           "search_ov": ["search.ged_stages=nominal"]}
     for b in torch_budgets:  # issue 11: the LGCNet space at the same budgets
         rows[f"lgc{b:g}"] = {"desc": f"LGCNet space (cell-independent + GGM + dense fusion) searched for torch-cpu {b:g} "
                                      "ms (CE + KD + GED), distilled", "kind": "search", "space": "lgcnet",

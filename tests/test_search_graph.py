@@ -28,6 +28,8 @@ from segdistill.search.graph import (
     draw_graph,
     graph_summary,
     model_graph,
+    node_positions,
+    nominal_strides,
     op_label,
     slot_depth,
     stage_of,
@@ -133,6 +135,30 @@ def test_zoo_fcn_resnet18_graph_matches_hand_written():
     assert len(spec) == 31
     assert_graph(g, spec, edges)
     assert nx.utils.graphs_equal(g, model_graph(build_model("fcn_resnet18", 11, width_mult=0.25), (1, 3, 64, 64)))
+
+
+def test_nominal_stages_put_dilated_stages_where_striding_would():
+    """search.ged_stages=nominal: stride x the dilation that replaced striding, inherited down the map until an
+    upsampling; an output-stride-8 FCN's layer3 lands in stage 2 and layer4 (+ head) in stage 3."""
+    g = graph_from([("conv-k3", 8, 64), ("dilated", 8, 64), ("conv-k3", 8, 64), ("resize", 4, 64), ("conv-k1", 4, 8)],
+                   [(0, 1), (1, 2), (2, 3), (3, 4)])
+    g.nodes[1]["dilation"] = 2
+    assert nominal_strides(g) == {0: 8, 1: 16, 2: 16, 3: 4, 4: 4}  # the upsampling resets it
+    assert [v[0] for _, v in sorted(node_positions(g, stages="nominal").items())] == [1, 2, 2, 0, 0]
+    assert [v[0] for _, v in sorted(node_positions(g).items())] == [1, 1, 1, 0, 0]  # by stride (the default)
+    with pytest.raises(ValueError, match="stages"):
+        node_positions(g, stages="depth")
+    model = build_model("fcn_resnet18", 11, width_mult=0.25)
+    by_stride = model_graph(model, (1, 3, 64, 64))
+    nominal = model_graph(model, (1, 3, 64, 64), stages="nominal")
+    assert [d["stage"] for _, d in sorted(by_stride.nodes(data=True))] == [0] * 8 + [1] * 23
+    # stem..layer1 | layer2, layer3's downsample and first conv (dilation 1) | layer3's dilated rest, layer4's
+    # downsample and first conv (dilation 2) | layer4's dilation-4 convs and the head
+    assert [d["stage"] for _, d in sorted(nominal.nodes(data=True))] == [0] * 8 + [1] * 9 + [2] * 7 + [3] * 7
+    assert [d["dilation"] for _, d in sorted(nominal.nodes(data=True))][15:18] == [1, 1, 2]
+    plain = build_model("segformer_mitb0", 11, width_mult=0.5)  # no dilation: the same graph either way
+    a, b = model_graph(plain, (1, 3, 64, 64)), model_graph(plain, (1, 3, 64, 64), stages="nominal")
+    assert all(d["dilation"] == 1 for _, d in a.nodes(data=True)) and nx.utils.graphs_equal(a, b)
 
 
 def test_mobilenet_and_segformer_collapse_to_blocks():

@@ -107,7 +107,7 @@ def cmd_graph(args):
     if args.png:
         print(f"wrote {draw_graph(g, args.png)}")
     if args.teacher:
-        t = model_graph(load_any_model(args.teacher, args.num_classes), shape)
+        t = model_graph(load_any_model(args.teacher, args.num_classes), shape, stages=args.teacher_stages)
         res = exact_ged(g, t, timeout=args.timeout)
         corr = correspondence_ged(g, t)
         size = max(1, graph_size(t))
@@ -163,4 +163,6 @@ def add_commands(sub) -> None:
     s.add_argument("--num-classes", type=int, default=11, help="for a model name or genotype")
     s.add_argument("--timeout", type=float, default=10.0, help="seconds of exact GED search (else an upper bound)")
     s.add_argument("--max-nodes", type=int, default=60, help="node lines printed")
+    s.add_argument("--teacher-stages", choices=("stride", "nominal"), default="stride",
+                   help="the teacher's node stages for the correspondence GED, as search.ged_stages")
     s.set_defaults(fn=cmd_graph)

@@ -50,14 +50,17 @@ Node attributes: ``label``, ``stride`` (a power of two, from the real output sha
 keeps the stride of the map it was pooled from, and so does what is computed on it until it is resized back),
 ``channels``, ``bucket`` (:func:`channel_bucket`, floor(log2(channels))), ``stage`` and ``depth``
 (:func:`assign_positions`), ``name`` (the common module-name prefix of the node's ops), ``ops`` (one line per op),
-``pooled``.
+``pooled``, ``dilation`` (the largest convolution dilation among the node's ops, 1 without one).
 
 Positions (stage, relative depth)
 ---------------------------------
 The fixed node correspondence of :mod:`.ged` pairs nodes by position. The stage of a node is
 :func:`stage_of` its stride: the first of ``STAGE_STRIDES = (4, 8, 16, 32)`` that is >= the stride (strides 1 and 2
 fall in stage 0, anything past 32 in stage 3). Its relative depth is :func:`slot_depth` (``(k + 0.5) / n``) of its
-position k among the n nodes of its stage in topological order.
+position k among the n nodes of its stage in topological order. With ``stages="nominal"`` (``search.ged_stages``) the
+stage comes from :func:`nominal_strides` instead: stride x the dilation that replaced striding, so that the dilated
+last stage of an output-stride-16 teacher (DeepLab) sits in stage 3 (stride 32), where a student's strided stage is,
+rather than in stage 2 beside its stride-16 stage.
 
 The soft side: :class:`SoftGraph`
 ---------------------------------
@@ -192,27 +195,48 @@ def topological_order(g: nx.DiGraph) -> list:
         return sorted(g.nodes, key=node_key)
 
 
-def node_positions(g: nx.DiGraph, stage_strides: Sequence[int] = STAGE_STRIDES) -> dict:
+STAGE_RULES = ("stride", "nominal")
+
+
+def nominal_strides(g: nx.DiGraph) -> dict:
+    """``{node: nominal stride}``: the stride a node would have if dilation had not replaced striding. A dilated
+    backbone (DeepLab's output stride 16 or 8) keeps its last stages at stride 16 (or 8) with dilation 2 (and 4)
+    where a plain one would stride to 32: nominal = ``stride`` x the largest ``dilation`` (node attribute, default 1)
+    on the node or inherited from a predecessor whose stride is <= the node's (an upsampling resets it). Plain networks: nominal = stride."""
+    dil: dict = {}
+    for n in topological_order(g):
+        s = int(g.nodes[n].get("stride", 1))
+        inherited = [dil[p] for p in g.predecessors(n) if p in dil and int(g.nodes[p].get("stride", 1)) <= s]
+        dil[n] = max([int(g.nodes[n].get("dilation", 1)), *inherited])
+    return {n: int(g.nodes[n].get("stride", 1)) * dil[n] for n in dil}
+
+
+def node_positions(g: nx.DiGraph, stage_strides: Sequence[int] = STAGE_STRIDES, stages: str = "stride") -> dict:
     """``{node: (stage, depth)}``: the nodes' own ``stage`` / ``depth`` attributes when every node has both (graphs
     from :func:`model_graph` and :meth:`SoftGraph.to_graph`), else computed: stage = :func:`stage_of` the node's
-    ``stride`` (1 when missing), depth = :func:`slot_depth` of its rank among its stage's nodes in
+    ``stride`` (1 when missing; ``stages="nominal"``: its :func:`nominal_strides`, so that a dilated teacher's last
+    stages sit where a strided student's are), depth = :func:`slot_depth` of its rank among its stage's nodes in
     :func:`topological_order`. Does not change ``g``."""
+    if stages not in STAGE_RULES:
+        raise ValueError(f"stages must be one of {STAGE_RULES}, got {stages!r}")
     if all("stage" in d and "depth" in d for _, d in g.nodes(data=True)):
         return {n: (int(d["stage"]), float(d["depth"])) for n, d in g.nodes(data=True)}
+    where = nominal_strides(g) if stages == "nominal" else {n: g.nodes[n].get("stride", 1) for n in g.nodes}
     by_stage: dict[int, list] = {}
     for n in topological_order(g):
-        by_stage.setdefault(stage_of(g.nodes[n].get("stride", 1), stage_strides), []).append(n)
+        by_stage.setdefault(stage_of(where[n], stage_strides), []).append(n)
     return {n: (st, slot_depth(k, len(nodes))) for st, nodes in by_stage.items() for k, n in enumerate(nodes)}
 
 
-def assign_positions(g: nx.DiGraph, stage_strides: Sequence[int] = STAGE_STRIDES, overwrite: bool = False) -> nx.DiGraph:
-    """Store :func:`node_positions` as node attributes ``stage`` and ``depth`` (recomputed for all nodes when
-    ``overwrite`` or when some node lacks them). Returns ``g``."""
+def assign_positions(g: nx.DiGraph, stage_strides: Sequence[int] = STAGE_STRIDES, overwrite: bool = False,
+                     stages: str = "stride") -> nx.DiGraph:
+    """Store :func:`node_positions` (``stages``: its rule) as node attributes ``stage`` and ``depth``
+    (recomputed for all nodes when ``overwrite`` or when some node lacks them). Returns ``g``."""
     if overwrite:
         for _, d in g.nodes(data=True):
             d.pop("stage", None)
             d.pop("depth", None)
-    for n, (st, depth) in node_positions(g, stage_strides).items():
+    for n, (st, depth) in node_positions(g, stage_strides, stages).items():
         g.nodes[n]["stage"], g.nodes[n]["depth"] = st, depth
     return g
 
@@ -246,6 +270,7 @@ class _Prim:
     info: str
     inputs: list[int]
     depthwise: bool = False
+    dilation: int = 1
 
 
 def _flat_tensors(obj, out: list) -> list:
@@ -328,7 +353,7 @@ class _Recorder(TorchFunctionMode):
             label = conv_label(kernel, groups, x.shape[1], dilation)
             meta = _Meta(0, m0.stride, True, cout) if m0.pooled else _Meta(0, self._shape_stride(outs[0]), False, cout)
             prim = _Prim("conv", label, meta, "", f"{name} k{kernel} s{stride} d{dilation} g{groups} -> {cout}", [],
-                         depthwise=label == "dw-conv")
+                         depthwise=label == "dw-conv", dilation=dilation)
         elif name == "linear" or (name in _MATMUL and len(producers) == 1):
             cout = int(outs[0].shape[-1])
             prim = _Prim("linear", "linear", _Meta(0, inherit.stride, inherit.pooled, cout), "", f"{name} -> {cout}", [])
@@ -539,12 +564,14 @@ def _common_name(names: list[str]) -> str:
 
 
 def model_graph(model: nn.Module, input_shape: Sequence[int] = (1, 3, 128, 128), collapse: bool = True,
-                stage_strides: Sequence[int] = STAGE_STRIDES) -> nx.DiGraph:
+                stage_strides: Sequence[int] = STAGE_STRIDES, stages: str = "stride") -> nx.DiGraph:
     """The block graph of ``model`` (any ``nn.Module``), from one dry run on zeros of ``input_shape``.
 
     See the module docstring for the tracing, the collapse rules, the labels and the node attributes. With
     ``collapse=False`` the graph keeps one node per compute op (conv-BN-act still one node). ``g.graph`` holds the
     model's class name and the input shape. Deterministic for a given model structure and input shape.
+    ``stages``: how nodes get their stage (:func:`node_positions`): ``stride`` or ``nominal`` (dilated networks'
+    deep stages placed at the stride they replace).
     """
     prims, outputs = _trace(model, input_shape)
     g = nx.DiGraph()
@@ -568,10 +595,11 @@ def model_graph(model: nn.Module, input_shape: Sequence[int] = (1, 3, 128, 128),
         d = g.nodes[n]
         out.add_node(new_id[n], label=d["label"], stride=int(d["stride"]), channels=int(d["channels"]),
                      bucket=channel_bucket(d["channels"]), pooled=bool(d["pooled"]),
+                     dilation=max(prims[m].dilation for m in d["members"]),
                      name=_common_name([prims[m].name for m in d["members"]]),
                      ops=[prims[m].info for m in d["members"]])
     out.add_edges_from(sorted((new_id[u], new_id[v]) for u, v in g.edges))
-    return assign_positions(out, stage_strides)
+    return assign_positions(out, stage_strides, stages=stages)
 
 
 # ---------------------------------------------------------------------------- the soft (supernet) side

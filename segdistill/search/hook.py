@@ -141,7 +141,7 @@ class SearchHook(Hook):
             from .graph import model_graph
 
             teacher = copy.deepcopy(self.distill.distiller.teacher).cpu().eval()
-            self.teacher_graph = model_graph(teacher, tuple(s.input))
+            self.teacher_graph = model_graph(teacher, tuple(s.input), stages=s.ged_stages)
             del teacher
         threads = self.cfg.train.threads or torch.get_num_threads()
         for building in (True, False):  # rank 0 measures what is missing, then the other ranks read its tables
