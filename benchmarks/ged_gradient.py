@@ -54,10 +54,12 @@ def main():
     ap.add_argument("--teacher", required=True, help="the teacher's checkpoint (best.pt)")
     ap.add_argument("--supernet", required=True, help="a search run's checkpoint (best.pt or last.pt)")
     ap.add_argument("--input", default="1x3x180x240", help="N x C x H x W of the teacher's graph (the search input)")
+    ap.add_argument("--teacher-stages", choices=("stride", "nominal"), default="stride",
+                    help="how the teacher's nodes get their stage (search.ged_stages)")
     args = ap.parse_args()
     print("command: python benchmarks/ged_gradient.py " + shlex.join(sys.argv[1:]))
     teacher, _ = build_from_checkpoint(args.teacher)
-    tg = model_graph(teacher.eval(), tuple(int(v) for v in args.input.split("x")))
+    tg = model_graph(teacher.eval(), tuple(int(v) for v in args.input.split("x")), stages=args.teacher_stages)
     net, _ = build_from_checkpoint(args.supernet)
     if not hasattr(net, "named_arch_parameters"):
         raise SystemExit(f"{args.supernet}: not a supernet checkpoint (no architecture logits)")
