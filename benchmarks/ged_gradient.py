@@ -31,15 +31,15 @@ def candidate_names(supernet, name: str, n: int) -> list[str]:
     return [str(i) for i in range(n)]
 
 
-def ged_gradients(supernet, teacher_graph) -> tuple[float, dict[str, list[float]]]:
+def ged_gradients(supernet, teacher_graph, family: float | None = None) -> tuple[float, dict[str, list[float]]]:
     """(expected GED, {arch parameter name: d E[GED] / d logits}) at the supernet's current logits."""
-    from segdistill.search.ged import expected_ged
+    from segdistill.search.ged import EditCosts, expected_ged
     from segdistill.search.objective import soft_graph
 
     params = dict(supernet.named_arch_parameters())
     for p in params.values():
         p.grad = None
-    value = expected_ged(soft_graph(supernet), teacher_graph)
+    value = expected_ged(soft_graph(supernet), teacher_graph, costs=EditCosts(family=family))
     value.backward()
     return float(value.detach()), {n: p.grad.flatten().tolist() for n, p in params.items() if p.grad is not None and p.dim() == 1}
 
@@ -56,6 +56,7 @@ def main():
     ap.add_argument("--input", default="1x3x180x240", help="N x C x H x W of the teacher's graph (the search input)")
     ap.add_argument("--teacher-stages", choices=("stride", "nominal"), default="stride",
                     help="how the teacher's nodes get their stage (search.ged_stages)")
+    ap.add_argument("--family-cost", type=float, help="substitution cost within a label family (search.ged_family_cost)")
     args = ap.parse_args()
     print("command: python benchmarks/ged_gradient.py " + shlex.join(sys.argv[1:]))
     teacher, _ = build_from_checkpoint(args.teacher)
@@ -70,7 +71,7 @@ def main():
                 for n, p in net.named_arch_parameters():
                     if n in saved and p.dim() == 1:
                         p.zero_()
-        value, grads = ged_gradients(net, tg)
+        value, grads = ged_gradients(net, tg, args.family_cost)
         print(f"\n== {state}: normalised E[GED] {value:.3f} (teacher graph: {tg.number_of_nodes()} nodes, "
               f"{tg.number_of_edges()} edges)")
         print("| logits | favoured most (grad) | favoured least (grad) | skip grad |")

@@ -314,6 +314,8 @@ class SearchConfig:
     tau_start: float = checked(5.0, above(0), "Gumbel temperature after warm-up, annealed exponentially to tau_end")
     tau_end: float = checked(0.5, above(0), "Gumbel temperature at the last iteration")
     ged_timeout: float = checked(5.0, above(0), "seconds of exact GED search per validation (else an upper bound)")
+    ged_family_cost: float | None = checked(None, within(0, 1), "substitution cost between different labels of one "
+                                            "family (convolutions; token mixers) in the GED; null: 1 like any label")
     ged_stages: str = checked("stride", one_of("stride", "nominal"), "how the teacher's graph nodes get their stage for "
                               "the GED's correspondence: stride | nominal (stride x dilation: a dilated teacher's last "
                               "stage sits at stride 32, as a student's)")

@@ -14,6 +14,7 @@ from segdistill.models import build_model
 from segdistill.models.layers import ConvBNAct
 from segdistill.search.ged import (
     DEFAULT_COSTS,
+    EditCosts,
     correspondence,
     correspondence_ged,
     edit_path_cost,
@@ -234,6 +235,25 @@ def test_exact_ged_hand_computed(change, expected):
         assert exact_ged(a, b, timeout=20, normalize=True).value == pytest.approx(expected / graph_size(b))
         assert correspondence_ged(a, b) >= r.value - 1e-9
     assert exact_ged(g1, path3()).value == 0.0
+
+
+def test_family_cost_makes_related_labels_cheaper():
+    """search.ged_family_cost: different labels of one family cost ``family`` + stride/bucket terms; other pairs 1."""
+    fam = EditCosts(family=0.4)
+    conv3, mb = {"label": "conv-k3", "stride": 8, "bucket": 6}, {"label": "mbconv", "stride": 8, "bucket": 6}
+    assert DEFAULT_COSTS.node_subst(conv3, mb) == 1.0 and fam.node_subst(conv3, mb) == pytest.approx(0.4)
+    assert fam.node_subst(conv3, {**mb, "stride": 16}) == pytest.approx(0.9)
+    assert fam.node_subst(conv3, {**mb, "stride": 16, "bucket": 7}) == 1.0  # capped
+    assert fam.node_subst(conv3, {**conv3, "label": "pooling"}) == 1.0  # another family
+    assert fam.node_subst({"label": "attention"}, {"label": "mlp"}) == pytest.approx(0.4)
+    g1, g2 = path3(), path3()
+    g2.nodes[1]["label"] = "dw-conv"
+    assert exact_ged(g1, g2, timeout=20, costs=fam).value == pytest.approx(0.4)
+    t = teacher4()  # expected GED at one-hot still equals the correspondence GED under the same costs
+    for choice in ((0, 0, 0), (1, 1, 1), (1, 2, 0)):
+        sg = soft3([F.one_hot(torch.tensor(c), 3).float() for c in choice], (1.0, 1.0, 0.0))
+        assert float(expected_ged(sg, t, costs=fam)) == pytest.approx(
+            correspondence_ged(sg.to_graph(), t, normalize=True, costs=fam), abs=1e-6)
 
 
 def test_exact_ged_timeout_gives_upper_bound():

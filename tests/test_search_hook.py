@@ -240,7 +240,7 @@ def teacher_ckpt(tmp_path_factory):
 
 
 def test_search_and_graph_commands_in_process(tmp_path, teacher_ckpt, capsys):
-    cfg = search_cfg(tmp_path, lambda_ged=0.5, ged_timeout=1.0, ged_stages="nominal")
+    cfg = search_cfg(tmp_path, lambda_ged=0.5, ged_timeout=1.0, ged_stages="nominal", ged_family_cost=0.5)
     cfg.distill.teacher = str(teacher_ckpt)
     cfg.distill.pixel.weight = 1.0
     save_config(cfg, tmp_path / "search.yaml")

@@ -6,6 +6,11 @@ Costs (:class:`EditCosts`, all in [0, 1])
 -----------------------------------------
 * node substitution a -> b: 1 when the labels differ; otherwise 0.5 if the strides differ plus 0.25 if the channel
   buckets differ (so 0, 0.25, 0.5 or 0.75); capped at 1, so a substitution never costs more than a deletion;
+* with ``family`` set (``search.ged_family_cost``), two different labels of one family (:data:`LABEL_FAMILY`: the
+  convolutions ``conv-k1``, ``conv-k3``, ``conv-k5+``, ``dilated``, ``dw-conv``, ``mbconv``; the token mixers
+  ``attention``, ``linear``, ``mlp``) cost ``family`` plus the stride and bucket terms instead of 1: an MBConv in
+  place of a teacher's 3x3 conv is then cheaper than no node at all (a deletion plus an insertion), so the term
+  rewards resembling the teacher instead of only penalising extra nodes;
 * node insertion / deletion: 1;
 * edge insertion / deletion: 1 (edges carry no labels, so an edge substitution costs 0).
 
@@ -50,10 +55,14 @@ import torch
 
 from .graph import ABSENT, STAGE_STRIDES, SoftGraph, node_key, node_positions
 
+LABEL_FAMILY = {**dict.fromkeys(("conv-k1", "conv-k3", "conv-k5+", "dilated", "dw-conv", "mbconv"), "conv"),
+                **dict.fromkeys(("attention", "linear", "mlp"), "token")}  # other labels: a family of their own
+
 
 @dataclass(frozen=True)
 class EditCosts:
-    """Edit costs (see the module docstring). ``node_subst`` = min(cap, label + stride + bucket mismatch terms)."""
+    """Edit costs (see the module docstring). ``node_subst`` = min(cap, label + stride + bucket mismatch terms);
+    ``family`` (None: off) replaces ``label`` for two different labels of one :data:`LABEL_FAMILY`."""
 
     label: float = 1.0
     stride: float = 0.5
@@ -61,11 +70,16 @@ class EditCosts:
     cap: float = 1.0
     node_indel: float = 1.0
     edge_indel: float = 1.0
+    family: float | None = None
 
     def node_subst(self, a: dict, b: dict) -> float:
-        if a.get("label") != b.get("label"):
-            return min(self.cap, self.label)
-        cost = (self.stride if a.get("stride") != b.get("stride") else 0.0) + (
+        la, lb = a.get("label"), b.get("label")
+        cost = 0.0
+        if la != lb:
+            if self.family is None or LABEL_FAMILY.get(la, la) != LABEL_FAMILY.get(lb, lb):
+                return min(self.cap, self.label)
+            cost = self.family
+        cost += (self.stride if a.get("stride") != b.get("stride") else 0.0) + (
             self.bucket if a.get("bucket") != b.get("bucket") else 0.0)
         return min(self.cap, cost)
 

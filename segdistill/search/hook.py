@@ -58,6 +58,7 @@ from ..engine.trainer import Hook
 from ..errors import CheckpointError, ConfigError, DataError, SegDistillError
 from ..models import build_model
 from . import SPACES
+from .ged import EditCosts
 from .genotype import derive, genotype_netspec, op_preference, preference_line, save_genotype
 from .objective import (
     band_update,
@@ -105,6 +106,7 @@ class SearchHook(Hook):
         self.arch_opt: torch.optim.Optimizer | None = None
         self.predictors: dict = {}
         self.teacher_graph = None
+        self.ged_costs = EditCosts(family=self.s.ged_family_cost)
         self.distill = None
         self.last_values: dict = {}
 
@@ -242,7 +244,7 @@ class SearchHook(Hook):
     def expected_ged(self) -> torch.Tensor:
         from .ged import expected_ged
 
-        return expected_ged(soft_graph(self.supernet), self.teacher_graph)
+        return expected_ged(soft_graph(self.supernet), self.teacher_graph, costs=self.ged_costs)
 
     def arch_step(self, trainer) -> dict:
         terms = self.objective(trainer, self.next_arch_batch())
@@ -311,9 +313,9 @@ class SearchHook(Hook):
             rec = {"expected_ged": float(self.expected_ged())}
         student = build_model("searched", self.supernet.num_classes, genotype=genotype).eval()
         g = model_graph(student, tuple(self.s.input))
-        res = exact_ged(g, self.teacher_graph, timeout=self.s.ged_timeout, normalize=True)
+        res = exact_ged(g, self.teacher_graph, timeout=self.s.ged_timeout, normalize=True, costs=self.ged_costs)
         rec.update(ged=res.value, ged_exact=res.exact, ged_seconds=round(res.seconds, 3),
-                   correspondence_ged=correspondence_ged(g, self.teacher_graph, normalize=True),
+                   correspondence_ged=correspondence_ged(g, self.teacher_graph, normalize=True, costs=self.ged_costs),
                    derived_nodes=g.number_of_nodes(), teacher_nodes=self.teacher_graph.number_of_nodes())
         return rec
 
