@@ -599,6 +599,11 @@ def _ms(v) -> str:
     return f"{v:.1f}" if isinstance(v, (int, float)) else "-"
 
 
+def _lat(m: dict) -> str:
+    """A measured latency cell: the median over passes, and the fastest pass where there were several."""
+    return _ms(m.get("median_ms")) + (f" ({m['fastest_ms']:.1f})" if "fastest_ms" in m else "")
+
+
 def report(out_dir: Path, rows: dict[str, dict], seeds: list[int]) -> str:
     results = [json.loads(p.read_text()) for p in sorted(result_paths(out_dir))]
     by_row: dict[str, list] = {}
@@ -625,7 +630,8 @@ def report(out_dir: Path, rows: dict[str, dict], seeds: list[int]) -> str:
              "", f"Rows done ({len(done)}): {', '.join(done) or 'none'}",
              f"Rows partly done ({len(partial)}): {', '.join(partial) or 'none'}",
              f"Rows not done ({len(missing)}): {', '.join(missing) or 'none'}", ""]
-    head = ("| row | what | seeds | val mIoU % (each) | params M | GMACs | torch-cpu ms | ORT-cpu ms | predicted ms "
+    head = ("| row | what | seeds | val mIoU % (each) | params M | GMACs | torch-cpu ms (fastest pass) | ORT-cpu ms "
+            "(fastest pass) | predicted ms "
             "(platform) | budget ms | search wall s | search peak RSS MB |")
     groups = [("CamVid: hand-designed distilled vs searched + distilled (chain and LGCNet spaces)",
                lambda n, r: r["dataset"] == "camvid" and r["kind"] in ("kd", "search") and not n.startswith(("abl_", "lgc_"))),
@@ -657,7 +663,7 @@ def report(out_dir: Path, rows: dict[str, dict], seeds: list[int]) -> str:
                 f"| {n}{' *' if timed and timed[-1]['latency_meta']['date'] != lat_meta['date'] else ''} | {row['desc']} | "
                 f"{','.join(str(r['seed']) for r in rs)} | {statistics.mean(m):.2f} "
                 f"({', '.join(f'{v:.2f}' for v in m)}) | {x['params'] / 1e6:.2f} | {x['macs'] / 1e9:.3f} | "
-                f"{_ms(lat.get('torch-cpu', {}).get('median_ms'))} | {_ms(lat.get('onnxruntime-cpu', {}).get('median_ms'))} | "
+                f"{_lat(lat.get('torch-cpu', {}))} | {_lat(lat.get('onnxruntime-cpu', {}))} | "
                 f"{pred or '-'} | {_ms(row.get('budget'))}{' (' + SHORT[row['platform']] + ')' if row.get('platform') else ''} | "
                 f"{_ms(s.get('wall_s'))} | {_ms(s.get('peak_rss_mb'))} |")
             for p in PLATFORMS:
