@@ -41,7 +41,9 @@ Latency tables: ``--lut-dir`` holds ``lut-<platform>.json``; a missing one, or o
 space, is built or extended first (``segdistill lut build --space chain --space-option base_widths=[...] --platform P
 --threads 2 --input 3x180x240``; ``--lut-dir benchmarks/latency/chain`` uses the committed tables), a new one seeded from benchmarks/latency/lut-P.json when that
 table was measured on this machine, which keeps its fitted correction; otherwise ``segdistill latency fit`` fits one
-afterwards). **Build tables on a quiet machine**: every figure of a search comes from them.
+afterwards). **Build tables on a quiet machine**: every figure of a search comes from them. A table holds one
+correction; ``--lgc-lut-dir`` gives the LGCNet rows tables of their own (a copy of the chain tables refitted with
+``segdistill latency fit --space lgcnet``), since the chain-fitted correction under-predicts small LGCNet networks.
 
 Resumable: runs train with ``train.resume=auto`` (a killed run continues from its last.pt); a finished row
 (``result.json``, ``search/genotype.json`` + ``search/search.json``) is skipped unless ``--force``.
@@ -728,6 +730,8 @@ def main():
     p.add_argument("--teacher", default=str(kd.TEACHER), help="the CamVid teacher checkpoint (default camvid_kd.py's)")
     p.add_argument("--lut-dir", help="latency tables lut-<platform>.json (default OUT_DIR/lut); missing ones are built "
                                      "(on a quiet machine!)")
+    p.add_argument("--lgc-lut-dir", help="tables of the LGCNet rows (default: --lut-dir), e.g. a copy of the chain "
+                                         "tables whose correction `segdistill latency fit --space lgcnet` refitted")
     p.add_argument("--lut-timing", default="", help="'WARMUP,RUNS,MIN_TIME' for tables built here (smoke runs only; "
                                                     "default: segdistill lut build's)")
     p.add_argument("--threads", type=int, default=2, help="threads of latency tables and measured latency")
@@ -752,6 +756,10 @@ def main():
     out_dir = Path(args.out_dir)
     CAMVID_TEACHER[0] = Path(args.teacher)
     lut_dir = Path(args.lut_dir) if args.lut_dir else out_dir / "lut"
+    lgc_lut_dir = Path(args.lgc_lut_dir) if args.lgc_lut_dir else lut_dir
+
+    def lut_for(row: dict) -> Path:  # the LGCNet rows may have tables of their own (a correction fitted on them)
+        return lgc_lut_dir if row.get("space") == "lgcnet" else lut_dir
     budgets = [float(b) for b in args.torch_budgets.split(",") if b]
     rows = define_rows(budgets, args.ort_budget, args.random_archs)
     if args.list:
@@ -785,10 +793,10 @@ def main():
     if args.rederive:
         for n in order:
             if rows[n]["kind"] in ("search", "random"):
-                rederive(n, rows[n], out_dir, lut_dir, args)
+                rederive(n, rows[n], out_dir, lut_for(rows[n]), args)
     for n in order:
         for seed in map(int, args.seeds.split(",")):
-            run(n, rows[n], seed, out_dir, lut_dir, args)
+            run(n, rows[n], seed, out_dir, lut_for(rows[n]), args)
     if args.latency:
         add_latency(out_dir, args.threads, args.latency_repeats, args)
     if args.report:
