@@ -31,8 +31,8 @@ exists (searched and random rows), budget; ``--latency`` measures torch-cpu and 
 finished row in one process and one window: ``--latency-repeats`` round-robin passes over all rows (each pass times
 every row once, median of >= 50 runs after warm-up; a row's figure is the median over passes), batch 1, ``--threads``.
 This machine's speed flips between two states about 25% apart (RESULTS.md), so rows measured at different times do not
-compare; rows measured in the same passes do. Run it with nothing else on the machine. Searched rows add the search's wall time and peak RSS (the search runs in a
-child process of its own).
+compare; rows measured in the same passes do. Run it with nothing else on the machine. Searched rows add the search's
+wall time and peak RSS (the search runs in a child process of its own).
 
     python benchmarks/camvid_search.py --rows all --seeds 0,1          # every row (resumable; see RESULTS.md)
     python benchmarks/camvid_search.py --latency --report               # measured latency, then table + Pareto plot
@@ -615,10 +615,12 @@ def report(out_dir: Path, rows: dict[str, dict], seeds: list[int]) -> str:
     partial = [n for n in rows if n in by_row and n not in done]
     missing = [n for n in rows if n not in by_row]
     r0 = results[0] if results else {}
-    metas = [r["latency_meta"] for r in results if "latency_meta" in r]
-    lat_meta = max(metas, key=lambda m: m["date"]) if metas else None  # the latest window
-    stale = {n for n in {r["row"] for r in results} if max((r["latency_meta"]["date"] for r in results if r["row"] == n
-                                                         and "latency_meta" in r), default=None) not in (None, lat_meta["date"])}
+    latest: dict[str, dict] = {}  # row -> its result of the latest latency window it was measured in
+    for r in results:
+        if "latency_meta" in r and r["latency_meta"]["date"] >= latest.get(r["row"], {}).get("latency_meta", {}).get("date", ""):
+            latest[r["row"]] = r
+    lat_meta = max((r["latency_meta"] for r in latest.values()), key=lambda m: m["date"], default=None)
+    stale = {n for n, r in latest.items() if r["latency_meta"]["date"] != lat_meta["date"]}
     lines = [f"Protocol: {PROTOCOL}. Retrain budget (every distilled row, the same): "
              f"{' '.join(r0.get('budget_overrides', []) or RETRAIN)} at batch 8; distillation: camvid_kd.py's "
              f"`{r0.get('recipe', 'best')}` row ({kd.ROWS[r0.get('recipe', 'best')][0]}). Search budget: "
@@ -654,15 +656,14 @@ def report(out_dir: Path, rows: dict[str, dict], seeds: list[int]) -> str:
                 lines.append(f"| {n} | {row['desc']} | not done |  |  |  |  |  |  |  |  |  |")
                 continue
             m = [100 * r["miou"] for r in rs]
-            timed = sorted((r for r in rs if "latency" in r), key=lambda r: r["latency_meta"]["date"])
-            lat = timed[-1]["latency"] if timed else {}  # the latest window this row was measured in
+            lat = latest[n]["latency"] if n in latest else {}
             x = rs[0]
             s = x.get("search") or {}
             predicted = {k.split("/", 1)[1]: v for k, v in s.get("final", {}).items() if k.startswith("predicted_ms/")}
             predicted.update(x.get("predicted_ms", {}))  # the search's own figure where the lut-dir table lacks keys
             pred = ", ".join(f"{v:.1f} ({SHORT[p]})" for p, v in predicted.items())
             lines.append(
-                f"| {n}{' *' if timed and timed[-1]['latency_meta']['date'] != lat_meta['date'] else ''} | {row['desc']} | "
+                f"| {n}{' *' if n in stale else ''} | {row['desc']} | "
                 f"{','.join(str(r['seed']) for r in rs)} | {statistics.mean(m):.2f} "
                 f"({', '.join(f'{v:.2f}' for v in m)}) | {x['params'] / 1e6:.2f} | {x['macs'] / 1e9:.3f} | "
                 f"{_lat(lat.get('torch-cpu', {}))} | {_lat(lat.get('onnxruntime-cpu', {}))} | "

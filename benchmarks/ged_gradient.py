@@ -49,13 +49,13 @@ def main():
     import torch
 
     from segdistill.engine.checkpoint import build_from_checkpoint
-    from segdistill.search.graph import model_graph
+    from segdistill.search.graph import STAGE_RULES, model_graph
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--teacher", required=True, help="the teacher's checkpoint (best.pt)")
     ap.add_argument("--supernet", required=True, help="a search run's checkpoint (best.pt or last.pt)")
     ap.add_argument("--input", default="1x3x180x240", help="N x C x H x W of the teacher's graph (the search input)")
-    ap.add_argument("--teacher-stages", choices=("stride", "nominal"), default="stride",
+    ap.add_argument("--teacher-stages", choices=STAGE_RULES, default="stride",
                     help="how the teacher's nodes get their stage (search.ged_stages)")
     ap.add_argument("--family-cost", type=float, help="substitution cost within a label family (search.ged_family_cost)")
     ap.add_argument("--edge-cost", type=float, default=1.0,
@@ -79,13 +79,14 @@ def main():
               f"{tg.number_of_edges()} edges)")
         print("| logits | favoured most (grad) | favoured least (grad) | skip grad |")
         print("|---|---|---|---|")
+        skips = []
         for name, g in grads.items():
             names = candidate_names(net, name, len(g))
             lo, hi = min(range(len(g)), key=g.__getitem__), max(range(len(g)), key=g.__getitem__)
-            skip = f"{g[names.index('skip')]:+.4f}" if "skip" in names else "-"
+            if "skip" in names:
+                skips.append(g[names.index("skip")])
+            skip = f"{skips[-1]:+.4f}" if "skip" in names else "-"
             print(f"| {name} | {names[lo]} ({g[lo]:+.4f}) | {names[hi]} ({g[hi]:+.4f}) | {skip} |")
-        skips = [g[candidate_names(net, n, len(g)).index("skip")] for n, g in grads.items()
-                 if "skip" in candidate_names(net, n, len(g))]
         if skips:
             print(f"layers the term pushes to skip (negative skip gradient): {sum(v < 0 for v in skips)} of {len(skips)}")
 

@@ -115,9 +115,8 @@ def main():
                 runners[name] = {"model": plat.prepare(deploy_copy(model).eval(), core.example_inputs([LAT_SHAPE]),
                                                        table.threads)}
             fns = {(n, v): runners[n][v].fn for n in runners for v in runners[n]}
-            res = core.measure_interleaved(fns, args.repeats, **timing, progress=lambda r: print(
+            meas = core.measure_interleaved(fns, args.repeats, **timing, progress=lambda r: print(
                 f"{platform}: pass {r + 1}/{args.repeats} done", flush=True))
-            times = {k: v["passes_ms"] for k, v in res.items()}
             if args.recheck:
                 keys = sorted({k for spec in specs.values() for k in spec.keys()})
                 ratios = [core.measure_key(k, platform, table.threads, **table.data["timing"])["median_ms"]
@@ -129,20 +128,19 @@ def main():
                       f"{table.data.get('date', '?')[:10]}): median {statistics.median(ratios):.2f}, 10-90% "
                       f"{q[0]:.2f}-{q[-1]:.2f}", flush=True)
         for item in args.checkpoint:
-            name = item.partition("=")[0]
-            t = times[(name, "model")]
-            rows.append({"genotype": name, "path": item.partition("=")[2], "platform": platform,
-                         "threads": table.threads, "model_ms": statistics.median(t), "model_passes": t,
-                         "fastest_ms": min(t), "slowest_ms": max(t)})
+            name, _, ckpt = item.partition("=")
+            m = meas[(name, "model")]
+            rows.append({"genotype": name, "path": ckpt, "platform": platform, "threads": table.threads,
+                         "model_ms": m["median_ms"], "model_passes": m["passes_ms"], "fastest_ms": m["fastest_ms"],
+                         "slowest_ms": m["slowest_ms"]})
         for name in genos:
-            m, b = (statistics.median(times[(name, v)]) for v in ("model", "blocks"))
+            m, b = meas[(name, "model")], meas[(name, "blocks")]
             rows.append({"genotype": name, "path": str(genos[name]), "platform": platform, "threads": table.threads,
-                         "predicted_ms": preds[name][0], "block_sum_ms": preds[name][1], "model_ms": m, "blocks_ms": b,
-                         "model_passes": times[(name, "model")], "blocks_passes": times[(name, "blocks")],
-                         "error_pct": 100 * (preds[name][0] - m) / m, "table": str(path),
-                         "fastest_ms": min(times[(name, "model")]), "slowest_ms": max(times[(name, "model")]),
-                         "error_fastest_pct": 100 * (preds[name][0] - min(times[(name, "model")])) / min(
-                             times[(name, "model")]),
+                         "predicted_ms": preds[name][0], "block_sum_ms": preds[name][1], "model_ms": m["median_ms"],
+                         "blocks_ms": b["median_ms"], "model_passes": m["passes_ms"], "blocks_passes": b["passes_ms"],
+                         "error_pct": 100 * (preds[name][0] - m["median_ms"]) / m["median_ms"], "table": str(path),
+                         "fastest_ms": m["fastest_ms"], "slowest_ms": m["slowest_ms"],
+                         "error_fastest_pct": 100 * (preds[name][0] - m["fastest_ms"]) / m["fastest_ms"],
                          "correction": (table.correction or {}).get("model", "none"),
                          "correction_networks": (table.correction or {}).get("networks", "random networks")})
     print(f"\nProtocol: batch 1 at each genotype's search input, eval, no grad; the table's threads and allocator; "

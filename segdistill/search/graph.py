@@ -202,7 +202,8 @@ def nominal_strides(g: nx.DiGraph) -> dict:
     """``{node: nominal stride}``: the stride a node would have if dilation had not replaced striding. A dilated
     backbone (DeepLab's output stride 16 or 8) keeps its last stages at stride 16 (or 8) with dilation 2 (and 4)
     where a plain one would stride to 32: nominal = ``stride`` x the largest ``dilation`` (node attribute, default 1)
-    on the node or inherited from a predecessor whose stride is <= the node's (an upsampling resets it). Plain networks: nominal = stride."""
+    on the node or inherited from a predecessor whose stride is <= the node's (an upsampling resets it). Plain
+    networks: nominal = stride."""
     dil: dict = {}
     for n in topological_order(g):
         s = int(g.nodes[n].get("stride", 1))
