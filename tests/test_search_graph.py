@@ -353,3 +353,59 @@ def test_expected_ged_gradients_and_descent():
     assert [g.nodes[i]["label"] for i in sorted(g.nodes)] == ["conv-k3", "conv-k3", "dw-conv"]
     assert sorted(g.edges) == [(0, 1), (0, 2), (1, 2)]
     assert correspondence_ged(g, t) == DEFAULT_COSTS.node_indel + DEFAULT_COSTS.edge_indel  # t3 and 2->3 inserted
+
+
+# ---------------------------------------------------------------------------- the chain supernet's soft graph
+def _one_hot_logits(net, gen: torch.Generator, skip_bias: float) -> None:
+    """Set every architecture logit vector of ``net`` to a random one-hot choice (skip drawn with ``skip_bias``)."""
+    with torch.no_grad():
+        for name, p in net.named_arch_parameters():
+            pick = int(torch.randint(len(p), (), generator=gen))
+            if name.startswith("alpha.") and float(torch.rand((), generator=gen)) < skip_bias:
+                pick = 0  # LAYER_OPS[0] is skip
+            p.fill_(-40.0)
+            p[pick] = 40.0
+
+
+def test_chain_soft_graph_at_one_hot_is_the_derived_network():
+    """search.ged_graph=derived: at one-hot weights the soft graph is the traced derived network's graph (skipped
+    layers' readers rewired, unread layers removed, MBConv merges), so the structural term prices the network the
+    search returns; the supernet's own wiring ("layers") is not, and its expected GED still meets the
+    correspondence GED of its own one-hot graph."""
+    from segdistill.search import space_chain
+    from segdistill.search.genotype import derive
+    from segdistill.search.objective import soft_graph
+
+    assert space_chain.LAYER_OPS[0] == "skip"
+    net = build_model("chain_supernet", 5, base_widths=[24, 32, 48], stem_widths=[8, 16], head_channels=16)
+    t = model_graph(build_model("fcn_resnet18", 5).eval(), (1, 3, 64, 64))
+    same = lambda a, b: all(a[k] == b[k] for k in ("label", "stride", "bucket"))  # noqa: E731
+    gen = torch.Generator().manual_seed(0)
+    layers_iso = []
+    for trial in range(12):
+        _one_hot_logits(net, gen, skip_bias=0.5 if trial % 2 else 0.0)
+        traced = model_graph(build_model("searched", 5, genotype=derive(net)).eval(), (1, 3, 64, 64))
+        for graph in ("derived", "layers"):
+            sg = soft_graph(net, graph)
+            g = sg.to_graph()
+            value = float(expected_ged(sg, t).detach())
+            assert value == pytest.approx(correspondence_ged(g, t, normalize=True), abs=1e-6)
+            if graph == "derived":
+                assert nx.is_isomorphic(traced, g, node_match=same), (trial, graph_summary(traced), graph_summary(g))
+            else:
+                layers_iso.append(nx.is_isomorphic(traced, g, node_match=same))
+    assert not all(layers_iso)  # the old wiring drops the edges of removed layers' readers
+
+
+def test_chain_soft_graph_derived_is_differentiable():
+    from segdistill.search.objective import soft_graph
+
+    net = build_model("chain_supernet", 5, base_widths=[24, 32, 48], stem_widths=[8, 16], head_channels=16)
+    t = model_graph(build_model("fcn_resnet18", 5).eval(), (1, 3, 64, 64))
+    value = expected_ged(soft_graph(net, "derived"), t)
+    value.backward()
+    grads = {n: p.grad for n, p in net.named_arch_parameters()}
+    assert all(g is not None and torch.isfinite(g).all() for n, g in grads.items() if not n.startswith("width"))
+    assert all(grads[f"beta.{j}"].abs().sum() > 0 for j in (1, 2, 3))  # beta reaches the rewired edges
+    with pytest.raises(Exception, match="ged_graph"):
+        soft_graph(net, "wiring")

@@ -244,7 +244,7 @@ class SearchHook(Hook):
     def expected_ged(self) -> torch.Tensor:
         from .ged import expected_ged
 
-        return expected_ged(soft_graph(self.supernet), self.teacher_graph, costs=self.ged_costs)
+        return expected_ged(soft_graph(self.supernet, self.s.ged_graph), self.teacher_graph, costs=self.ged_costs)
 
     def arch_step(self, trainer) -> dict:
         terms = self.objective(trainer, self.next_arch_batch())

@@ -41,7 +41,7 @@ from ..errors import ConfigError, LatencyError
 from ..latency import standalone as core
 from ..latency.lut import LatencyTable
 from ..latency.predictor import LatencyPredictor
-from .graph import SoftGraph, slot_depth
+from .graph import ABSENT, SoftGraph, channel_bucket, slot_depth
 from .space_chain import ChainSpace, ChainSupernet, block_scorer
 
 PENALTIES = ("proxyless", "hinge")
@@ -49,49 +49,143 @@ LAMBDA_RANGE = (1e-6, 1e6)
 
 
 # ---------------------------------------------------------------------------- structure
-def soft_graph(supernet: ChainSupernet) -> SoftGraph:
+GED_GRAPHS = ("derived", "layers")
+
+
+def soft_graph(supernet: ChainSupernet, graph: str = "derived") -> SoftGraph:
     """The supernet as a :class:`SoftGraph` (gradients flow to alpha, beta and the width logits).
 
     Nodes in the order a traced derived network runs them: stem (conv-k3 at stride 2, dw-conv at stride 4), per
-    stage the strided layer and the L searchable layers (skip = absent; widths with their probabilities; edge i -> j
-    with probability softmax(beta_j)_i), then the head: conv-k1 on stride 32, resize to stride 8, conv-k1 on the
-    stride-8 stage, merge, conv-k3 (refine), conv-k1 (classifier). Relative depths count every node a stage can
-    hold (the head's stride-8 nodes join stage 1, its stride-32 conv stage 3), as :func:`model_graph` counts them
-    in a network where every layer is present. A supernet with its own ``soft_graph()`` (lgcnet) gives that."""
+    stage the strided layer and the L searchable layers (skip = absent; widths with their probabilities), then the
+    head: conv-k1 on stride 32, resize to stride 8, conv-k1 on the stride-8 stage, merge, conv-k3 (refine), conv-k1
+    (classifier). Relative depths count every node a stage can hold (the head's stride-8 nodes join stage 1, its
+    stride-32 conv stage 3), as :func:`model_graph` counts them in a network where every layer is present.
+
+    ``graph`` (``search.ged_graph``) says what the edges (and presences) are the distribution of:
+
+    * ``"derived"`` (default): the graph of the network :func:`~segdistill.search.genotype.derive` builds (one input
+      per layer). A layer whose skip wins is removed and its readers read its own (resolved) input; a layer nobody
+      reads is removed; an MBConv layer (stride 1, same width) is ``mbconv -> merge`` with its input's edge into the
+      merge, and its readers read the merge. See :func:`_derived_stage`; at one-hot architecture weights
+      :meth:`SoftGraph.to_graph` is the traced derived network's graph (same nodes, labels, strides, buckets and
+      edges; tested).
+    * ``"layers"``: the supernet's own wiring, edge i -> j with probability softmax(beta_j)_i between present
+      layers, no merges, no removal of unread layers. A removed layer takes its readers' edges with it, so removing
+      layers looks cheaper in edges than it is (the search runs up to 2026-12-06 used it).
+
+    A supernet with its own ``soft_graph()`` (lgcnet) gives that (``graph`` does not apply)."""
     if hasattr(supernet, "soft_graph"):
         return supernet.soft_graph()
+    if graph not in GED_GRAPHS:
+        raise ConfigError(f"search.ged_graph={graph!r}: choose one of {', '.join(GED_GRAPHS)}")
+    derived = graph == "derived"
     sp = supernet.space
     desc = supernet.describe()
     L = sp.layers
-    counts = {1: 1 + L + 5, 2: 1 + L, 3: 1 + L + 1}  # nodes per graph stage (strides 8, 16, 32)
+    per = 2 if derived else 1  # slots per searchable layer (the layer, and its residual merge)
+    counts = {1: 1 + per * L + 5, 2: 1 + per * L, 3: 1 + per * L + 1}  # slots per graph stage (strides 8, 16, 32)
     sg = SoftGraph()
     stem = sg.add_fixed("conv-k3", stride=2, channels=sp.stem_widths[0], depth=slot_depth(0, 2), name="stem")
-    prev = sg.add_fixed("dw-conv", stride=4, channels=sp.stem_widths[1], depth=slot_depth(1, 2), name="stage1")
-    sg.add_edge(stem, prev)
+    prev = {sg.add_fixed("dw-conv", stride=4, channels=sp.stem_widths[1], depth=slot_depth(1, 2), name="stage1"): 1.0}
+    sg.add_edge(stem, next(iter(prev)))
     outs = []
     for s, st in enumerate(desc):
-        n = counts[s + 1]
-        ids = [sg.add_layer(st["down"]["ops"], st["down"]["probs"], stride=st["stride"], channels=st["widths"],
-                            width_probs=st["width_probs"], depth=slot_depth(0, n), name=f"{st['stage']}.down")]
-        sg.add_edge(prev, ids[0])
-        for j, layer in enumerate(st["layers"], start=1):
-            ids.append(sg.add_layer(layer["ops"], layer["probs"], stride=st["stride"], channels=st["widths"],
-                                    width_probs=st["width_probs"], depth=slot_depth(j, n),
-                                    name=f"{st['stage']}.layer{j}"))
-            for i, p in zip(layer["inputs"], layer["input_probs"]):
-                sg.add_edge(ids[i], ids[j], p)
-        prev = ids[-1]
+        n, name = counts[s + 1], st["stage"]
+        down = sg.add_layer(st["down"]["ops"], st["down"]["probs"], stride=st["stride"], channels=st["widths"],
+                            width_probs=st["width_probs"], depth=slot_depth(0, n), name=f"{name}.down")
+        for u, p in prev.items():
+            sg.add_edge(u, down, p)
+        if derived:
+            prev = _derived_stage(sg, st, down, n)
+        else:
+            ids = [down]
+            for j, layer in enumerate(st["layers"], start=1):
+                ids.append(sg.add_layer(layer["ops"], layer["probs"], stride=st["stride"], channels=st["widths"],
+                                        width_probs=st["width_probs"], depth=slot_depth(j, n), name=f"{name}.layer{j}"))
+                for i, p in zip(layer["inputs"], layer["input_probs"]):
+                    sg.add_edge(ids[i], ids[j], p)
+            prev = {ids[-1]: 1.0}
         outs.append(prev)
     ch, k = sp.head_channels, sp.num_classes
-    high = sg.add_fixed("conv-k1", stride=32, channels=ch, depth=slot_depth(1 + L, counts[3]), name="head.high")
-    up = sg.add_fixed("resize", stride=8, channels=ch, depth=slot_depth(1 + L, counts[1]), name="head.up")
-    low = sg.add_fixed("conv-k1", stride=8, channels=ch, depth=slot_depth(2 + L, counts[1]), name="head.low")
-    fuse = sg.add_fixed("merge", stride=8, channels=ch, depth=slot_depth(3 + L, counts[1]), name="head.fuse")
-    refine = sg.add_fixed("conv-k3", stride=8, channels=ch, depth=slot_depth(4 + L, counts[1]), name="head.refine")
-    cls = sg.add_fixed("conv-k1", stride=8, channels=k, depth=slot_depth(5 + L, counts[1]), name="head.classifier")
-    for u, v in ((outs[2], high), (high, up), (outs[0], low), (up, fuse), (low, fuse), (fuse, refine), (refine, cls)):
-        sg.add_edge(u, v)
+    high = sg.add_fixed("conv-k1", stride=32, channels=ch, depth=slot_depth(1 + per * L, counts[3]), name="head.high")
+    up = sg.add_fixed("resize", stride=8, channels=ch, depth=slot_depth(1 + per * L, counts[1]), name="head.up")
+    low = sg.add_fixed("conv-k1", stride=8, channels=ch, depth=slot_depth(2 + per * L, counts[1]), name="head.low")
+    fuse = sg.add_fixed("merge", stride=8, channels=ch, depth=slot_depth(3 + per * L, counts[1]), name="head.fuse")
+    refine = sg.add_fixed("conv-k3", stride=8, channels=ch, depth=slot_depth(4 + per * L, counts[1]),
+                          name="head.refine")
+    cls = sg.add_fixed("conv-k1", stride=8, channels=k, depth=slot_depth(5 + per * L, counts[1]),
+                       name="head.classifier")
+    for src, v in ((outs[2], high), ({high: 1.0}, up), (outs[0], low), ({up: 1.0}, fuse), ({low: 1.0}, fuse),
+                   ({fuse: 1.0}, refine), ({refine: 1.0}, cls)):
+        for u, p in src.items():
+            sg.add_edge(u, v, p)
     return sg
+
+
+def _derived_stage(sg: SoftGraph, st: dict, down: int, n: int) -> dict:
+    """Add one stage's searchable layers as the distribution of the derived network's graph (``graph="derived"``
+    of :func:`soft_graph`); returns ``{graph node: probability that the stage's output is that node, given it is
+    present}`` for the stage's readers.
+
+    With layer j present with probability P_j (1 - its skip probability; the strided layer 0: P_0 = 1) and reading
+    input i with probability b_j[i] = softmax(beta_j)_i, independently:
+
+    * reading node i means reading node m (i's *resolution*: i itself when present, else the resolution of i's
+      input), with R[i][m] = P(resolve(i) = m | m present): R[m][m] = 1, R[i][m] = (1 - P_i) sum_k b_i[k] R[k][m]
+      (i > m); layer j's input edge comes from m with q[j][m] = sum_i b_j[i] R[i][m], the stage's output is m with
+      R[L][m];
+    * a present layer is kept when read: U_m = 1 - (1 - R[L][m]) prod_(j > m) (1 - P_j U_j q[j][m]) (U_0 = 1), the
+      node's presence becomes P_m U_m (the skip candidate takes the rest);
+    * an MBConv layer has a ``merge`` node (present with p_mbconv(m) U_m): ``m -> merge``, its input's edge into the
+      merge as well, and readers of m read the merge, so the edge from m itself exists with probability
+      q (1 - p_mbconv(m) / P_m) and the one from the merge with q.
+
+    Exact at one-hot weights; in between it treats the resolution and keeping events as independent of each other
+    and of the ends' presence (they share some layers' skip events)."""
+    layers, stride, widths, wp = st["layers"], st["stride"], st["widths"], st["width_probs"]
+    L = len(layers)
+    one = torch.ones((), dtype=wp.dtype, device=wp.device)
+    skip = [lay["ops"].index("skip") for lay in layers]
+    P = [one] + [1 - lay["probs"][i] for lay, i in zip(layers, skip)]
+    mb = [one * 0] + [lay["probs"][[c for c, kd in enumerate(lay["kinds"]) if kd == "mbconv"]].sum() for lay in layers]
+    b = [None] + [lay["input_probs"] for lay in layers]
+    R = [[one if i == m else one * 0 for m in range(L + 1)] for i in range(L + 1)]
+    for i in range(1, L + 1):
+        for m in range(i):
+            R[i][m] = (1 - P[i]) * sum(b[i][k] * R[k][m] for k in range(i))
+    q = [[sum(b[j][i] * R[i][m] for i in range(j)) if m < j else None for m in range(L + 1)] for j in range(L + 1)]
+    U = [one] * (L + 1)
+    for m in range(L, 0, -1):
+        unread = 1 - R[L][m]
+        for j in range(m + 1, L + 1):
+            unread = unread * (1 - P[j] * U[j] * q[j][m])
+        U[m] = 1 - unread
+    node, merge = {0: down}, {}
+    for j, lay in enumerate(layers, start=1):
+        probs = lay["probs"] * U[j]
+        probs = probs + torch.nn.functional.one_hot(torch.tensor(skip[j - 1]), len(probs)).to(probs) * (1 - U[j])
+        node[j] = sg.add_layer(lay["ops"], probs, stride=stride, channels=widths, width_probs=wp,
+                               depth=slot_depth(2 * j - 1, n), name=f"{st['stage']}.layer{j}")
+        has = mb[j] * U[j]
+        merge[j] = sg.add_node(["merge"] * len(widths) + [ABSENT], torch.cat([has * wp, (1 - has).reshape(1)]),
+                               strides=stride, buckets=[channel_bucket(c) for c in widths] + [0],
+                               depth=slot_depth(2 * j, n), name=f"{st['stage']}.layer{j}.merge")
+        sg.add_edge(node[j], merge[j])
+
+    def sources(m: int, p) -> dict:  # {graph node: edge probability} of "reads resolved node m" (probability p)
+        if m == 0:
+            return {node[0]: p}
+        return {node[m]: p * (1 - mb[m] / P[m].clamp_min(1e-12)), merge[m]: p}
+
+    for j in range(1, L + 1):
+        for m in range(j):
+            for u, p in sources(m, q[j][m]).items():
+                sg.add_edge(u, node[j], p)
+                sg.add_edge(u, merge[j], p)
+    out: dict = {}
+    for m in range(L + 1):
+        out.update(sources(m, R[L][m]))
+    return out
 
 
 # ---------------------------------------------------------------------------- latency
