@@ -14,13 +14,16 @@ teacher-output cache, with camvid_kd.py's teacher):
   committed tables (2-core AMD EPYC): the budgets sit inside it, so each search can land in its band;
 * ``lgc<B>`` (issue 11, same budgets): the LGCNet space (``search.space=lgcnet``: cell-independent cells, the
   GCN-guided module, the dense fusion cell; same base widths), searched and retrained the same way; its ablation at the
-  middle budget: ``lgc_share`` (cell-sharing, no GGM), ``lgc_noggm`` (gamma 0), ``lgc_nofusion`` (the chain head);
+  middle budget: ``lgc_share`` (cell-sharing, no GGM), ``lgc_noggm`` (gamma 0), ``lgc_nofusion`` (the chain head),
+  ``lgc_supernet`` (``search.expectation=supernet``: the terms priced on all of the supernet's edges, each absent with
+  its ``none`` probability, instead of the 2 kept inputs per node; the searches before 2026-12-07, where the cells
+  collapsed onto ``none``);
 * ablation at the middle torch budget: ``abl_ce`` (no teacher in the search: CE only, lambda_kd 0, lambda_ged 0),
   ``abl_cekd`` (lambda_ged 0), ``abl_nominal`` (the full objective with the teacher's graph staged by nominal stride,
   ``search.ged_stages=nominal``: the dilated teacher's last stage meets the student's stride-32 stage), ``abl_derived``
-  (the full objective with the structural term priced on the derived network's graph, ``search.ged_graph=derived``,
-  the default since 2026-12-07; every other chain row keeps the supernet's own wiring, ``layers``, so the table keeps
-  one objective); the full objective is ``torch<mid>``;
+  (the full objective with the structural term priced on the derived network's graph, ``search.expectation=derived``,
+  the default since 2026-12-07; every other chain row keeps the supernet's own wiring, ``supernet``, so the table
+  keeps one objective); the full objective is ``torch<mid>``;
 * ``random<i>`` (``--random-archs``, default 3): random architecture weights of the same space (standard normal
   logits), derived by the search's own rule for the middle budget (the argmax priced by latency, in the search's band
   0.9-1.0 x budget): a searched row differs from a random one only in where its weights came from;
@@ -98,8 +101,8 @@ STUDENTS = {**{k: v for k, v in kd.STUDENTS.items()},
 RANDOM_BAND = (0.9, 1.0)  # the search's band (search.band): random networks at the searched ones' latency
 SEARCHED_OV = ["model.output_stride=null"]  # the chain space fixes its strides (camvid-cpu.yaml says 8)
 # The chain rows' structural term prices the supernet's own wiring, as every chain search run before 2026-12-07
-# did (search.ged_graph=layers), so that the table keeps one objective; abl_derived prices the derived network.
-LAYERS_GRAPH = ["search.ged_graph=layers"]
+# did (search.expectation=supernet), so that the table keeps one objective; abl_derived prices the derived network.
+SUPERNET_EXP = ["search.expectation=supernet"]
 
 
 # ---------------------------------------------------------------------------- rows
@@ -116,12 +119,12 @@ def define_rows(torch_budgets: list[float], ort_budget: float, n_random: int) ->
         for b in budgets:
             rows[f"{prefix}torch{b:g}"] = {"desc": f"searched for torch-cpu {b:g} ms (CE + KD + GED), distilled",
                                            "kind": "search", "dataset": ds, "platform": "torch-cpu", "budget": b,
-                                           "search_ov": list(LAYERS_GRAPH)}
+                                           "search_ov": list(SUPERNET_EXP)}
 
     headline("camvid", "", torch_budgets)
     rows[f"ort{ort_budget:g}"] = {"desc": f"searched for onnxruntime-cpu {ort_budget:g} ms (CE + KD + GED), distilled",
                                   "kind": "search", "dataset": "camvid", "platform": "onnxruntime-cpu",
-                                  "budget": ort_budget, "search_ov": list(LAYERS_GRAPH)}
+                                  "budget": ort_budget, "search_ov": list(SUPERNET_EXP)}
     rows["abl_ce"] = {"desc": f"ablation: searched for torch-cpu {mid:g} ms, CE only (no teacher in the search), "
                               "distilled", "kind": "search", "dataset": "camvid", "platform": "torch-cpu", "budget": mid,
                       "search_ov": ["distill.teacher=null", "search.lambda_kd=0", "search.lambda_ged=0"]}
@@ -131,11 +134,11 @@ def define_rows(torch_budgets: list[float], ort_budget: float, n_random: int) ->
     rows["abl_nominal"] = {"desc": f"ablation: searched for torch-cpu {mid:g} ms, CE + KD + GED with the teacher's nodes "
                                    "staged by nominal stride (search.ged_stages=nominal), distilled", "kind": "search",
                            "dataset": "camvid", "platform": "torch-cpu", "budget": mid,
-                           "search_ov": ["search.ged_stages=nominal", *LAYERS_GRAPH]}
+                           "search_ov": ["search.ged_stages=nominal", *SUPERNET_EXP]}
     rows["abl_derived"] = {"desc": f"ablation: searched for torch-cpu {mid:g} ms, CE + KD + GED with the GED priced on "
-                                   "the derived network's graph (search.ged_graph=derived), distilled", "kind": "search",
+                                   "the derived network's graph (search.expectation=derived), distilled", "kind": "search",
                            "dataset": "camvid", "platform": "torch-cpu", "budget": mid,
-                           "search_ov": ["search.ged_graph=derived"]}
+                           "search_ov": ["search.expectation=derived"]}
     for b in torch_budgets:  # issue 11: the LGCNet space at the same budgets
         rows[f"lgc{b:g}"] = {"desc": f"LGCNet space (cell-independent + GGM + dense fusion) searched for torch-cpu {b:g} "
                                      "ms (CE + KD + GED), distilled", "kind": "search", "space": "lgcnet",
@@ -143,7 +146,10 @@ def define_rows(torch_budgets: list[float], ort_budget: float, n_random: int) ->
     for name, what, ov in (("lgc_share", "cell-sharing (one alpha for every cell, no GGM)",
                             ["search.share_cells=true", "search.ggm_gamma=0"]),
                            ("lgc_noggm", "cell-independent without the GGM (gamma 0)", ["search.ggm_gamma=0"]),
-                           ("lgc_nofusion", "without the dense fusion cell (the chain head)", ["search.fusion=false"])):
+                           ("lgc_nofusion", "without the dense fusion cell (the chain head)", ["search.fusion=false"]),
+                           ("lgc_supernet", "structural and latency terms over the supernet's own edges (every edge "
+                            "absent with its none probability; search.expectation=supernet, the lgc20 run of "
+                            "2026-12-06)", SUPERNET_EXP)):
         rows[name] = {"desc": f"LGCNet ablation: {what}, torch-cpu {mid:g} ms, distilled", "kind": "search",
                       "space": "lgcnet", "dataset": "camvid", "platform": "torch-cpu", "budget": mid, "search_ov": ov}
     for i in range(n_random):

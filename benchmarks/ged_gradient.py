@@ -31,8 +31,8 @@ def candidate_names(supernet, name: str, n: int) -> list[str]:
     return [str(i) for i in range(n)]
 
 
-def ged_gradients(supernet, teacher_graph, family: float | None = None, edge: float = 1.0,
-                  graph: str = "derived") -> tuple[float, dict[str, list[float]]]:
+def ged_gradients(supernet, teacher_graph, family: float | None = None,
+                  edge: float = 1.0) -> tuple[float, dict[str, list[float]]]:
     """(expected GED, {arch parameter name: d E[GED] / d logits}) at the supernet's current logits."""
     from segdistill.search.ged import EditCosts, expected_ged
     from segdistill.search.objective import soft_graph
@@ -40,7 +40,7 @@ def ged_gradients(supernet, teacher_graph, family: float | None = None, edge: fl
     params = dict(supernet.named_arch_parameters())
     for p in params.values():
         p.grad = None
-    value = expected_ged(soft_graph(supernet, graph), teacher_graph, costs=EditCosts(family=family, edge_indel=edge))
+    value = expected_ged(soft_graph(supernet), teacher_graph, costs=EditCosts(family=family, edge_indel=edge))
     value.backward()
     return float(value.detach()), {n: p.grad.flatten().tolist() for n, p in params.items() if p.grad is not None and p.dim() == 1}
 
@@ -50,7 +50,7 @@ def main():
 
     from segdistill.engine.checkpoint import build_from_checkpoint
     from segdistill.search.graph import STAGE_RULES, model_graph
-    from segdistill.search.objective import GED_GRAPHS
+    from segdistill.search.space_chain import EXPECTATIONS
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--teacher", required=True, help="the teacher's checkpoint (best.pt)")
@@ -61,8 +61,9 @@ def main():
     ap.add_argument("--family-cost", type=float, help="substitution cost within a label family (search.ged_family_cost)")
     ap.add_argument("--edge-cost", type=float, default=1.0,
                     help="edge insertion/deletion cost (1 as the search; 0 shows the push without the edge terms)")
-    ap.add_argument("--graph", choices=GED_GRAPHS, default="derived",
-                    help="the supernet's graph (search.ged_graph): derived (default) or layers (the old wiring)")
+    ap.add_argument("--expectation", choices=EXPECTATIONS, default="derived",
+                    help="what the term's expectation is over (search.expectation): derived (the derived network's "
+                         "graph, the default) or supernet (the supernet's own wiring, the searches before 2026-12-07)")
     args = ap.parse_args()
     print("command: python benchmarks/ged_gradient.py " + shlex.join(sys.argv[1:]))
     teacher, _ = build_from_checkpoint(args.teacher)
@@ -70,6 +71,7 @@ def main():
     net, _ = build_from_checkpoint(args.supernet)
     if not hasattr(net, "named_arch_parameters"):
         raise SystemExit(f"{args.supernet}: not a supernet checkpoint (no architecture logits)")
+    net.expectation = args.expectation
     saved = {n: p.detach().clone() for n, p in net.named_arch_parameters()}
     for state in ("saved logits", "uniform logits"):
         if state.startswith("uniform"):
@@ -77,7 +79,7 @@ def main():
                 for n, p in net.named_arch_parameters():
                     if n in saved and p.dim() == 1:
                         p.zero_()
-        value, grads = ged_gradients(net, tg, args.family_cost, args.edge_cost, args.graph)
+        value, grads = ged_gradients(net, tg, args.family_cost, args.edge_cost)
         print(f"\n== {state}: normalised E[GED] {value:.3f} (teacher graph: {tg.number_of_nodes()} nodes, "
               f"{tg.number_of_edges()} edges)")
         print("| logits | favoured most (grad) | favoured least (grad) | skip grad |")

@@ -316,10 +316,11 @@ class SearchConfig:
     ged_timeout: float = checked(5.0, above(0), "seconds of exact GED search per validation (else an upper bound)")
     ged_family_cost: float | None = checked(None, within(0, 1), "substitution cost between different labels of one "
                                             "family (convolutions; token mixers) in the GED; null: 1 like any label")
-    ged_graph: str = checked("derived", one_of("derived", "layers"), "what the chain supernet's graph for the GED is "
-                             "the distribution of: derived (the derived network's graph: skipped layers' readers "
-                             "rewired, unread layers removed, MBConv residual merges) | layers (the supernet's own "
-                             "wiring; the searches before 2026-12-07)")
+    expectation: str = checked("derived", one_of("derived", "supernet"), "what the structural and latency terms "
+                               "take their expectation over: derived (the network derive builds: chain: skipped "
+                               "layers' readers rewired, unread layers removed, MBConv merges; lgcnet: the top-2 "
+                               "kept edges per node) | supernet (the supernet's own wiring; the searches before "
+                               "2026-12-07)")
     ged_stages: str = checked("stride", one_of("stride", "nominal"), "how the teacher's graph nodes get their stage for "
                               "the GED's correspondence: stride | nominal (stride x dilation: a dilated teacher's last "
                               "stage sits at stride 32, as a student's)")

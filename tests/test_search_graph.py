@@ -368,9 +368,9 @@ def _one_hot_logits(net, gen: torch.Generator, skip_bias: float) -> None:
 
 
 def test_chain_soft_graph_at_one_hot_is_the_derived_network():
-    """search.ged_graph=derived: at one-hot weights the soft graph is the traced derived network's graph (skipped
+    """search.expectation=derived: at one-hot weights the soft graph is the traced derived network's graph (skipped
     layers' readers rewired, unread layers removed, MBConv merges), so the structural term prices the network the
-    search returns; the supernet's own wiring ("layers") is not, and its expected GED still meets the
+    search returns; the supernet's own wiring ("supernet") is not, and its expected GED still meets the
     correspondence GED of its own one-hot graph."""
     from segdistill.search import space_chain
     from segdistill.search.genotype import derive
@@ -385,7 +385,7 @@ def test_chain_soft_graph_at_one_hot_is_the_derived_network():
     for trial in range(12):
         _one_hot_logits(net, gen, skip_bias=0.5 if trial % 2 else 0.0)
         traced = model_graph(build_model("searched", 5, genotype=derive(net)).eval(), (1, 3, 64, 64))
-        for graph in ("derived", "layers"):
+        for graph in ("derived", "supernet"):
             sg = soft_graph(net, graph)
             g = sg.to_graph()
             value = float(expected_ged(sg, t).detach())
@@ -402,10 +402,10 @@ def test_chain_soft_graph_derived_is_differentiable():
 
     net = build_model("chain_supernet", 5, base_widths=[24, 32, 48], stem_widths=[8, 16], head_channels=16)
     t = model_graph(build_model("fcn_resnet18", 5).eval(), (1, 3, 64, 64))
-    value = expected_ged(soft_graph(net, "derived"), t)
+    value = expected_ged(soft_graph(net), t)  # the supernet's own default: derived
     value.backward()
     grads = {n: p.grad for n, p in net.named_arch_parameters()}
     assert all(g is not None and torch.isfinite(g).all() for n, g in grads.items() if not n.startswith("width"))
     assert all(grads[f"beta.{j}"].abs().sum() > 0 for j in (1, 2, 3))  # beta reaches the rewired edges
-    with pytest.raises(Exception, match="ged_graph"):
+    with pytest.raises(Exception, match="search.expectation"):
         soft_graph(net, "wiring")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 
+import networkx as nx
 import numpy as np
 import pytest
 import torch
@@ -25,7 +26,15 @@ from segdistill.models import build_model, count_parameters
 from segdistill.search.genotype import derive, genotype_netspec, load_genotype, save_genotype
 from segdistill.search.ggm import GCNGuidedModule
 from segdistill.search.objective import soft_graph
-from segdistill.search.space_lgcnet import CELL_OPS, FUSION_OPS, LEVELS, LgcSpace, LgcSupernet, cell_edges
+from segdistill.search.space_lgcnet import (
+    CELL_OPS,
+    FUSION_OPS,
+    LEVELS,
+    LgcSpace,
+    LgcSupernet,
+    cell_edges,
+    kept_probs,
+)
 
 SHAPE = (1, 3, 48, 64)
 K = 8
@@ -103,6 +112,83 @@ def test_expected_latency_is_the_hand_sum_at_one_hot_weights(fusion):
     net.expected_latency(predictor).backward()
     assert all(a.grad is not None and a.grad.abs().sum() > 0 for a in net.alpha)
     assert net.largest_latency(predictor) >= e.item() >= net.smallest_latency(predictor) > 0
+
+
+def test_kept_probs_are_top_two_inclusion_probabilities():
+    """Plackett-Luce top-2 inclusion: against sampling without replacement, sums, bounds, the indicator case."""
+    torch.manual_seed(0)
+    w = torch.tensor([0.5, 0.3, 0.15, 0.05])
+    got = kept_probs(w, 2)
+    draws = torch.stack([torch.multinomial(w, 2, replacement=False) for _ in range(20000)])
+    freq = torch.stack([(draws == e).any(1).float().mean() for e in range(4)])
+    assert torch.allclose(got, freq, atol=0.015)
+    assert float(got.sum()) == pytest.approx(2.0) and float(got.max()) <= 1.0
+    assert kept_probs(torch.tensor([0.0, 0.9, 0.0, 0.7]), 2).tolist() == pytest.approx([0, 1, 0, 1], abs=1e-6)
+    assert kept_probs(torch.tensor([0.2, 0.6]), 2).tolist() == [1.0, 1.0]
+    assert kept_probs(w, 1).tolist() == pytest.approx((w / w.sum()).tolist())
+    with pytest.raises(ConfigError, match="top_k"):
+        kept_probs(w, 3)
+
+
+def test_derived_expectation_counts_the_kept_edges_only():
+    """search.expectation=derived: per node the edges' kept mass is 2 at any weights (so none cannot shrink the
+    cell), at one-hot weights it is the supernet's softmax, and the latency term no longer favours none."""
+    net = tiny(ggm_gamma=0)
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for a in net.alpha:
+            a.copy_(torch.randn_like(a))
+    edges = cell_edges(net.space.nodes)
+    for q in net.edge_probs("derived"):
+        assert torch.allclose(q.sum(-1), torch.ones(len(edges)))
+        for i in range(net.space.nodes):
+            rows = [e for e, (n, _) in enumerate(edges) if n == i]
+            assert float((1 - q[rows, 0]).sum().detach()) == pytest.approx(2.0, abs=1e-5)  # CELL_OPS[0]: none
+    set_one_hot(net, np.random.default_rng(3))
+    for q, p in zip(net.edge_probs("derived"), net.edge_probs("supernet")):
+        assert torch.allclose(q, p, atol=1e-6)
+    predictor, _ = fake_predictor(net.keys())
+    with torch.no_grad():
+        for a in net.alpha:
+            a.zero_()
+    grads = {}
+    for mode in ("supernet", "derived"):
+        net.expectation = mode
+        for a in net.alpha:
+            a.grad = None
+        net.expected_latency(predictor).backward()
+        grads[mode] = torch.stack([a.grad[:, 0] for a in net.alpha])  # d latency / d none logit
+    assert float(grads["supernet"].max()) < 0  # the old expectation: every none logit lowers latency
+    assert float(grads["derived"].abs().max()) < float(grads["supernet"].abs().max())
+    with pytest.raises(ConfigError, match="search.expectation"):
+        net.edge_probs("wiring")
+
+
+@pytest.mark.parametrize("fusion", [True, False])
+def test_derived_soft_graph_at_one_hot_is_the_derived_network(fusion):
+    """search.expectation=derived: at one-hot weights the soft graph is the traced derived network's graph (kept
+    edges, MBConv residual merges, identities as edges, the fusion's strides, resizes and chained sums, cells no
+    kept level reads left out). The ops reading x0 are plain convolutions here: after the pre 1x1 conv, a
+    depthwise-first op is folded by the tracer into one MBConv-like node, which no soft graph reproduces."""
+    from segdistill.search.graph import model_graph
+
+    net = tiny(fusion=fusion, ggm_gamma=0)
+    rng = np.random.default_rng(0)
+    plain = [CELL_OPS.index(o) for o in ("conv_3x3", "dilconv_3x3_d2", "zoomconv_3x3")]
+    same = lambda a, b: all(a[k] == b[k] for k in ("label", "stride", "bucket"))  # noqa: E731
+    old = []
+    for _ in range(8):
+        set_one_hot(net, rng)
+        with torch.no_grad():
+            for a in net.alpha:
+                for e, (_, src) in enumerate(cell_edges(net.space.nodes)):
+                    if src == 0 and int(a[e].argmax()) != 0:
+                        a[e].fill_(-30.0)
+                        a[e, int(rng.choice(plain))] = 30.0
+        traced = model_graph(build_model("searched", K, genotype=derive(net)).eval(), SHAPE)
+        assert nx.is_isomorphic(traced, soft_graph(net, "derived").to_graph(), node_match=same)
+        old.append(nx.is_isomorphic(traced, soft_graph(net, "supernet").to_graph(), node_match=same))
+    assert not all(old)
 
 
 def test_ggm_in_isolation_shapes_gradients_and_gamma_zero():

@@ -128,6 +128,7 @@ class SearchHook(Hook):
             model = build_model(SPACES[self.s.space]["model"], trainer.num_classes,
                                 **space_options(self.s)).to(trainer.device)
         model.gumbel, model.hard, model.tau = bool(self.s.gumbel), bool(self.s.hard), self.tau
+        model.expectation = self.s.expectation
         self.supernet = model
         return model
 
@@ -244,7 +245,7 @@ class SearchHook(Hook):
     def expected_ged(self) -> torch.Tensor:
         from .ged import expected_ged
 
-        return expected_ged(soft_graph(self.supernet, self.s.ged_graph), self.teacher_graph, costs=self.ged_costs)
+        return expected_ged(soft_graph(self.supernet), self.teacher_graph, costs=self.ged_costs)
 
     def arch_step(self, trainer) -> dict:
         terms = self.objective(trainer, self.next_arch_batch())

@@ -42,17 +42,14 @@ from ..latency import standalone as core
 from ..latency.lut import LatencyTable
 from ..latency.predictor import LatencyPredictor
 from .graph import ABSENT, SoftGraph, channel_bucket, slot_depth
-from .space_chain import ChainSpace, ChainSupernet, block_scorer
+from .space_chain import EXPECTATIONS, ChainSpace, ChainSupernet, block_scorer
 
 PENALTIES = ("proxyless", "hinge")
 LAMBDA_RANGE = (1e-6, 1e6)
 
 
 # ---------------------------------------------------------------------------- structure
-GED_GRAPHS = ("derived", "layers")
-
-
-def soft_graph(supernet: ChainSupernet, graph: str = "derived") -> SoftGraph:
+def soft_graph(supernet: ChainSupernet, expectation: str | None = None) -> SoftGraph:
     """The supernet as a :class:`SoftGraph` (gradients flow to alpha, beta and the width logits).
 
     Nodes in the order a traced derived network runs them: stem (conv-k3 at stride 2, dw-conv at stride 4), per
@@ -61,7 +58,8 @@ def soft_graph(supernet: ChainSupernet, graph: str = "derived") -> SoftGraph:
     (classifier). Relative depths count every node a stage can hold (the head's stride-8 nodes join stage 1, its
     stride-32 conv stage 3), as :func:`model_graph` counts them in a network where every layer is present.
 
-    ``graph`` (``search.ged_graph``) says what the edges (and presences) are the distribution of:
+    ``expectation`` (default: the supernet's ``.expectation``, ``search.expectation``) says what the edges (and
+    presences) are the distribution of:
 
     * ``"derived"`` (default): the graph of the network :func:`~segdistill.search.genotype.derive` builds (one input
       per layer). A layer whose skip wins is removed and its readers read its own (resolved) input; a layer nobody
@@ -69,16 +67,17 @@ def soft_graph(supernet: ChainSupernet, graph: str = "derived") -> SoftGraph:
       merge, and its readers read the merge. See :func:`_derived_stage`; at one-hot architecture weights
       :meth:`SoftGraph.to_graph` is the traced derived network's graph (same nodes, labels, strides, buckets and
       edges; tested).
-    * ``"layers"``: the supernet's own wiring, edge i -> j with probability softmax(beta_j)_i between present
+    * ``"supernet"``: the supernet's own wiring, edge i -> j with probability softmax(beta_j)_i between present
       layers, no merges, no removal of unread layers. A removed layer takes its readers' edges with it, so removing
       layers looks cheaper in edges than it is (the search runs up to 2026-12-06 used it).
 
-    A supernet with its own ``soft_graph()`` (lgcnet) gives that (``graph`` does not apply)."""
+    A supernet with its own ``soft_graph(expectation)`` (lgcnet) gives that."""
+    expectation = getattr(supernet, "expectation", "derived") if expectation is None else expectation
+    if expectation not in EXPECTATIONS:
+        raise ConfigError(f"search.expectation={expectation!r}: choose one of {', '.join(EXPECTATIONS)}")
     if hasattr(supernet, "soft_graph"):
-        return supernet.soft_graph()
-    if graph not in GED_GRAPHS:
-        raise ConfigError(f"search.ged_graph={graph!r}: choose one of {', '.join(GED_GRAPHS)}")
-    derived = graph == "derived"
+        return supernet.soft_graph(expectation)
+    derived = expectation == "derived"
     sp = supernet.space
     desc = supernet.describe()
     L = sp.layers
@@ -123,7 +122,7 @@ def soft_graph(supernet: ChainSupernet, graph: str = "derived") -> SoftGraph:
 
 
 def _derived_stage(sg: SoftGraph, st: dict, down: int, n: int) -> dict:
-    """Add one stage's searchable layers as the distribution of the derived network's graph (``graph="derived"``
+    """Add one stage's searchable layers as the distribution of the derived network's graph (``expectation="derived"``
     of :func:`soft_graph`); returns ``{graph node: probability that the stage's output is that node, given it is
     present}`` for the stage's readers.
 

@@ -83,6 +83,10 @@ OPS: dict[str, dict] = {
 LAYER_OPS: tuple[str, ...] = tuple(OPS)
 DOWN_OPS: tuple[str, ...] = tuple(n for n in OPS if n not in ("skip", "dilconv_3x3_d2"))
 STAGE_NAMES = ("stage2", "stage3", "stage4")
+#: ``search.expectation``: what a supernet's structural and latency terms take their expectation over: the network
+#: ``derive`` builds from a draw of the architecture weights ("derived"), or the supernet's own wiring ("supernet",
+#: every search before 2026-12-07). Supernets hold it as ``.expectation`` (the search hook sets it).
+EXPECTATIONS = ("derived", "supernet")
 STAGE_STRIDES = (8, 16, 32)
 
 
@@ -398,6 +402,7 @@ class ChainSupernet(nn.Module):
         self.beta = nn.ParameterList(small(j + 1) for _ in range(3) for j in range(L))
         self.width_logits = nn.ParameterList(small(n_w) for _ in range(3))
         self.gumbel, self.tau, self.hard = False, 1.0, False
+        self.expectation = "derived"  # EXPECTATIONS; only the structural term's graph depends on it here
         self.feature_channels, self.feature_strides = feature_layout(
             space.stem_widths, [space.max_width(s) for s in range(3)], space.head_channels)
         self.logits_stride, self.output_stride = 8, 32

@@ -32,9 +32,17 @@ not ``none`` (at least the strongest one), each with its argmax non-``none`` op.
 (``none`` is the free ``zero`` block): ``sum_cells sum_edges sum_o p_o t(o)`` + for each fusion level
 ``sum_o p_o t(o)`` + ``(1 - p_none) t(resize to stride 8)`` for levels 16 and 32, + fixed parts (stem, ``pre``
 convs, the ``add`` blocks of a top-2 derived cell: 2N - 1 per cell, head). At one-hot weights with two non-``none``
-inputs per node it is exactly the derived network's sum of blocks; otherwise the ``none`` mass is the expected
-edge absence. Left out: the fusion's ``add`` blocks (kept levels - 1). Keys fix the input shape (``input_shape``);
-the modules run at any size.
+inputs per node it is exactly the derived network's sum of blocks. In between, ``p`` is :meth:`LgcSupernet.edge_probs`:
+with ``search.expectation=derived`` (default) an edge counts with its probability of being one of its node's 2 kept
+inputs, so a cell always pays for 2 inputs per node, as its derived network does; with ``supernet`` (the searches
+before 2026-12-07) the ``none`` mass is the expected edge absence, which made ``none`` look like a saving the derived
+network never has (those cells collapsed onto ``none``). Left out: the fusion's ``add`` blocks (kept levels - 1).
+Keys fix the input shape (``input_shape``); the modules run at any size.
+
+**Structural term** (:meth:`LgcSupernet.soft_graph`): under ``derived`` the soft graph is the derived network's graph
+in expectation (kept edges, MBConv residual merges, identities as edges, the fusion's strides, resizes and chained
+sums, cells that no kept fusion level reads left out); at one-hot weights it is the traced derived network's graph
+(tested).
 """
 from __future__ import annotations
 
@@ -56,8 +64,8 @@ from ..models.layers import init_weights
 from ..models.output import SegOutput
 from .genotype import FORMAT, VERSION, first_argmax
 from .ggm import GCNGuidedModule
-from .graph import SoftGraph, slot_depth
-from .space_chain import OPS, ChainHead, ChainSpace, add_key, build_op, op_key
+from .graph import ABSENT, SoftGraph, channel_bucket, slot_depth
+from .space_chain import EXPECTATIONS, OPS, ChainHead, ChainSpace, add_key, build_op, op_key
 
 CELL_OPS: tuple[str, ...] = ("none", "skip", "conv_3x3", "dwsep_3x3", "dwsep_5x5", "mbconv_k3_e3", "mbconv_k3_e6",
                              "mbconv_k5_e3", "dilconv_3x3_d2", "zoomconv_3x3")
@@ -72,6 +80,25 @@ def cand_key(op: str, cin: int, cout: int, h: int, w: int, stride: int = 1) -> B
     if op == "none":
         return BlockKey("zero", cin, cout, h, w, stride=stride)
     return op_key(op, cin, cout, h, w, stride)
+
+
+def kept_probs(strength: torch.Tensor, k: int) -> torch.Tensor:
+    """P(edge in the top ``k`` of its node) for every edge of one node, by ``strength`` (n,): the inclusion
+    probabilities of ``k`` draws without replacement, each edge drawn in proportion to its strength (Plackett-Luce;
+    k = 1: s_e / S; k = 2: s_e / S + sum_(f != e) s_f / S * s_e / (S - s_f)). They sum to min(k, n), each is <= 1,
+    and where exactly k strengths are non-zero they are the top k's indicator (the derived network's edges)."""
+    n = strength.numel()
+    if k >= n:
+        return torch.ones_like(strength)
+    total = strength.sum().clamp_min(1e-12)
+    first = strength / total
+    if k == 1:
+        return first
+    if k == 2:
+        rest = (total - strength).clamp_min(1e-12)  # S - s_f for each f
+        second = (first[:, None] * strength[None, :] / rest[:, None]).sum(0) - first * strength / rest
+        return first + second
+    raise ConfigError(f"lgcnet: the kept-edge expectation knows top_k 1 and 2, not {k}")
 
 
 def cell_edges(nodes: int) -> list[tuple[int, int]]:
@@ -491,6 +518,7 @@ class LgcSupernet(LgcBase):
         self.alpha_fusion = nn.Parameter(1e-3 * torch.randn(4, len(space.fusion_ops))) if space.fusion else None
         self.ggm = nn.ModuleList(GCNGuidedModule(n_ops, ggm_hidden, ggm_gamma) for _ in range(2)) if ggm_gamma else None
         self.gumbel, self.tau, self.hard = False, 1.0, False
+        self.expectation = "derived"  # EXPECTATIONS: see edge_probs
         self.train()
 
     # ------------------------------------------------------------------ parameters
@@ -542,11 +570,56 @@ class LgcSupernet(LgcBase):
     def keys(self, input_shape=None) -> list[str]:
         return self.space.keys(input_shape)
 
+    def edge_probs(self, expectation: str | None = None) -> list[torch.Tensor]:
+        """Per cell (E x O) the probability that each edge of the network holds each op (``none``: no edge), under
+        ``expectation`` (default ``self.expectation``):
+
+        * ``"supernet"``: softmax(alpha'): all E edges of a cell, each absent with its ``none`` probability. A
+          derived cell has 2 edges per node, never a ``none``, so a latency or structural term under it is paid
+          for edges the network will not have, and moving mass to ``none`` looks like a saving (the searches before
+          2026-12-07, where the cells collapsed onto ``none``).
+        * ``"derived"``: the network ``derive`` builds (DARTS' rule: per node the 2 inputs of largest strength,
+          strength = the largest non-``none`` probability, each with its argmax non-``none`` op). Edge e is kept with
+          ``K_e`` = :func:`kept_probs` (strengths of its node's edges, k = 2) and then holds op o with
+          softmax(alpha' without ``none``)_o; ``none`` gets 1 - K_e. Per node the kept mass is exactly 2, so only
+          *which* edges and ops a cell has can change, not how many. At one-hot weights with 2 non-``none`` inputs
+          per node both are the derived network."""
+        expectation = self.expectation if expectation is None else expectation
+        if expectation not in EXPECTATIONS:
+            raise ConfigError(f"search.expectation={expectation!r}: choose one of {', '.join(EXPECTATIONS)}")
+        alphas = self.cell_alphas()
+        if expectation == "supernet":
+            return [torch.softmax(a, -1) for a in alphas]
+        ops = self.space.cell_ops
+        if "none" not in ops:
+            raise ConfigError("lgcnet: search.expectation=derived needs the none op among the cell ops (it marks "
+                              "the edges a derived cell leaves out); add it or use search.expectation=supernet")
+        none = ops.index("none")
+        real = [i for i in range(len(ops)) if i != none]
+        edges = cell_edges(self.space.nodes)
+        out = []
+        for a in alphas:
+            p = torch.softmax(a, -1)
+            strength = p[:, real].max(-1).values
+            kept = torch.zeros_like(strength)
+            for i in range(self.space.nodes):
+                rows = [e for e, (node, _) in enumerate(edges) if node == i]
+                kept[rows] = kept_probs(strength[rows], 2)
+            q = torch.zeros_like(p)
+            q[:, real] = kept[:, None] * torch.softmax(a[:, real], -1)
+            q[:, none] = 1 - kept
+            out.append(q)
+        return out
+
     def expected_latency(self, predictor: LatencyPredictor, correction: dict | None = ...) -> torch.Tensor:
-        """Differentiable expected latency (ms) under the softmax of the (GGM-updated) logits."""
+        """Differentiable expected latency (ms) under :meth:`edge_probs` (cells) and the softmax of the fusion
+        logits."""
         fusion = torch.log_softmax(self.alpha_fusion, -1) if self.alpha_fusion is not None else None
-        return self.space.expected_latency(predictor, [torch.log_softmax(a, -1) for a in self.cell_alphas()],
-                                           fusion, correction)
+        if self.expectation == "supernet":
+            cells = [torch.log_softmax(a, -1) for a in self.cell_alphas()]
+        else:
+            cells = [torch.log(q.clamp_min(1e-12)) for q in self.edge_probs()]
+        return self.space.expected_latency(predictor, cells, fusion, correction)
 
     def smallest_latency(self, predictor: LatencyPredictor, correction: dict | None = ...) -> float:
         return self.space.smallest(predictor, correction)[0]
@@ -564,23 +637,44 @@ class LgcSupernet(LgcBase):
             "levels": list(LEVELS), "ops": list(sp.fusion_ops), "probs": torch.softmax(self.alpha_fusion, -1)}
         return {"cells": cells, "fusion": fusion}
 
-    def soft_graph(self) -> SoftGraph:
+    def soft_graph(self, expectation: str | None = None) -> SoftGraph:
         """The supernet as a :class:`SoftGraph` for the structural term: stem; per cell ``pre`` (conv-k1), one
         searchable node per edge (``none`` = absent, skip = absent or a 1x1 projection where it strides or
         widens), one ``merge`` per node and the output merge; then the fusion edges (+ resize), merge, refine,
-        classifier (or the chain head's nodes). Depths are slots within the stride group."""
+        classifier (or the chain head's nodes). Depths are slots within the stride group. Edge nodes take their
+        probabilities from :meth:`edge_probs` (``expectation``: default ``self.expectation``)."""
         sp, desc = self.space, self.describe()
+        expectation = self.expectation if expectation is None else expectation
+        for cell, q in zip(desc["cells"], self.edge_probs(expectation)):
+            cell["probs"] = q
         sg = SoftGraph()
         ids = {"stem": sg.add_fixed("conv-k3", stride=2, channels=sp.stem_widths[0], depth=0.25, name="stem")}
         ids["stage1"] = sg.add_fixed("dw-conv", stride=4, channels=sp.stem_widths[1], depth=0.75, name="stage1")
         sg.add_edge(ids["stem"], ids["stage1"])
         prev = [ids["stem"], ids["stage1"]]
         E, N = len(cell_edges(sp.nodes)), sp.nodes
-        slots = 1 + E + 2 * N + 3
+        derived = expectation == "derived"
+        slots = 1 + E + 2 * N + 3 + (E - 2 * N if derived else 0)  # derived: a residual merge per stride-1 edge
+        mbconv = [i for i, o in enumerate(sp.cell_ops) if OPS.get(o, {}).get("kind") == "mbconv"]
+        live = [torch.ones(())] * 3  # derived with fusion: cell k is computed when a level after it is kept
+        if derived and desc["fusion"] is not None:
+            f = desc["fusion"]
+            unkept = [f["probs"][lv][f["ops"].index("none")] if "none" in f["ops"] else torch.zeros(())
+                      for lv in range(4)]
+            live = [1 - torch.stack(unkept[k + 1:]).prod() for k in range(3)]
+        none_i = sp.cell_ops.index("none") if "none" in sp.cell_ops else None
+
+        def fixed_in(k: int, label: str, **kw) -> int:  # a cell's fixed node, present when the cell is live
+            return sg.add_node([label, ABSENT], torch.stack([live[k], 1 - live[k]]), strides=kw.pop("stride"),
+                               buckets=channel_bucket(kw.pop("channels")), **kw)
+
         for k, cell in enumerate(desc["cells"]):
             s, c, name = cell["stride"], sp.base_widths[k], cell["name"]
-            pre = sg.add_fixed("conv-k1", stride=s // 2, channels=sp.cell_io(k)[1], depth=slot_depth(0, slots),
-                               stage=_stage(s), name=f"{name}.pre")
+            if derived and none_i is not None:  # an edge of a dead cell is absent
+                cell["probs"] = cell["probs"] * live[k] + F.one_hot(torch.tensor(none_i), len(sp.cell_ops)) * (
+                    1 - live[k])
+            pre = fixed_in(k, "conv-k1", stride=s // 2, channels=sp.cell_io(k)[1], depth=slot_depth(0, slots),
+                           stage=_stage(s), name=f"{name}.pre")
             sg.add_edge(prev[-2], pre)
             states, slot = [pre, prev[-1]], 1
             for i in range(N):
@@ -588,26 +682,41 @@ class LgcSupernet(LgcBase):
                 for e, (node, src) in enumerate(cell["edges"]):
                     if node != i:
                         continue
+                    q = cell["probs"][e]
                     ops = ["conv_1x1" if o == "skip" and src < 2 else o for o in cell["ops"]]  # strided: projects
-                    v = sg.add_layer(ops, cell["probs"][e], stride=s, channels=c, depth=slot_depth(slot, slots),
+                    v = sg.add_layer(ops, q, stride=s, channels=c, depth=slot_depth(slot, slots),
                                      stage=_stage(s), name=f"{name}.edge{e}")
                     slot += 1
                     sg.add_edge(states[src], v)
-                    edge_ids.append(v)
-                m = sg.add_fixed("merge", stride=s, channels=c, depth=slot_depth(slot, slots), stage=_stage(s),
-                                 name=f"{name}.node{i}")
+                    outs = {v: 1.0}
+                    if derived and src >= 2:  # stride 1, same width: an MBConv adds its input, a skip is an edge
+                        mb = q[mbconv].sum()  # (includes the cell's liveness)
+                        mm = sg.add_node(["merge", ABSENT], torch.stack([mb, 1 - mb]), strides=s,
+                                         buckets=channel_bucket(c), depth=slot_depth(slot, slots), stage=_stage(s),
+                                         name=f"{name}.edge{e}.merge")
+                        slot += 1
+                        sg.add_edge(v, mm)
+                        sg.add_edge(states[src], mm)
+                        present = (1 - q[sp.cell_ops.index("none")] - q[sp.cell_ops.index("skip")]).clamp_min(1e-12)
+                        outs = {v: 1 - mb / present, mm: 1.0, states[src]: q[sp.cell_ops.index("skip")]}
+                    edge_ids.append(outs)
+                m = fixed_in(k, "merge", stride=s, channels=c, depth=slot_depth(slot, slots), stage=_stage(s),
+                             name=f"{name}.node{i}")
                 slot += 1
-                for v in edge_ids:
-                    sg.add_edge(v, m)
+                for outs in edge_ids:
+                    for u, p in outs.items():
+                        sg.add_edge(u, m, p)
                 states.append(m)
-            out = sg.add_fixed("merge", stride=s, channels=c, depth=slot_depth(slot, slots), stage=_stage(s),
-                               name=f"{name}.out")
+            out = fixed_in(k, "merge", stride=s, channels=c, depth=slot_depth(slot, slots), stage=_stage(s),
+                           name=f"{name}.out")
             for m in states[2:]:
                 sg.add_edge(m, out)
             prev.append(out)
         ch, K = sp.head_channels, sp.num_classes
         fixed = lambda label, c, d, n: sg.add_fixed(label, stride=8, channels=c, depth=d, stage=1, name=n)  # noqa
-        if desc["fusion"] is not None:
+        if desc["fusion"] is not None and derived:
+            last = self._derived_fusion(sg, desc["fusion"], prev[1:], fixed)
+        elif desc["fusion"] is not None:
             f = desc["fusion"]
             merge = fixed("merge", ch, 0.94, "fusion.merge")
             for lv, name in enumerate(f["levels"]):
@@ -624,9 +733,65 @@ class LgcSupernet(LgcBase):
                 sg.add_edge(u, v)
         refine = fixed("conv-k3", ch, 0.96, "head.refine")
         cls = fixed("conv-k1", K, 0.98, "head.classifier")
-        sg.add_edge(last, refine)
+        for u, p in (last.items() if isinstance(last, dict) else ((last, 1.0),)):
+            sg.add_edge(u, refine, p)
         sg.add_edge(refine, cls)
         return sg
+
+    def _derived_fusion(self, sg: SoftGraph, f: dict, levels: list[int], fixed) -> dict:
+        """The derived fusion cell's graph (``expectation="derived"``): level lv is kept with k_lv = 1 - p_none
+        (the derived rule keeps every level whose argmax is not ``none``); its op runs at the level's stride (a skip
+        is a 1x1 projection where it strides or widens, else an edge), levels at strides 16 and 32 are resized,
+        and the kept parts are summed left to right: merge M_lv (lv >= 1) is there when lv and an earlier level are
+        kept, and reads part lv and the latest merge before it (or the first kept part). Returns ``{node:
+        probability that it feeds the refine conv, given it is present}``."""
+        sp, ch, L = self.space, self.space.head_channels, len(f["levels"])
+        none = f["ops"].index("none") if "none" in f["ops"] else None
+        keep = [1 - f["probs"][lv][none] if none is not None else f["probs"][lv].sum() for lv in range(L)]
+
+        def absent_between(lo: int, hi: int, but: int | None = None):  # P(no level in (lo, hi) kept), lo < hi
+            out = torch.ones((), dtype=keep[0].dtype)
+            for j in range(lo + 1, hi):
+                out = out * (1 - keep[j]) if j != but else out
+            return out
+
+        parts = []
+        for lv, name in enumerate(f["levels"]):
+            stride, cin = LEVEL_STRIDES[lv], sp.level_widths()[lv]
+            projects = stride == 4 or cin != ch
+            ops = ["conv_1x1" if o == "skip" and projects else o for o in f["ops"]]
+            v = sg.add_layer(ops, f["probs"][lv], stride=stride * (2 if stride == 4 else 1), channels=ch,
+                             depth=0.9, stage=_stage(max(stride, 8)), name=f"fusion.{name}")
+            sg.add_edge(levels[lv], v)
+            ident = f["probs"][lv][f["ops"].index("skip")] if "skip" in f["ops"] and not projects else None
+            part = {v: torch.ones(())} if ident is None else {v: torch.ones(()), levels[lv]: ident}
+            if stride > 8:
+                r = sg.add_node(["resize", ABSENT], torch.stack([keep[lv], 1 - keep[lv]]), strides=8,
+                                buckets=channel_bucket(ch), depth=0.92, stage=1, name=f"fusion.{name}.resize")
+                for u, p in part.items():
+                    sg.add_edge(u, r, p / keep[lv].clamp_min(1e-12) if u == levels[lv] else p)
+                part = {r: torch.ones(())}
+            parts.append(part)
+        merges = {}
+        for lv in range(1, L):
+            earlier = 1 - absent_between(-1, lv)
+            merges[lv] = sg.add_node(["merge", ABSENT], torch.stack([keep[lv] * earlier, 1 - keep[lv] * earlier]),
+                                     strides=8, buckets=channel_bucket(ch), depth=0.93 + 0.003 * lv, stage=1,
+                                     name=f"fusion.merge{lv}")
+            for u, p in parts[lv].items():  # given the merge: lv is kept
+                sg.add_edge(u, merges[lv], p)
+            for m in range(1, lv):  # the latest merge before lv
+                sg.add_edge(merges[m], merges[lv], absent_between(m, lv))
+            for first in range(lv):  # the first kept part, when no merge came before lv
+                for u, p in parts[first].items():
+                    sg.add_edge(u, merges[lv], p * absent_between(-1, lv, but=first))
+        last = {}
+        for m in range(1, L):
+            last[merges[m]] = absent_between(m, L)
+        for only in range(L):
+            for u, p in parts[only].items():
+                last[u] = last.get(u, 0) + p * absent_between(-1, L, but=only)
+        return last
 
     def derive(self, top_k: int = 2, price=None) -> dict:
         """The genotype of the most likely network (module docstring: DARTS' rule). With ``price`` (a function of a
