@@ -131,20 +131,27 @@ def test_kept_probs_are_top_two_inclusion_probabilities():
 
 
 def test_derived_expectation_counts_the_kept_edges_only():
-    """search.expectation=derived: per node the edges' kept mass is 2 at any weights (so none cannot shrink the
-    cell), at one-hot weights it is the supernet's softmax, and the latency term no longer favours none."""
+    """search.expectation=derived: per node the edges' kept mass is 2 x the cell's probability of being computed
+    (a later fusion level kept) at any weights, so none cannot shrink a cell; at one-hot weights it is the
+    supernet's softmax (every cell computed); the latency term no longer favours none."""
     net = tiny(ggm_gamma=0)
     torch.manual_seed(1)
     with torch.no_grad():
         for a in net.alpha:
             a.copy_(torch.randn_like(a))
     edges = cell_edges(net.space.nodes)
-    for q in net.edge_probs("derived"):
+    live = [v.detach() for v in net.cell_live()]
+    assert all(0 < float(v) < 1 for v in live) and float(live[0]) > float(live[1]) > float(live[2])
+    for q, v in zip(net.edge_probs("derived"), live):
         assert torch.allclose(q.sum(-1), torch.ones(len(edges)))
-        for i in range(net.space.nodes):
+        for i in range(net.space.nodes):  # a computed cell's node keeps 2 inputs
             rows = [e for e, (n, _) in enumerate(edges) if n == i]
-            assert float((1 - q[rows, 0]).sum().detach()) == pytest.approx(2.0, abs=1e-5)  # CELL_OPS[0]: none
+            kept = float((1 - q[rows, 0]).sum().detach())  # CELL_OPS[0]: none
+            assert kept == pytest.approx(2.0 * float(v), abs=1e-5)
     set_one_hot(net, np.random.default_rng(3))
+    with torch.no_grad():  # the stride-32 level kept: every cell computed
+        net.alpha_fusion[3].fill_(-30.0)
+        net.alpha_fusion[3, 1] = 30.0
     for q, p in zip(net.edge_probs("derived"), net.edge_probs("supernet")):
         assert torch.allclose(q, p, atol=1e-6)
     predictor, _ = fake_predictor(net.keys())
@@ -189,6 +196,39 @@ def test_derived_soft_graph_at_one_hot_is_the_derived_network(fusion):
         assert nx.is_isomorphic(traced, soft_graph(net, "derived").to_graph(), node_match=same)
         old.append(nx.is_isomorphic(traced, soft_graph(net, "supernet").to_graph(), node_match=same))
     assert not all(old)
+
+
+def test_cells_no_fusion_level_reads_are_left_out():
+    """A derived network whose fusion cell reads stage2 only computes cell 1 alone: fewer blocks in its latency
+    spec, no parameters or features of the cells after it (except cell 2 for the training-only aux head), and the
+    supernet's expected latency at those one-hot weights is that spec's sum (the dead cells' pre and add blocks
+    included in the weighting)."""
+    from segdistill.search.space_lgcnet import live_cells
+
+    net = tiny(ggm_gamma=0)
+    set_one_hot(net, np.random.default_rng(5))
+    with torch.no_grad():
+        net.alpha_fusion.fill_(-30.0)
+        net.alpha_fusion[:, 0] = 30.0  # none everywhere ...
+        net.alpha_fusion[1, 0], net.alpha_fusion[1, 3] = -30.0, 30.0  # ... but stage2: dwsep_3x3
+    g = derive(net)
+    assert [e["level"] for e in g["fusion_edges"]] == ["stage2"] and live_cells(g) == 1
+    full = dict(g, fusion_edges=[*g["fusion_edges"], {"level": "stage4", "op": "conv_3x3"}])
+    assert live_cells(full) == 3
+    spec, spec_full = genotype_netspec(g, SHAPE, K), genotype_netspec(full, SHAPE, K)
+    assert len(spec.nodes) < len(spec_full.nodes) - 2 * (1 + 2 * net.space.nodes)
+    predictor, values = fake_predictor(net.keys())
+    hand = sum(values[n.key] for n in spec.nodes)
+    assert net.expected_latency(predictor, correction=None).item() == pytest.approx(hand, rel=1e-5)
+    model = build_model("searched", K, genotype=g)
+    assert len(model.cells) == 1 and "stage3" not in model.feature_channels and "stage4" not in model.feature_channels
+    model.eval()
+    out = model(torch.randn(1, *SHAPE[1:]))
+    assert out.logits.shape == (1, K, 6, 8) and "stage3" not in out.features
+    aux = build_model("searched", K, genotype=g, aux=True)
+    assert len(aux.cells) == 2 and aux.train()(torch.randn(2, *SHAPE[1:])).aux_logits is not None
+    assert "stage3" not in aux.eval()(torch.randn(1, *SHAPE[1:])).features
+    assert count_parameters(model) < count_parameters(build_model("searched", K, genotype=full))
 
 
 def test_ggm_in_isolation_shapes_gradients_and_gamma_zero():

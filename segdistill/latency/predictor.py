@@ -195,14 +195,17 @@ class LatencyPredictor:
         return out
 
     def expected(self, layers: Sequence[Sequence[str]], alpha, fixed: Sequence[str] = (),
-                 correction: dict | None = ...) -> torch.Tensor:
+                 correction: dict | None = ..., fixed_weights=None) -> torch.Tensor:
         """Expected latency (ms, a 0-d tensor differentiable w.r.t. ``alpha``) of a network whose layer ``l`` is one of
-        the ops ``layers[l]`` with probabilities ``softmax(alpha[l])``, plus the ``fixed`` keys."""
+        the ops ``layers[l]`` with probabilities ``softmax(alpha[l])``, plus the ``fixed`` keys (each counted once, or
+        ``fixed_weights[i]`` times: the probability that block i is in the network)."""
         if len(alpha) != len(layers):
             raise LatencyError(f"{len(alpha)} architecture weight vectors for {len(layers)} layers")
         keys = [k for layer in layers for k in layer] + list(fixed)
         self.table.ensure(keys, measure=self.measure, progress=self.progress)
-        weights: list = [1.0] * len(fixed)
+        weights: list = [1.0] * len(fixed) if fixed_weights is None else list(fixed_weights)
+        if len(weights) != len(fixed):
+            raise LatencyError(f"{len(weights)} weights for {len(fixed)} fixed blocks")
         for ops, a in zip(layers, alpha):
             a = torch.as_tensor(a)
             if a.shape != (len(ops),):

@@ -26,7 +26,9 @@ GGM's weights are architecture parameters (stepped by the architecture Adam; :mo
 
 **Derive** (DARTS' rule): per node the ``top_k`` (2) input edges of largest strength (the largest non-``none``
 probability of the edge), each with its argmax non-``none`` op; the fusion cell keeps every level whose argmax is
-not ``none`` (at least the strongest one), each with its argmax non-``none`` op. No GGM in a genotype.
+not ``none`` (at least the strongest one), each with its argmax non-``none`` op. No GGM in a genotype. The cells
+after the deepest kept fusion level are never read, so the derived network leaves them out (:func:`live_cells`):
+the fusion cell also chooses how deep the network is.
 
 **Latency** (:meth:`LgcSpace.expected_latency`): every candidate is a library block keyed at its real shape
 (``none`` is the free ``zero`` block): ``sum_cells sum_edges sum_o p_o t(o)`` + for each fusion level
@@ -220,9 +222,11 @@ class LgcSpace:
 
     # ------------------------------------------------------------------ latency
     def expected_latency(self, predictor: LatencyPredictor, cell_logp, fusion_logp=None,
-                         correction: dict | None = ...) -> torch.Tensor:
+                         correction: dict | None = ..., cell_live=None) -> torch.Tensor:
         """Expected latency (ms, differentiable) under log-probabilities ``cell_logp[k]`` (E x O) and
-        ``fusion_logp`` (4 x O_f; needed with ``fusion``); the table's correction applied by the predictor."""
+        ``fusion_logp`` (4 x O_f; needed with ``fusion``); the table's correction applied by the predictor.
+        ``cell_live[k]`` (default 1): the probability that cell k is computed, which weights its fixed blocks
+        (``pre`` and ``add``s; its edges' share is in ``cell_logp``)."""
         joint = [row for lp in cell_logp for row in lp]
         if self.fusion:
             joint += list(fusion_logp)
@@ -230,21 +234,29 @@ class LgcSpace:
             for lv in (2, 3):
                 p_none = fusion_logp[lv][none].exp() if none is not None else fusion_logp[lv].sum() * 0
                 joint.append(torch.log(torch.stack([p_none, 1 - p_none]).clamp_min(1e-12)))
-        return predictor.expected(self.groups(), joint, fixed=self.fixed_keys(), correction=correction)
+        weights = None
+        if cell_live is not None:
+            per_cell = 1 + 2 * self.nodes - 1  # fixed_keys: stem, per cell pre + adds, head
+            n_stem = len(self.stem_keys())
+            weights = [1.0] * len(self.fixed_keys())
+            for k in range(3):
+                start = n_stem + k * per_cell
+                weights[start:start + per_cell] = [cell_live[k]] * per_cell
+        return predictor.expected(self.groups(), joint, fixed=self.fixed_keys(), correction=correction,
+                                  fixed_weights=weights)
 
     def smallest(self, predictor: LatencyPredictor, correction: dict | None = ...) -> tuple[float, dict]:
         """The predicted latency (ms) of a cheap derived network and its genotype: per node the two cheapest input
-        edges (by table latency, each with its cheapest op), the cheapest single fusion edge. Exact as the minimum
-        for raw sums; under a correction a close lower estimate of the space's fastest network."""
-        t, cells = self._extreme_cells(predictor, dear=False)
-        fusion = []
-        if self.fusion:
-            fops = [o for o in self.fusion_ops if o != "none"]
-            cost = lambda lv, o: t(self.fusion_key(lv, o)) + (t(self.fusion_resize_key(lv)) if lv > 1 else 0)  # noqa
-            _, lv, op = min((cost(lv, o), lv, o) for lv in range(4) for o in fops)
-            fusion = [{"level": LEVELS[lv], "op": op}]
-        g = make_genotype(self, cells, fusion)
-        return self._predict(g, predictor, correction), g
+        edges (by table latency, each with its cheapest op), the single fusion edge that is cheapest together with
+        the cells it needs (:func:`live_cells`). Exact as the minimum for raw sums; under a correction a close lower
+        estimate of the space's fastest network."""
+        _, cells = self._extreme_cells(predictor, dear=False)
+        if not self.fusion:
+            g = make_genotype(self, cells, [])
+            return self._predict(g, predictor, correction), g
+        fops = [o for o in self.fusion_ops if o != "none"]  # one level; the cells after it are not computed
+        options = [make_genotype(self, cells, [{"level": LEVELS[lv], "op": o}]) for lv in range(4) for o in fops]
+        return min(((self._predict(g, predictor, correction), g) for g in options), key=lambda x: x[0])
 
     def largest(self, predictor: LatencyPredictor, correction: dict | None = ...) -> float:
         """The predicted latency (ms) of a dear derived network: per node the two dearest input edges (by table
@@ -288,6 +300,15 @@ def make_genotype(space: LgcSpace, cells: list, fusion: list, top_k: int = 2) ->
             "stem_widths": list(space.stem_widths), "widths": list(space.base_widths), "head_channels":
             space.head_channels, "fusion": bool(space.fusion), "top_k": top_k, "cells": cells,
             "fusion_edges": fusion}
+
+
+def live_cells(genotype: Mapping) -> int:
+    """How many cells (from the first) the derived network computes: the fusion cell reads the levels of its kept
+    edges, and cell k (level k + 1) reads the cells before it, so the cells after the deepest kept level are never
+    read and are left out (their blocks, parameters and latency); without fusion, the chain head reads stage4: 3."""
+    if not genotype["fusion"]:
+        return 3
+    return max(LEVELS.index(e["level"]) for e in genotype["fusion_edges"])
 
 
 def _ints(v, n: int | None = None, lo: int = 0) -> bool:
@@ -373,12 +394,13 @@ def cell_plan(space: LgcSpace, k: int, cell: Mapping, widths) -> tuple[list[tupl
 
 
 def genotype_netspec(genotype: Mapping, input_shape=(1, 3, 180, 240), num_classes: int = 11) -> NetSpec:
-    """The derived network of an lgcnet genotype as library blocks at ``input_shape`` (latency predictor)."""
+    """The derived network of an lgcnet genotype as library blocks at ``input_shape`` (latency predictor); cells
+    after :func:`live_cells` are not in it."""
     g = genotype
     space = genotype_space(g, input_shape, num_classes)
     nodes = [Node(str(k), (i - 1,)) for i, k in enumerate(space.stem_keys())]
     taps = [0, 1]  # stem, stage1, then the cells' outputs
-    for k, cell in enumerate(g["cells"]):
+    for k, cell in enumerate(g["cells"][:live_cells(g)]):
         start = len(nodes)
         blocks, out = cell_plan(space, k, cell, g["widths"])
         ref = {-2: taps[k], -1: taps[k + 1]}
@@ -455,7 +477,7 @@ class LgcBase(nn.Module):
 
     def _head(self, feats: dict, fusion_parts) -> SegOutput:
         if self.space.fusion:
-            ref = feats["stage2"]
+            ref = feats.get("stage2", fusion_parts[0])  # no stage2: the only part is stage1's, at stride 8
             logits, feats["pre_logits"] = self.head([to_size(p, ref) for p in fusion_parts])
         else:
             logits, feats["pre_logits"] = self.head(feats["stage2"], feats["stage4"])
@@ -587,7 +609,7 @@ class LgcSupernet(LgcBase):
         expectation = self.expectation if expectation is None else expectation
         if expectation not in EXPECTATIONS:
             raise ConfigError(f"search.expectation={expectation!r}: choose one of {', '.join(EXPECTATIONS)}")
-        alphas = self.cell_alphas()
+        alphas, live = self.cell_alphas(), self.cell_live(expectation)
         if expectation == "supernet":
             return [torch.softmax(a, -1) for a in alphas]
         ops = self.space.cell_ops
@@ -605,11 +627,22 @@ class LgcSupernet(LgcBase):
             for i in range(self.space.nodes):
                 rows = [e for e, (node, _) in enumerate(edges) if node == i]
                 kept[rows] = kept_probs(strength[rows], 2)
+            kept = kept * live[len(out)]  # a cell no kept fusion level reads is not computed
             q = torch.zeros_like(p)
             q[:, real] = kept[:, None] * torch.softmax(a[:, real], -1)
             q[:, none] = 1 - kept
             out.append(q)
         return out
+
+    def cell_live(self, expectation: str | None = None) -> list[torch.Tensor]:
+        """Per cell the probability that the derived network computes it (:func:`live_cells`): cell k when some
+        fusion level after it is kept, 1 - prod_(lv > k) p_none(lv). Ones without fusion or under ``supernet``."""
+        expectation = self.expectation if expectation is None else expectation
+        one = torch.ones((), device=self.alpha[0].device)
+        if expectation == "supernet" or self.alpha_fusion is None or "none" not in self.space.fusion_ops:
+            return [one] * 3
+        p_none = torch.softmax(self.alpha_fusion, -1)[:, self.space.fusion_ops.index("none")]
+        return [1 - p_none[k + 1:].prod() for k in range(3)]
 
     def expected_latency(self, predictor: LatencyPredictor, correction: dict | None = ...) -> torch.Tensor:
         """Differentiable expected latency (ms) under :meth:`edge_probs` (cells) and the softmax of the fusion
@@ -617,9 +650,9 @@ class LgcSupernet(LgcBase):
         fusion = torch.log_softmax(self.alpha_fusion, -1) if self.alpha_fusion is not None else None
         if self.expectation == "supernet":
             cells = [torch.log_softmax(a, -1) for a in self.cell_alphas()]
-        else:
-            cells = [torch.log(q.clamp_min(1e-12)) for q in self.edge_probs()]
-        return self.space.expected_latency(predictor, cells, fusion, correction)
+            return self.space.expected_latency(predictor, cells, fusion, correction)
+        cells = [torch.log(q.clamp_min(1e-12)) for q in self.edge_probs()]
+        return self.space.expected_latency(predictor, cells, fusion, correction, cell_live=self.cell_live())
 
     def smallest_latency(self, predictor: LatencyPredictor, correction: dict | None = ...) -> float:
         return self.space.smallest(predictor, correction)[0]
@@ -656,23 +689,14 @@ class LgcSupernet(LgcBase):
         derived = expectation == "derived"
         slots = 1 + E + 2 * N + 3 + (E - 2 * N if derived else 0)  # derived: a residual merge per stride-1 edge
         mbconv = [i for i, o in enumerate(sp.cell_ops) if OPS.get(o, {}).get("kind") == "mbconv"]
-        live = [torch.ones(())] * 3  # derived with fusion: cell k is computed when a level after it is kept
-        if derived and desc["fusion"] is not None:
-            f = desc["fusion"]
-            unkept = [f["probs"][lv][f["ops"].index("none")] if "none" in f["ops"] else torch.zeros(())
-                      for lv in range(4)]
-            live = [1 - torch.stack(unkept[k + 1:]).prod() for k in range(3)]
-        none_i = sp.cell_ops.index("none") if "none" in sp.cell_ops else None
+        live = self.cell_live(expectation)  # derived with fusion: cell k is computed when a level after it is kept
 
         def fixed_in(k: int, label: str, **kw) -> int:  # a cell's fixed node, present when the cell is live
             return sg.add_node([label, ABSENT], torch.stack([live[k], 1 - live[k]]), strides=kw.pop("stride"),
                                buckets=channel_bucket(kw.pop("channels")), **kw)
 
         for k, cell in enumerate(desc["cells"]):
-            s, c, name = cell["stride"], sp.base_widths[k], cell["name"]
-            if derived and none_i is not None:  # an edge of a dead cell is absent
-                cell["probs"] = cell["probs"] * live[k] + F.one_hot(torch.tensor(none_i), len(sp.cell_ops)) * (
-                    1 - live[k])
+            s, c, name = cell["stride"], sp.base_widths[k], cell["name"]  # (edge probs include the liveness)
             pre = fixed_in(k, "conv-k1", stride=s // 2, channels=sp.cell_io(k)[1], depth=slot_depth(0, slots),
                            stage=_stage(s), name=f"{name}.pre")
             sg.add_edge(prev[-2], pre)
@@ -887,14 +911,21 @@ class PlanCell(nn.Module):
 
 class LgcNet(LgcBase):
     """The derived network of an lgcnet genotype: stem, the cells' kept edges, the fusion cell's kept edges (or
-    the fixed head). No GGM. ``aux=True`` adds an FCN head on ``stage3`` (training only)."""
+    the fixed head). No GGM. Cells no kept fusion level reads (:func:`live_cells`) are not built. ``aux=True`` adds
+    an FCN head on ``stage3`` (training only; it builds cell 2 when the fusion cell does not read it, computed in
+    training only)."""
 
     def __init__(self, genotype: Mapping, num_classes: int, aux: bool = False):
         super().__init__()
         space = genotype_space(genotype, num_classes=num_classes)
         widths = genotype["widths"]
         self._init_common(space, widths)
-        self.cells = nn.ModuleList(PlanCell(*cell_plan(space, k, c, widths)) for k, c in enumerate(genotype["cells"]))
+        self.n_live = live_cells(genotype)
+        built = max(self.n_live, 2) if aux else self.n_live
+        self.cells = nn.ModuleList(PlanCell(*cell_plan(space, k, c, widths))
+                                   for k, c in enumerate(genotype["cells"][:built]))
+        for name in CELL_NAMES[built:]:
+            del self.feature_channels[name], self.feature_strides[name]
         self.levels = [LEVELS.index(e["level"]) for e in genotype["fusion_edges"]]
         self.fusion_edges = nn.ModuleList(build_op(space.fusion_key(lv, e["op"], widths))
                                           for lv, e in zip(self.levels, genotype["fusion_edges"]))
@@ -908,7 +939,7 @@ class LgcNet(LgcBase):
     def forward(self, x: torch.Tensor) -> SegOutput:
         feats = self._stem(x)
         prev = [feats["stem"], feats["stage1"]]
-        for k, cell in enumerate(self.cells):
+        for k, cell in enumerate(self.cells[:len(self.cells) if self.training else self.n_live]):
             feats[CELL_NAMES[k]] = cell(prev[-2], prev[-1])
             prev.append(feats[CELL_NAMES[k]])
         parts = [edge(feats[LEVELS[lv]]) for lv, edge in zip(self.levels, self.fusion_edges)]
