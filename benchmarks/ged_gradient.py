@@ -2,9 +2,10 @@
 (``segdistill.search.ged.expected_ged``, the term lambda_ged multiplies) with respect to every architecture logit of a
 supernet, at its saved logits and at uniform logits, against a teacher's graph.
 
-A gradient step lowers the logits with positive gradient and raises those with negative gradient, so per layer it
-prints the candidate the term favours most (most negative gradient) and least, and, for the chain space, the skip
-candidate's gradient (negative: the term removes the layer). No training, a few seconds on a CPU.
+A gradient step lowers the logits with positive gradient and raises those with negative gradient, so per layer (lgcnet:
+per edge and fusion level) it prints the candidate the term favours most (most negative gradient) and least, and the
+gradient of skip (chain: negative removes the layer) and of none (lgcnet: negative drops the edge or fusion level).
+"Uniform logits" zeroes every logit (an lgcnet GGM keeps its weights). No training, a few seconds on a CPU.
 
     python benchmarks/ged_gradient.py --teacher ../runs/camvid_baselines/teacher/seed0/best.pt \
         --supernet ../runs/camvid_search/torch20/search/best.pt
@@ -21,9 +22,13 @@ sys.path.insert(0, str(REPO))
 
 
 def candidate_names(supernet, name: str, n: int) -> list[str]:
-    """Names of the ``n`` candidates of arch parameter ``name`` (chain space layer ops; indices otherwise)."""
+    """Names of the ``n`` candidates of arch parameter ``name`` (chain or lgcnet ops; indices otherwise)."""
     from segdistill.search import space_chain
 
+    space = getattr(supernet, "space", None)
+    if getattr(space, "name", "") == "lgcnet":
+        ops = space.fusion_ops if name == "alpha_fusion" else space.cell_ops
+        return list(ops) if n == len(ops) else [str(i) for i in range(n)]
     if name.startswith("alpha.") and n == len(space_chain.LAYER_OPS):
         return list(space_chain.LAYER_OPS)
     if name.startswith("alpha_down.") and n == len(space_chain.DOWN_OPS):
@@ -33,7 +38,9 @@ def candidate_names(supernet, name: str, n: int) -> list[str]:
 
 def ged_gradients(supernet, teacher_graph, family: float | None = None,
                   edge: float = 1.0) -> tuple[float, dict[str, list[float]]]:
-    """(expected GED, {arch parameter name: d E[GED] / d logits}) at the supernet's current logits."""
+    """(expected GED, {logits name: d E[GED] / d logits}) at the supernet's current logits; a matrix of logits
+    (lgcnet: one row per edge or fusion level) gives one entry per row, ``name[row]``. The GGM's weights are left
+    out (not logits)."""
     from segdistill.search.ged import EditCosts, expected_ged
     from segdistill.search.objective import soft_graph
 
@@ -42,7 +49,17 @@ def ged_gradients(supernet, teacher_graph, family: float | None = None,
         p.grad = None
     value = expected_ged(soft_graph(supernet), teacher_graph, costs=EditCosts(family=family, edge_indel=edge))
     value.backward()
-    return float(value.detach()), {n: p.grad.flatten().tolist() for n, p in params.items() if p.grad is not None and p.dim() == 1}
+    out = {}
+    for n, p in params.items():
+        if p.grad is None or not is_logits(n):
+            continue
+        rows = [p.grad] if p.dim() == 1 else list(p.grad)
+        out.update({n if p.dim() == 1 else f"{n}[{i}]": g.tolist() for i, g in enumerate(rows)})
+    return float(value.detach()), out
+
+
+def is_logits(name: str) -> bool:
+    return name.split(".")[0] in ("alpha", "alpha_down", "alpha_fusion", "beta", "width_logits")
 
 
 def main():
@@ -77,23 +94,26 @@ def main():
         if state.startswith("uniform"):
             with torch.no_grad():
                 for n, p in net.named_arch_parameters():
-                    if n in saved and p.dim() == 1:
+                    if is_logits(n):
                         p.zero_()
         value, grads = ged_gradients(net, tg, args.family_cost, args.edge_cost)
         print(f"\n== {state}: normalised E[GED] {value:.3f} (teacher graph: {tg.number_of_nodes()} nodes, "
               f"{tg.number_of_edges()} edges)")
-        print("| logits | favoured most (grad) | favoured least (grad) | skip grad |")
+        print("| logits | favoured most (grad) | favoured least (grad) | skip / none grad |")
         print("|---|---|---|---|")
-        skips = []
+        pushed = {"skip": [], "none": []}
         for name, g in grads.items():
-            names = candidate_names(net, name, len(g))
+            names = candidate_names(net, name.split("[")[0], len(g))
             lo, hi = min(range(len(g)), key=g.__getitem__), max(range(len(g)), key=g.__getitem__)
-            if "skip" in names:
-                skips.append(g[names.index("skip")])
-            skip = f"{skips[-1]:+.4f}" if "skip" in names else "-"
-            print(f"| {name} | {names[lo]} ({g[lo]:+.4f}) | {names[hi]} ({g[hi]:+.4f}) | {skip} |")
-        if skips:
-            print(f"layers the term pushes to skip (negative skip gradient): {sum(v < 0 for v in skips)} of {len(skips)}")
+            for op, seen in pushed.items():
+                if op in names:
+                    seen.append(g[names.index(op)])
+            marks = [f"{op} {g[names.index(op)]:+.4f}" for op in pushed if op in names]
+            print(f"| {name} | {names[lo]} ({g[lo]:+.4f}) | {names[hi]} ({g[hi]:+.4f}) | {', '.join(marks) or '-'} |")
+        for op, seen in pushed.items():
+            if seen:
+                print(f"choices the term pushes to {op} (negative {op} gradient): {sum(v < 0 for v in seen)} of "
+                      f"{len(seen)}")
 
 
 if __name__ == "__main__":
