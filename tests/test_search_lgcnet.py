@@ -198,7 +198,7 @@ def test_derived_soft_graph_at_one_hot_is_the_derived_network(fusion):
     assert not all(old)
 
 
-def test_cells_no_fusion_level_reads_are_left_out():
+def test_cells_no_fusion_level_reads_are_left_out(tmp_path):
     """A derived network whose fusion cell reads stage2 only computes cell 1 alone: fewer blocks in its latency
     spec, no parameters or features of the cells after it (except cell 2 for the training-only aux head), and the
     supernet's expected latency at those one-hot weights is that spec's sum (the dead cells' pre and add blocks
@@ -229,6 +229,10 @@ def test_cells_no_fusion_level_reads_are_left_out():
     assert len(aux.cells) == 2 and aux.train()(torch.randn(2, *SHAPE[1:])).aux_logits is not None
     assert "stage3" not in aux.eval()(torch.randn(1, *SHAPE[1:])).features
     assert count_parameters(model) < count_parameters(build_model("searched", K, genotype=full))
+    from segdistill.tools.export import export_onnx
+
+    report = export_onnx(model, tmp_path / "pruned.onnx", SHAPE)
+    assert report["ok"] and report["max_abs_diff"] < 1e-3
 
 
 def test_ggm_in_isolation_shapes_gradients_and_gamma_zero():
