@@ -178,7 +178,7 @@ class SearchHook(Hook):
             print(f"search: {s.space} space, {len(self.weight_indices)} images for weights, {len(self.arch_indices)} "
                   f"for the architecture; budgets {budgets}; penalty {s.penalty}; lambda_kd {s.lambda_kd:g} "
                   f"({'teacher ' + self.distill.teacher_desc['weights'] if self.distill else 'no teacher'}), "
-                  f"lambda_ged {s.lambda_ged:g}")
+                  f"lambda_ged {s.lambda_ged:g}; expectations over the {s.expectation} network")
 
     def optimizers(self):
         return {"arch": self.arch_opt} if self.arch_opt is not None else {}
@@ -382,7 +382,8 @@ class SearchHook(Hook):
         lines = [f"# Search report: {self.out_dir}", "",
                  f"{s.space} space at {'x'.join(map(str, s.input))} (latency keys), {self.cfg.train.iters} iterations "
                  f"({s.warmup_iters} weights-only), penalty `{s.penalty}`, lambda_kd {s.lambda_kd:g}, lambda_ged "
-                 f"{s.lambda_ged:g}, Gumbel {'on' if s.gumbel else 'off'}; supernet val mIoU "
+                 f"{s.lambda_ged:g} (GED stages by {s.ged_stages}), terms' expectations over the `{s.expectation}` "
+                 f"network, Gumbel {'on' if s.gumbel else 'off'}; supernet val mIoU "
                  f"{100 * float(metrics.get('miou', float('nan'))):.2f}.", "",
                  "## Latency of the derived network", "",
                  "| platform | budget (ms) | predicted (ms) | / budget | in band | plain argmax (ms) | expected, soft (ms) "
