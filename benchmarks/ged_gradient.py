@@ -89,7 +89,6 @@ def main():
     if not hasattr(net, "named_arch_parameters"):
         raise SystemExit(f"{args.supernet}: not a supernet checkpoint (no architecture logits)")
     net.expectation = args.expectation
-    saved = {n: p.detach().clone() for n, p in net.named_arch_parameters()}
     for state in ("saved logits", "uniform logits"):
         if state.startswith("uniform"):
             with torch.no_grad():
