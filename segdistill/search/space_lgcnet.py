@@ -821,7 +821,13 @@ class LgcSupernet(LgcBase):
         """The genotype of the most likely network (module docstring: DARTS' rule). With ``price`` (a function of a
         block's key, in nats; :func:`segdistill.search.genotype.derive`) every strength and argmax is of
         ``log p - price`` instead: an edge's op and strength include its block's price, a fusion level's include
-        its resize, and ``none`` is free."""
+        its resize, and ``none`` is free.
+
+        The fusion cell's levels are chosen jointly with the depth they imply (:func:`live_cells`): for each deepest
+        kept level d, the score is its best op's, plus per shallower level the better of ``none`` and its best op,
+        plus ``none`` for the deeper ones, less the price of the cells d makes the network compute (their chosen
+        blocks); the best d wins. Without a price this is DARTS' rule (keep each level whose argmax is not
+        ``none``); with one, keeping a deeper level pays (or, under a negative price, earns) its cells too."""
         if top_k < 1:
             raise ConfigError(f"top_k must be >= 1, got {top_k}")
         sp, pr = self.space, price or (lambda key: 0.0)
@@ -849,10 +855,19 @@ class LgcSupernet(LgcBase):
                     return v - pr(sp.fusion_key(lv, o)) - (pr(sp.fusion_resize_key(lv)) if lv > 1 else 0.0)
 
                 scores = [[score(lv, o, v) for o, v in zip(sp.fusion_ops, logp[lv])] for lv in range(4)]
-                best = [(*_best(scores[lv], sp.fusion_ops), lv) for lv in range(4)]
-                kept = [b for b, sc in zip(best, scores) if sp.fusion_ops[first_argmax(sc)] != "none"]
-                kept = kept or [max(best)]
-                fusion = [{"level": LEVELS[lv], "op": op} for _, op, lv in sorted(kept, key=lambda t: t[2])]
+                best = [_best(scores[lv], sp.fusion_ops) for lv in range(4)]
+                none = [sc[sp.fusion_ops.index("none")] if "none" in sp.fusion_ops else float("-inf") for sc in scores]
+                keep = [sp.fusion_ops[first_argmax(sc)] != "none" for sc in scores]
+                cell_price = [sum(pr(key) for key, _ in cell_plan(sp, k, cells[k], sp.base_widths)[0])
+                              for k in range(3)]
+
+                def total(d: int) -> float:  # level d the deepest kept: cells 0 .. d-1 computed
+                    return (best[d][0] + sum(max(none[lv], best[lv][0]) for lv in range(d))
+                            + sum(none[d + 1:]) - sum(cell_price[:d]))
+
+                deepest = max(range(4), key=lambda d: (total(d), -d))  # ties: the shallower network
+                kept = [lv for lv in range(deepest) if keep[lv]] + [deepest]
+                fusion = [{"level": LEVELS[lv], "op": best[lv][1]} for lv in kept]
         return make_genotype(sp, cells, fusion, top_k)
 
     def draw_arch(self, fig, it: int) -> None:
