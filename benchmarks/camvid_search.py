@@ -443,9 +443,12 @@ def sample_random(index: int, row: dict, out_dir: Path, lut_dir: Path, opts, tri
 
 
 # ---------------------------------------------------------------------------- tables changed: derive again
+ARCH_KEYS = ("widths", "stages", "cells", "fusion", "fusion_edges")  # what a genotype's network is (chain, lgcnet)
+
+
 def rederive(name: str, row: dict, out_dir: Path, lut_dir: Path, opts) -> bool:
-    """After the latency tables changed (a correction fitted on the space's own networks, say): derive a search row's
-    network again from its finished supernet (``segdistill derive`` on its last.pt, for the same budget and band), or
+    """After the latency tables or the derive rule changed (a correction fitted on the space's own networks, say):
+    derive a search row's network again from its finished supernet (``segdistill derive`` on its last.pt, for the same budget and band), or
     draw a random row's genotype again. A changed genotype sets the old one (``genotype-before-<stamp>.json``) and the
     row's retrains (``seed<k>-before-<stamp>``) aside, and drops their archived results, so that the row retrains;
     ``search.json`` lists every re-derivation. Returns whether the genotype changed."""
@@ -462,15 +465,15 @@ def rederive(name: str, row: dict, out_dir: Path, lut_dir: Path, opts) -> bool:
         if p.returncode != 0:
             raise SystemExit(f"{name}: segdistill derive failed (exit {p.returncode}); its output is above")
         info = json.loads(p.stdout.strip().splitlines()[-1])
-        old = json.loads((sdir / "genotype.json").read_text())
-        changed = json.loads(new.read_text())["stages"] != old["stages"]
+        old, now = json.loads((sdir / "genotype.json").read_text()), json.loads(new.read_text())
+        changed = any(now.get(k) != old.get(k) for k in ARCH_KEYS)
         if changed:
             (sdir / "genotype.json").rename(sdir / f"genotype-before-{stamp}.json")
             new.rename(sdir / "genotype.json")
             res = json.loads((sdir / "search.json").read_text())
             res.setdefault("rederivations", []).append(
                 {"date": stamp, "command": shlex.join(["segdistill", *cmd[3:]]),
-                 "why": "the latency tables changed since the search (camvid_search.py --rederive)",
+                 "why": opts.rederive_why,
                  "before": f"genotype-before-{stamp}.json", **{k: info.get(k) for k in
                                                                  ("rule", "mu", "logp", "predicted_ms", "argmax_ms")}})
             (sdir / "search.json").write_text(json.dumps(res, indent=2))
@@ -755,6 +758,8 @@ def main():
     p.add_argument("--rederive", action="store_true",
                    help="the tables changed: derive each selected search row again from its supernet (random rows: "
                         "draw again); a row whose network changed retrains (the old run is set aside)")
+    p.add_argument("--rederive-why", default="the latency tables changed since the search",
+                   help="the reason --rederive records in search.json")
     p.add_argument("--latency", action="store_true", help="measure latency of every finished row, all in the same "
                                                            "round-robin passes (quiet machine)")
     p.add_argument("--latency-repeats", type=int, default=5, help="round-robin passes of --latency")
