@@ -42,7 +42,7 @@ from ..latency import standalone as core
 from ..latency.lut import LatencyTable
 from ..latency.predictor import LatencyPredictor
 from .graph import ABSENT, SoftGraph, channel_bucket, slot_depth
-from .space_chain import EXPECTATIONS, ChainSpace, ChainSupernet, block_scorer
+from .space_chain import ChainSpace, ChainSupernet, block_scorer, expectation_of
 
 PENALTIES = ("proxyless", "hinge")
 LAMBDA_RANGE = (1e-6, 1e6)
@@ -72,9 +72,7 @@ def soft_graph(supernet: ChainSupernet, expectation: str | None = None) -> SoftG
       layers looks cheaper in edges than it is (the search runs up to 2026-12-06 used it).
 
     A supernet with its own ``soft_graph(expectation)`` (lgcnet) gives that."""
-    expectation = getattr(supernet, "expectation", "derived") if expectation is None else expectation
-    if expectation not in EXPECTATIONS:
-        raise ConfigError(f"search.expectation={expectation!r}: choose one of {', '.join(EXPECTATIONS)}")
+    expectation = expectation_of(supernet, expectation)
     if hasattr(supernet, "soft_graph"):
         return supernet.soft_graph(expectation)
     derived = expectation == "derived"

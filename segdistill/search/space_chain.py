@@ -87,6 +87,14 @@ STAGE_NAMES = ("stage2", "stage3", "stage4")
 #: ``derive`` builds from a draw of the architecture weights ("derived"), or the supernet's own wiring ("supernet",
 #: every search before 2026-12-07). Supernets hold it as ``.expectation`` (the search hook sets it).
 EXPECTATIONS = ("derived", "supernet")
+
+
+def expectation_of(supernet, expectation: str | None = None) -> str:
+    """``expectation``, or the supernet's own (``.expectation``, default "derived"), checked against EXPECTATIONS."""
+    expectation = getattr(supernet, "expectation", "derived") if expectation is None else expectation
+    if expectation not in EXPECTATIONS:
+        raise ConfigError(f"search.expectation={expectation!r}: choose one of {', '.join(EXPECTATIONS)}")
+    return expectation
 STAGE_STRIDES = (8, 16, 32)
 
 

@@ -67,7 +67,7 @@ from ..models.output import SegOutput
 from .genotype import FORMAT, VERSION, first_argmax
 from .ggm import GCNGuidedModule
 from .graph import ABSENT, SoftGraph, channel_bucket, slot_depth
-from .space_chain import EXPECTATIONS, OPS, ChainHead, ChainSpace, add_key, build_op, op_key
+from .space_chain import OPS, ChainHead, ChainSpace, add_key, build_op, expectation_of, op_key
 
 CELL_OPS: tuple[str, ...] = ("none", "skip", "conv_3x3", "dwsep_3x3", "dwsep_5x5", "mbconv_k3_e3", "mbconv_k3_e6",
                              "mbconv_k5_e3", "dilconv_3x3_d2", "zoomconv_3x3")
@@ -194,12 +194,16 @@ class LgcSpace:
 
     def fixed_keys(self) -> list[str]:
         """Keys whose cost does not depend on any choice (module docstring)."""
-        keys = self.stem_keys()
+        return [key for key, _ in self.fixed_parts()]
+
+    def fixed_parts(self) -> list[tuple[str, int | None]]:
+        """:meth:`fixed_keys` with the cell each block belongs to (its ``pre`` and ``add`` blocks; None: stem and
+        head), for weighting a cell's blocks by the probability that it is computed."""
+        parts = [(str(k), None) for k in self.stem_keys()]
         for k in range(3):
-            keys += [self.pre_key(k)] + [self.node_add_key(k)] * (2 * self.nodes - 1)
+            parts += [(str(key), k) for key in [self.pre_key(k)] + [self.node_add_key(k)] * (2 * self.nodes - 1)]
         head = self.head_keys()
-        keys += [head[n] for n in head if n != "add"]
-        return [str(k) for k in keys]
+        return parts + [(str(head[n]), None) for n in head if n != "add"]
 
     def groups(self) -> list[list[str]]:
         """Every choice's candidate keys: per cell per edge (``cell_ops``), per fusion level (``fusion_ops``) and
@@ -234,15 +238,9 @@ class LgcSpace:
             for lv in (2, 3):
                 p_none = fusion_logp[lv][none].exp() if none is not None else fusion_logp[lv].sum() * 0
                 joint.append(torch.log(torch.stack([p_none, 1 - p_none]).clamp_min(1e-12)))
-        weights = None
-        if cell_live is not None:
-            per_cell = 1 + 2 * self.nodes - 1  # fixed_keys: stem, per cell pre + adds, head
-            n_stem = len(self.stem_keys())
-            weights = [1.0] * len(self.fixed_keys())
-            for k in range(3):
-                start = n_stem + k * per_cell
-                weights[start:start + per_cell] = [cell_live[k]] * per_cell
-        return predictor.expected(self.groups(), joint, fixed=self.fixed_keys(), correction=correction,
+        parts = self.fixed_parts()
+        weights = None if cell_live is None else [1.0 if k is None else cell_live[k] for _, k in parts]
+        return predictor.expected(self.groups(), joint, fixed=[key for key, _ in parts], correction=correction,
                                   fixed_weights=weights)
 
     def smallest(self, predictor: LatencyPredictor, correction: dict | None = ...) -> tuple[float, dict]:
@@ -606,9 +604,7 @@ class LgcSupernet(LgcBase):
           softmax(alpha' without ``none``)_o; ``none`` gets 1 - K_e. Per node the kept mass is exactly 2, so only
           *which* edges and ops a cell has can change, not how many. At one-hot weights with 2 non-``none`` inputs
           per node both are the derived network."""
-        expectation = self.expectation if expectation is None else expectation
-        if expectation not in EXPECTATIONS:
-            raise ConfigError(f"search.expectation={expectation!r}: choose one of {', '.join(EXPECTATIONS)}")
+        expectation = expectation_of(self, expectation)
         alphas, live = self.cell_alphas(), self.cell_live(expectation)
         if expectation == "supernet":
             return [torch.softmax(a, -1) for a in alphas]
@@ -637,7 +633,7 @@ class LgcSupernet(LgcBase):
     def cell_live(self, expectation: str | None = None) -> list[torch.Tensor]:
         """Per cell the probability that the derived network computes it (:func:`live_cells`): cell k when some
         fusion level after it is kept, 1 - prod_(lv > k) p_none(lv). Ones without fusion or under ``supernet``."""
-        expectation = self.expectation if expectation is None else expectation
+        expectation = expectation_of(self, expectation)
         one = torch.ones((), device=self.alpha[0].device)
         if expectation == "supernet" or self.alpha_fusion is None or "none" not in self.space.fusion_ops:
             return [one] * 3
@@ -677,7 +673,7 @@ class LgcSupernet(LgcBase):
         classifier (or the chain head's nodes). Depths are slots within the stride group. Edge nodes take their
         probabilities from :meth:`edge_probs` (``expectation``: default ``self.expectation``)."""
         sp, desc = self.space, self.describe()
-        expectation = self.expectation if expectation is None else expectation
+        expectation = expectation_of(self, expectation)
         for cell, q in zip(desc["cells"], self.edge_probs(expectation)):
             cell["probs"] = q
         sg = SoftGraph()
