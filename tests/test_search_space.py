@@ -153,7 +153,34 @@ def test_expected_latency_gradients_push_towards_faster_ops():
     g = net.alpha[0].grad.numpy()
     assert g[lat.argmax()] > 0 > g[lat.argmin()]
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in list(net.alpha) + list(net.width_logits))
-    assert all(p.grad is None or p.grad.abs().sum() == 0 for p in net.beta)  # the sums over inputs cost nothing
+    # under "derived" (default) a layer nobody reads is dropped: the last layer reading the strided layer directly
+    # leaves the stage's other layers unread, so that input is the cheap one
+    g = net.beta[net.space.layers - 1].grad
+    assert g[0] < 0 < g[-1]
+    net.zero_grad()
+    net.expectation = "supernet"  # the supernet's own wiring: every present layer counts, the inputs cost nothing
+    net.expected_latency(predictor).backward()
+    assert all(p.grad is None or p.grad.abs().sum() == 0 for p in net.beta)
+
+
+def test_expected_latency_under_derived_drops_unread_layers():
+    """At one-hot weights where some layers are read by nobody, the derived expectation is the derived network's
+    prediction; the supernet expectation counts the unread layers too (an upper bound)."""
+    net = small_supernet()
+    predictor, _ = fake_predictor(net.keys(), seed=4)
+    rng = np.random.default_rng(7)
+    dropped = 0
+    for _ in range(8):
+        set_one_hot(net, rng, chain=False)
+        spec = genotype_netspec(derive(net), SHAPE, 5)
+        derived = predictor.predict(spec)["predicted_ms"]
+        net.expectation = "derived"
+        assert net.expected_latency(predictor).item() == pytest.approx(derived, rel=1e-5)
+        net.expectation = "supernet"
+        upper = net.expected_latency(predictor).item()
+        assert upper >= derived - 1e-6
+        dropped += upper > derived + 1e-6
+    assert dropped  # the draws did leave some layer unread
 
 
 def every_network(sp: ChainSpace, layers: bool):

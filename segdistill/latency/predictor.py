@@ -195,22 +195,25 @@ class LatencyPredictor:
         return out
 
     def expected(self, layers: Sequence[Sequence[str]], alpha, fixed: Sequence[str] = (),
-                 correction: dict | None = ..., fixed_weights=None) -> torch.Tensor:
+                 correction: dict | None = ..., fixed_weights=None, layer_weights=None) -> torch.Tensor:
         """Expected latency (ms, a 0-d tensor differentiable w.r.t. ``alpha``) of a network whose layer ``l`` is one of
         the ops ``layers[l]`` with probabilities ``softmax(alpha[l])``, plus the ``fixed`` keys (each counted once, or
-        ``fixed_weights[i]`` times: the probability that block i is in the network)."""
+        ``fixed_weights[i]`` times: the probability that block i is in the network). ``layer_weights[l]`` (default
+        1): the probability that layer ``l`` is in the network at all; given it is, its op follows ``alpha[l]``."""
         if len(alpha) != len(layers):
             raise LatencyError(f"{len(alpha)} architecture weight vectors for {len(layers)} layers")
+        if layer_weights is not None and len(layer_weights) != len(layers):
+            raise LatencyError(f"{len(layer_weights)} presence weights for {len(layers)} layers")
         keys = [k for layer in layers for k in layer] + list(fixed)
         self.table.ensure(keys, measure=self.measure, progress=self.progress)
         weights: list = [1.0] * len(fixed) if fixed_weights is None else list(fixed_weights)
         if len(weights) != len(fixed):
             raise LatencyError(f"{len(weights)} weights for {len(fixed)} fixed blocks")
-        for ops, a in zip(layers, alpha):
+        for ops, a, live in zip(layers, alpha, [1.0] * len(layers) if layer_weights is None else layer_weights):
             a = torch.as_tensor(a)
             if a.shape != (len(ops),):
                 raise LatencyError(f"architecture weights of shape {tuple(a.shape)} for {len(ops)} candidate ops")
-            weights += list(torch.softmax(a, dim=0))
+            weights += list(torch.softmax(a, dim=0) * live)
         feats = self.features(list(fixed) + [k for layer in layers for k in layer], weights)
         feats = {k: torch.as_tensor(v, dtype=torch.float32) for k, v in feats.items()}
         corr = self.table.correction if correction is ... else correction

@@ -42,7 +42,7 @@ from ..latency import standalone as core
 from ..latency.lut import LatencyTable
 from ..latency.predictor import LatencyPredictor
 from .graph import ABSENT, SoftGraph, channel_bucket, slot_depth
-from .space_chain import ChainSpace, ChainSupernet, block_scorer, expectation_of
+from .space_chain import ChainSpace, ChainSupernet, block_scorer, expectation_of, stage_liveness
 
 PENALTIES = ("proxyless", "hinge")
 LAMBDA_RANGE = (1e-6, 1e6)
@@ -124,39 +124,23 @@ def _derived_stage(sg: SoftGraph, st: dict, down: int, n: int) -> dict:
     of :func:`soft_graph`); returns ``{graph node: probability that the stage's output is that node, given it is
     present}`` for the stage's readers.
 
-    With layer j present with probability P_j (1 - its skip probability; the strided layer 0: P_0 = 1) and reading
-    input i with probability b_j[i] = softmax(beta_j)_i, independently:
-
-    * reading node i means reading node m (i's *resolution*: i itself when present, else the resolution of i's
-      input), with R[i][m] = P(resolve(i) = m | m present): R[m][m] = 1, R[i][m] = (1 - P_i) sum_k b_i[k] R[k][m]
-      (i > m); layer j's input edge comes from m with q[j][m] = sum_i b_j[i] R[i][m], the stage's output is m with
-      R[L][m];
-    * a present layer is kept when read: U_m = 1 - (1 - R[L][m]) prod_(j > m) (1 - P_j U_j q[j][m]) (U_0 = 1), the
-      node's presence becomes P_m U_m (the skip candidate takes the rest);
-    * an MBConv layer has a ``merge`` node (present with p_mbconv(m) U_m): ``m -> merge``, its input's edge into the
-      merge as well, and readers of m read the merge, so the edge from m itself exists with probability
-      q (1 - p_mbconv(m) / P_m) and the one from the merge with q.
+    Layer j is present with probability P_j (1 - its skip probability), reads node m with probability q[j][m] and is
+    kept when read (U_j), as :func:`~.space_chain.stage_liveness` computes them; the node's presence becomes P_j U_j
+    (the skip candidate takes the rest). An MBConv layer has a ``merge`` node (present with p_mbconv(m) U_m):
+    ``m -> merge``, its input's edge into the merge as well, and readers of m read the merge, so the edge from m itself
+    exists with probability q (1 - p_mbconv(m) / P_m) and the one from the merge with q.
 
     Exact at one-hot weights; in between it treats the resolution and keeping events as independent of each other
     and of the ends' presence (they share some layers' skip events)."""
     layers, stride, widths, wp = st["layers"], st["stride"], st["widths"], st["width_probs"]
     L = len(layers)
-    one = torch.ones((), dtype=wp.dtype, device=wp.device)
-    skip = [lay["ops"].index("skip") for lay in layers]
-    P = [one] + [1 - lay["probs"][i] for lay, i in zip(layers, skip)]
-    mb = [one * 0] + [lay["probs"][[c for c, kd in enumerate(lay["kinds"]) if kd == "mbconv"]].sum() for lay in layers]
-    b = [None] + [lay["input_probs"] for lay in layers]
-    R = [[one if i == m else one * 0 for m in range(L + 1)] for i in range(L + 1)]
-    for i in range(1, L + 1):
-        for m in range(i):
-            R[i][m] = (1 - P[i]) * sum(b[i][k] * R[k][m] for k in range(i))
-    q = [[sum(b[j][i] * R[i][m] for i in range(j)) if m < j else None for m in range(L + 1)] for j in range(L + 1)]
-    U = [one] * (L + 1)
-    for m in range(L, 0, -1):
-        unread = 1 - R[L][m]
-        for j in range(m + 1, L + 1):
-            unread = unread * (1 - P[j] * U[j] * q[j][m])
-        U[m] = 1 - unread
+    live = stage_liveness(layers)
+    P, R, q, U, skip = live["P"], live["R"], live["q"], live["U"], live["skip"]
+    if None in skip:
+        raise ConfigError("search.expectation=derived: the chain space's structural term needs the skip op among "
+                          "its layer ops (skip stands for a removed layer); add skip to layer_ops or set "
+                          "search.expectation=supernet")
+    mb = [P[0] * 0] + [lay["probs"][[c for c, kd in enumerate(lay["kinds"]) if kd == "mbconv"]].sum() for lay in layers]
     node, merge = {0: down}, {}
     for j, lay in enumerate(layers, start=1):
         probs = lay["probs"] * U[j]

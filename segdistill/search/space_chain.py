@@ -98,6 +98,40 @@ def expectation_of(supernet, expectation: str | None = None) -> str:
 STAGE_STRIDES = (8, 16, 32)
 
 
+def stage_liveness(layers: list[dict]) -> dict:
+    """Which of a stage's searchable layers the derived network keeps, in expectation (``expectation="derived"``):
+    ``layers`` as :meth:`ChainSupernet.describe` gives them (``ops``, ``probs`` = softmax(alpha_j), ``input_probs``
+    b_j = softmax(beta_j) over nodes 0 .. j-1; node 0 is the strided layer). Returns lists indexed by node 0 .. L:
+
+    * ``P``: presence, 1 - the skip probability (1 for node 0, and for every layer when there is no skip op);
+    * ``R``: ``R[i][m]`` = P(reading node i means reading node m | m present): ``R[m][m] = 1``,
+      ``R[i][m] = (1 - P_i) sum_k b_i[k] R[k][m]`` (i > m): a removed layer's readers read its resolved input;
+    * ``q``: ``q[j][m] = sum_i b_j[i] R[i][m]``, the probability that layer j's input edge comes from node m;
+    * ``U``: ``U_m = 1 - (1 - R[L][m]) prod_(j > m) (1 - P_j U_j q[j][m])`` (U_0 = 1), the probability that present
+      node m is read (by a kept later layer, or as the stage's output); a layer nobody reads is removed;
+    * ``skip``: per layer, the index of its skip op (None without one).
+
+    Exact at one-hot weights; in between the resolution and keeping events are taken as independent (they share some
+    layers' skip events). Layer j is in the derived network with probability ``P_j U_j``."""
+    L = len(layers)
+    one = layers[0]["probs"].new_ones(()) if L else torch.ones(())
+    skip = [lay["ops"].index("skip") if "skip" in lay["ops"] else None for lay in layers]
+    P = [one] + [one if i is None else 1 - lay["probs"][i] for lay, i in zip(layers, skip)]
+    b = [None] + [lay["input_probs"] for lay in layers]
+    R = [[one if i == m else one * 0 for m in range(L + 1)] for i in range(L + 1)]
+    for i in range(1, L + 1):
+        for m in range(i):
+            R[i][m] = (1 - P[i]) * sum(b[i][k] * R[k][m] for k in range(i))
+    q = [[sum(b[j][i] * R[i][m] for i in range(j)) if m < j else None for m in range(L + 1)] for j in range(L + 1)]
+    U = [one] * (L + 1)
+    for m in range(L, 0, -1):
+        unread = 1 - R[L][m]
+        for j in range(m + 1, L + 1):
+            unread = unread * (1 - P[j] * U[j] * q[j][m])
+        U[m] = 1 - unread
+    return {"P": P, "R": R, "q": q, "U": U, "skip": skip}
+
+
 def op_key(op: str, cin: int, cout: int, h: int, w: int, stride: int = 1) -> BlockKey:
     """The library key of candidate ``op`` reading a (cin, h, w) map."""
     if op not in OPS:
@@ -263,10 +297,11 @@ class ChainSpace:
 
     # ------------------------------------------------------------------ latency
     def expected_latency(self, predictor: LatencyPredictor, width_logp, down_logp, layer_logp,
-                         correction: dict | None = ...) -> torch.Tensor:
+                         correction: dict | None = ..., layer_live=None) -> torch.Tensor:
         """Expected latency (ms, differentiable) under log-probabilities: ``width_logp[s]`` over width options,
         ``down_logp[s]`` over :attr:`down_ops`, ``layer_logp[s][j]`` over :attr:`layer_ops`; the table's correction
-        (or ``correction``) applied by :meth:`LatencyPredictor.expected`."""
+        (or ``correction``) applied by :meth:`LatencyPredictor.expected`. ``layer_live[s][j]`` (default 1): the
+        probability that the layer is read at all (:func:`stage_liveness`' U); an unread layer costs nothing."""
         zero = torch.zeros(1)
         joint = []
         for s in range(3):
@@ -275,8 +310,11 @@ class ChainSpace:
             joint += [(width_logp[s][:, None] + a[None, :]).flatten() for a in layer_logp[s]]
         joint += [width_logp[2], width_logp[0]]  # head.high, head.low
         groups = self._groups()
+        live = None
+        if layer_live is not None:  # in _groups' order: per stage the strided layer, then its layers; the head
+            live = [w for s in range(3) for w in [1.0, *layer_live[s]]] + [1.0, 1.0]
         return predictor.expected([keys for _, keys, _ in groups], joint, fixed=self.fixed_keys(),
-                                  correction=correction)
+                                  correction=correction, layer_weights=live)
 
     def _block_score(self, predictor: LatencyPredictor, correction: dict | None = ...):
         """:func:`block_scorer` over this space's keys: what :meth:`smallest` and :meth:`largest` rank blocks by."""
@@ -460,11 +498,17 @@ class ChainSupernet(nn.Module):
         return self.space.keys(input_shape)
 
     def expected_latency(self, predictor: LatencyPredictor, correction: dict | None = ...) -> torch.Tensor:
-        """Differentiable expected latency (ms) under the softmax of the architecture logits (see the module doc)."""
+        """Differentiable expected latency (ms) under the softmax of the architecture logits (see the module doc).
+        Under ``expectation="derived"`` a layer counts only with the probability that the derived network keeps it
+        (:func:`stage_liveness`: present and read), so beta has a price too; ``"supernet"`` counts every present
+        layer (an upper bound: the derived network drops the layers nobody reads)."""
         lg = [self.stage_logits(s) for s in range(3)]
         ls = lambda t: torch.log_softmax(t, dim=0)  # noqa: E731
+        live = None
+        if expectation_of(self) == "derived":
+            live = [stage_liveness(st["layers"])["U"][1:] for st in self.describe()]
         return self.space.expected_latency(predictor, [ls(g["width"]) for g in lg], [ls(g["down"]) for g in lg],
-                                           [[ls(a) for a in g["alpha"]] for g in lg], correction)
+                                           [[ls(a) for a in g["alpha"]] for g in lg], correction, layer_live=live)
 
     def smallest_latency(self, predictor: LatencyPredictor, correction: dict | None = ...) -> float:
         """Predicted latency (ms) of the cheapest network the space can derive (:meth:`ChainSpace.smallest`)."""
