@@ -95,7 +95,8 @@ def test_two_iteration_search_moves_alpha_and_writes_its_outputs(tmp_path):
     after = arch_of(net)
     assert any(not torch.equal(before[k], after[k]) for k in before)
     out = tmp_path / "run"
-    for name in ("genotype.json", "search_log.jsonl", "arch_000002.png", "report.md", "best.pt", "last.pt"):
+    for name in ("genotype.json", "search_log.jsonl", "arch_000002.png", "latency.png", "report.md", "best.pt",
+                 "last.pt"):
         assert (out / name).is_file(), name
     records = [json.loads(line) for line in (out / "search_log.jsonl").read_text().splitlines()]
     assert {r["event"] for r in records} == {"band", "validate"}
@@ -319,3 +320,23 @@ def test_the_search_says_which_device_its_latency_table_is_for(tmp_path, capsys)
     note = "table measured on ANOTHER device: 'Some Other CPU @ 3.0GHz'"
     assert note in capsys.readouterr().out
     assert note in (tmp_path / "b" / "there" / "report.md").read_text()
+
+
+def test_latency_plot_has_a_panel_per_platform_and_needs_budgets(tmp_path):
+    from PIL import Image
+
+    from segdistill.search.hook import plot_search_latency
+
+    def rec(it, event, platforms):
+        return {"iter": it, "event": event, **{f"{k}/{p}": v for p in platforms for k, v in
+                                                (("expected_ms", 12.0 - it / 10), ("predicted_ms", 5.0 + it / 10),
+                                                 ("budget_ms", 10.0), ("lambda", 1.0 / (it + 1)))}}
+
+    one = plot_search_latency([rec(i, "band", ["torch-cpu"]) for i in range(5)] + [rec(5, "validate", ["torch-cpu"])],
+                              tmp_path / "one.png")
+    two = [rec(i, "band", ["torch-cpu", "onnxruntime-cpu"]) for i in range(5)]
+    (tmp_path / "log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in two))
+    two = plot_search_latency(tmp_path / "log.jsonl", tmp_path / "two.png", band=(0.8, 1.0))
+    assert Image.open(two).size[1] > 1.6 * Image.open(one).size[1]  # one panel per platform
+    with pytest.raises(ValueError, match="no latency records"):
+        plot_search_latency([{"iter": 1, "event": "validate", "val_miou": 0.1}], tmp_path / "none.png")

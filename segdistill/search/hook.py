@@ -74,6 +74,48 @@ from .space_chain import ChainSupernet
 SPACE_KEYS = SPACES["chain"]["options"]
 
 
+def plot_search_latency(log, out_png, band=(0.9, 1.0)) -> Path:
+    """A search's latency over time, one panel per platform, from its ``search_log.jsonl`` (a path or records):
+    the soft network's expected latency, the plain argmax's prediction (what band control reads), the network the
+    search returns at each validation (``search.derive``), the budget and its ``band`` (fractions of the budget),
+    and lambda (log axis, right).
+    A search whose argmax collapses while lambda is still large shows it here at once."""
+    from ..viz import _read_jsonl, new_figure, save_figure
+
+    records = _read_jsonl(Path(log)) if not isinstance(log, list) else log
+    platforms = sorted({k.split("/", 1)[1] for r in records for k in r if k.startswith("budget_ms/")})
+    if not platforms:
+        raise ValueError(f"{log}: no latency records (a search without a budget has no latency to plot)")
+    fig = new_figure(6.5, 3.8 * len(platforms), "the search's latency plot")
+    for i, p in enumerate(platforms):
+        ax = fig.add_subplot(len(platforms), 1, i + 1)
+
+        def series(events, key):
+            pts = [(r["iter"], r[key]) for r in records if r.get("event") in events and key in r]
+            return list(zip(*pts)) or [(), ()]
+
+        budget = next(r[f"budget_ms/{p}"] for r in records if f"budget_ms/{p}" in r)
+        lo, hi = band
+        ax.axhspan(lo * budget, hi * budget, color="tab:green", alpha=0.15, label=f"band [{lo:g}, {hi:g}] x budget")
+        ax.axhline(budget, color="tab:green", lw=1)
+        ax.plot(*series(("band", "validate"), f"expected_ms/{p}"), color="tab:blue", label="expected (soft network)")
+        ax.plot(*series(("band",), f"predicted_ms/{p}"), color="tab:orange", marker=".", label="plain argmax, predicted")
+        ax.plot(*series(("validate",), f"predicted_ms/{p}"), "s", color="tab:red", label="returned network, predicted")
+        ax.set_ylabel(f"{p} (ms)")
+        ax.set_ylim(bottom=0)
+        ax.grid(alpha=0.3)
+        handles = ax.get_legend_handles_labels()[0]
+        lam = series(("band",), f"lambda/{p}")
+        if lam[0]:
+            ax2 = ax.twinx()
+            handles += ax2.semilogy(*lam, color="tab:gray", ls="--", label="lambda (right axis)")
+            ax2.set_ylabel("lambda", color="tab:gray")
+        ax.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=3, fontsize=7)
+    ax.set_xlabel("iteration")
+    fig.suptitle("search latency: expected, argmax and returned network against the budget", fontsize=9)
+    return save_figure(fig, out_png)
+
+
 def space_options(search) -> dict:
     """The supernet builder options (``model.arch``) of a ``search`` config section (its space's keys,
     :data:`segdistill.search.SPACES`; the chain space's when ``space`` is unset)."""
@@ -330,6 +372,12 @@ class SearchHook(Hook):
             save_genotype(g, self.out_dir / "genotype.json")
             self._heatmap(self.out_dir / f"arch_{it:06d}.png", it)
             self._log(rec)
+            if self.predictors:
+                try:
+                    plot_search_latency(self.out_dir / "search_log.jsonl", self.out_dir / "latency.png",
+                                        tuple(self.s.band))
+                except SegDistillError as e:  # matplotlib missing: the search goes on without pictures
+                    warnings.warn(str(e))
             if it >= self.cfg.train.iters:
                 self._report(rec, g, metrics)
         for p in self.predictors:
@@ -417,6 +465,7 @@ class SearchHook(Hook):
                   + "; ".join(f"{p}: {pred.table.path or 'measured here'} ({pred.table.device_note()})"
                               for p, pred in self.predictors.items())
                   + ". Measure the retrained network with `segdistill profile` before quoting a latency.", "",
+                  "![latency over the search](latency.png)" if self.predictors else "", "",
                   "## Structure", ""]
         if "ged" in rec:
             kind = "exact" if rec["ged_exact"] else f"upper bound (exact search stopped after {s.ged_timeout:g} s)"
