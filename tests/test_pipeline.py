@@ -75,7 +75,7 @@ def test_pipeline_end_to_end_writes_every_stage(finished):
     assert all(not s["skipped"] for s in summary["stages"].values()) and set(summary["stages"]) == set(pl.STAGES)
     report = (out / "report.md").read_text()
     for words in ("pareto.png", "torch-cpu", "search/genotype.json", "export/student.onnx", "measured / predicted",
-                  "teacher", "threads", "arch_"):
+                  "teacher", "threads", "arch_", "search/latency.png"):
         assert words in report, words
 
 

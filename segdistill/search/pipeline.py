@@ -520,6 +520,8 @@ def write_report(cfg: Config, summary: dict, path: Path, title: str = "segdistil
     heat = last_heatmap(root / "search")
     if heat:
         lines += [f"![architecture weights]({rel(heat)})", ""]
+    if (root / "search" / "latency.png").is_file():
+        lines += [f"![latency over the search]({rel(root / 'search' / 'latency.png')})", ""]
     lines += ["## Export", "", f"`{rel(summary['onnx'])}`: {exp['message']}; argmax agreement "
               f"{100 * exp['argmax_agreement']:.2f}%.", ""]
     path.write_text("\n".join(lines))
