@@ -396,7 +396,7 @@ def run_search(name: str, row: dict, out_dir: Path, lut_dir: Path, opts) -> dict
            "final": last, "genotype": str(sdir / "genotype.json"), "date": time.strftime("%Y-%m-%d"),
            "command": "python benchmarks/camvid_search.py " + shlex.join(sys.argv[1:])}
     done.write_text(json.dumps(res, indent=2))
-    to_archive(opts, out_dir, *(sdir / f for f in ("genotype.json", "search_log.jsonl", "report.md", "search.json")))
+    to_archive(opts, out_dir, *(sdir / f for f in ("genotype.json", "search_log.jsonl", "report.md", "search.json", "latency.png")))
     print(f"   search done in {res['wall_s']:.0f} s, peak RSS {res['peak_rss_mb']:.0f} MB; derived network predicted "
           + ", ".join(f"{k.split('/')[1]} {v:.2f} ms" for k, v in last.items() if k.startswith("predicted_ms/")), flush=True)
     return res
