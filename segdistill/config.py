@@ -309,6 +309,9 @@ class SearchConfig:
     arch_weight_decay: float = checked(1e-3, at_least(0), "Adam weight decay of the architecture weights")
     arch_interval: int = checked(1, at_least(1), "an architecture step every this many iterations (after warmup_iters)")
     warmup_iters: int = checked(0, at_least(0), "weights-only iterations before the first architecture step")
+    aux_skip: float = checked(0.0, at_least(0), "DARTS- auxiliary skip: aux x input added beside every stride-1 "
+                              "searchable layer (chain) or edge (lgcnet), aux decaying linearly from this value at "
+                              "the warm-up's end to 0 at the last iteration; 0: off")
     gumbel: bool = described(False, "Gumbel-softmax sampling in the supernet's training forward")
     hard: bool = described(False, "straight-through one-hot Gumbel samples")
     tau_start: float = checked(5.0, above(0), "Gumbel temperature after warm-up, annealed exponentially to tau_end")

@@ -154,7 +154,7 @@ class StopAt(Hook):
 
 def test_resume_equals_a_search_never_stopped(tmp_path):
     def cfg_for(name, **kw):
-        cfg = search_cfg(tmp_path, out=name, iters=5, gumbel=True, band_interval=1, **kw)
+        cfg = search_cfg(tmp_path, out=name, iters=5, gumbel=True, band_interval=1, aux_skip=0.5, **kw)
         cfg.data.synthetic_train = 16  # 2 weight iterations per epoch: the cut lands mid-epoch
         cfg.train.val_interval = 10
         return cfg
@@ -340,3 +340,13 @@ def test_latency_plot_has_a_panel_per_platform_and_needs_budgets(tmp_path):
     assert Image.open(two).size[1] > 1.6 * Image.open(one).size[1]  # one panel per platform
     with pytest.raises(ValueError, match="no latency records"):
         plot_search_latency([{"iter": 1, "event": "validate", "val_miou": 0.1}], tmp_path / "none.png")
+
+
+def test_aux_skip_decays_linearly_from_the_warm_up_to_zero(tmp_path):
+    cfg = search_cfg(tmp_path, iters=10, warmup_iters=2, aux_skip=0.5)
+    hook = build_hooks(cfg)[0]
+    assert [hook._aux_at(i) for i in (0, 2, 6, 10)] == pytest.approx([0.5, 0.5, 0.25, 0.0])
+    trainer = Trainer(cfg, [hook])
+    assert trainer.model.aux_skip == 0.5
+    trainer.train()
+    assert trainer.model.aux_skip == 0.0  # gone by the end: the supernet the search derives from has none

@@ -397,3 +397,22 @@ def test_derived_lgcnet_network_exports_to_onnx(tmp_path):
     model = build_model("searched", K, genotype=g)
     report = export_onnx(model, tmp_path / "lgcnet.onnx", SHAPE)
     assert report["ok"] and report["max_abs_diff"] < 1e-3 and report["argmax_agreement"] > 0.99
+
+
+def test_aux_skip_is_extra_skip_weight_on_the_edges_between_nodes():
+    """DARTS-' auxiliary skip in a cell: b x input beside every edge from an intermediate node (those keep stride and
+    width), the same as adding b to those edges' skip weight; the cell inputs' edges get none."""
+    net = tiny().eval()
+    feats = net._stem(torch.randn(*SHAPE))
+    cell = net.cells[0]
+    torch.manual_seed(2)
+    w = torch.softmax(torch.randn(len(cell.edges_io), len(CELL_OPS)), -1)
+    between = torch.tensor([float(src >= 2) for _, src in cell.edges_io])
+    assert 0 < between.sum() < len(between)
+    skip = torch.nn.functional.one_hot(torch.tensor(CELL_OPS.index("skip")), len(CELL_OPS)).float()
+    with torch.no_grad():
+        aux = cell(feats["stem"], feats["stage1"], w, aux_skip=0.3)
+        same = cell(feats["stem"], feats["stage1"], w + 0.3 * between[:, None] * skip)
+        plain = cell(feats["stem"], feats["stage1"], w)
+    torch.testing.assert_close(aux, same)
+    assert not torch.allclose(aux, plain)

@@ -214,7 +214,8 @@ def test_smallest_latency_is_the_brute_force_minimum():
 def test_largest_latency_is_the_brute_force_maximum():
     """Every layer kept with its dearest op: the maximum over widths and strided ops, and no one-hot network above."""
     torch.manual_seed(0)
-    net = ChainSupernet(ChainSpace(SHAPE, 5, **SMALL, down_ops=("conv_3x3", "dwsep_5x5", "mbconv_k3_e6")))
+    net = ChainSupernet(ChainSpace(SHAPE, 5, **SMALL, down_ops=("conv_3x3", "dwsep_5x5", "mbconv_k3_e6"),
+                                   layer_ops=("skip", "conv_3x3", "dwsep_5x5", "mbconv_k5_e6", "zoomconv_3x3")))
     sp = net.space
     corr = {"model": "linear+io", "coef": {"raw": 1.5, "const": 0.2, "io": 0.3}}
     predictor, _ = fake_predictor(net.keys(), seed=5, correction=corr)
@@ -383,3 +384,21 @@ def test_bad_genotypes_are_config_errors_naming_the_file(tmp_path):
         assert str(path) in str(e.value)
     with pytest.raises(ConfigError, match="genotype mapping.*unknown op"):
         build_model("searched", 5, genotype=cases["op"][0])
+
+
+def test_aux_skip_is_extra_weight_on_the_skip_candidate():
+    """DARTS-' auxiliary skip: b x input beside a layer's mixed op, the same as adding b to its skip weight."""
+    net = small_supernet()
+    sp, stage = net.space, net.stages[1]
+    torch.manual_seed(1)
+    x = torch.randn(1, sp.max_width(0), 8, 12)
+    w = lambda n: torch.softmax(torch.randn(n), 0)  # noqa: E731
+    width, down = w(len(sp.width_ratios)), w(len(sp.down_ops))
+    alpha, beta = [w(len(sp.layer_ops)) for _ in range(sp.layers)], [w(j + 1) for j in range(sp.layers)]
+    skip = torch.nn.functional.one_hot(torch.tensor(sp.layer_ops.index("skip")), len(sp.layer_ops)).float()
+    with torch.no_grad():
+        aux = stage(x, width, down, alpha, beta, aux_skip=0.3)
+        same = stage(x, width, down, [a + 0.3 * skip for a in alpha], beta)
+        plain = stage(x, width, down, alpha, beta)
+    torch.testing.assert_close(aux, same)
+    assert not torch.allclose(aux, plain)

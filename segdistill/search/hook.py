@@ -24,6 +24,11 @@ Enabled by ``search.space=chain`` (factory ``search`` below; ``segdistill search
 * **Gumbel.** With ``search.gumbel``, the supernet's training forward samples Gumbel-softmax weights at
   temperature tau, annealed exponentially from ``tau_start`` (until the warm-up ends) to ``tau_end`` (last
   iteration).
+* **Auxiliary skip** (DARTS-, Chu et al., ICLR 2021): with ``search.aux_skip = b > 0`` every stride-1 searchable
+  layer (chain) or edge between intermediate nodes (lgcnet) gets ``b_t * input`` beside its mixed op, ``b_t = b``
+  until the warm-up ends, then linearly to 0 at the last iteration. The supernet then trains well without the skip
+  candidate's help, which is DARTS-' answer to the skip op winning by easing optimisation rather than by being
+  better; the derived network never has it. Off by default.
 * **Band control** every ``search.band_interval`` iterations (0: once per epoch) after the warm-up
   (:func:`~.objective.band_update`), on the plain argmax: it steers the architecture weights themselves.
 * **The network returned** (``genotype.json``, :meth:`SearchHook.derive_final`): with ``search.derive=budget``
@@ -170,6 +175,7 @@ class SearchHook(Hook):
             model = build_model(SPACES[self.s.space]["model"], trainer.num_classes,
                                 **space_options(self.s)).to(trainer.device)
         model.gumbel, model.hard, model.tau = bool(self.s.gumbel), bool(self.s.hard), self.tau
+        model.aux_skip = self._aux_at(0)
         model.expectation = self.s.expectation
         self.supernet = model
         return model
@@ -226,11 +232,18 @@ class SearchHook(Hook):
         return {"arch": self.arch_opt} if self.arch_opt is not None else {}
 
     # ------------------------------------------------------------------ per iteration
+    def _progress(self, it: int) -> float:
+        """0 until the warm-up ends, then linear to 1 at the last iteration."""
+        span = max(1, self.cfg.train.iters - self.s.warmup_iters)
+        return min(max((it - self.s.warmup_iters) / span, 0.0), 1.0)
+
     def _tau_at(self, it: int) -> float:
         s = self.s
-        span = max(1, self.cfg.train.iters - s.warmup_iters)
-        a = min(max((it - s.warmup_iters) / span, 0.0), 1.0)
-        return float(s.tau_start * (s.tau_end / s.tau_start) ** a)
+        return float(s.tau_start * (s.tau_end / s.tau_start) ** self._progress(it))
+
+    def _aux_at(self, it: int) -> float:
+        """DARTS-' auxiliary skip weight: ``search.aux_skip`` until the warm-up ends, then linearly to 0."""
+        return float(self.s.aux_skip * (1.0 - self._progress(it)))
 
     def after_step(self, trainer):
         s, it = self.s, trainer.state.iteration
@@ -242,6 +255,7 @@ class SearchHook(Hook):
             values.update(self.band_check(trainer))
         self.tau = self._tau_at(it)
         self.supernet.tau = self.tau
+        self.supernet.aux_skip = self._aux_at(it)
         return values
 
     def next_arch_batch(self) -> dict:
@@ -506,8 +520,9 @@ class SearchHook(Hook):
         self.lambdas = {p: float(v) for p, v in state["lambdas"].items()}
         self.arch_pos, self.tau = int(state["arch_pos"]), float(state["tau"])
         self.supernet.tau = self.tau
-        log = self.out_dir / "search_log.jsonl"
         it = self.trainer.state.iteration
+        self.supernet.aux_skip = self._aux_at(it)
+        log = self.out_dir / "search_log.jsonl"
         if dist.is_main() and log.exists():  # drop records written after the checkpoint
             keep = [ln for ln in log.read_text().splitlines() if ln.strip() and json.loads(ln).get("iter", 0) <= it]
             log.write_text("".join(ln + "\n" for ln in keep))

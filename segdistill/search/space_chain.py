@@ -415,11 +415,14 @@ class SupernetStage(nn.Module):
         masks = torch.tensor([[1.0 if i < w else 0.0 for i in range(c)] for w in space.widths(s)])
         self.register_buffer("masks", masks, persistent=False)
 
-    def forward(self, x, width_w, down_w, alpha_w, beta_w):
+    def forward(self, x, width_w, down_w, alpha_w, beta_w, aux_skip: float = 0.0):
+        """``aux_skip``: DARTS-' auxiliary skip weight, ``aux_skip * input`` added beside each searchable layer."""
         mask = (width_w[:, None] * self.masks).sum(0).view(1, -1, 1, 1)
         nodes = [self.down(x, down_w) * mask]
         for layer, a, b in zip(self.layers, alpha_w, beta_w):
-            nodes.append(layer(sum(bi * n for bi, n in zip(b, nodes)), a) * mask)
+            inp = sum(bi * n for bi, n in zip(b, nodes))
+            out = layer(inp, a)
+            nodes.append((out + aux_skip * inp if aux_skip else out) * mask)
         return nodes[-1]
 
 
@@ -448,6 +451,7 @@ class ChainSupernet(nn.Module):
         self.beta = nn.ParameterList(small(j + 1) for _ in range(3) for j in range(L))
         self.width_logits = nn.ParameterList(small(n_w) for _ in range(3))
         self.gumbel, self.tau, self.hard = False, 1.0, False
+        self.aux_skip = 0.0  # DARTS-' auxiliary skip weight (search.aux_skip; the search hook decays it to 0)
         self.expectation = "derived"  # EXPECTATIONS; only the structural term's graph depends on it here
         self.feature_channels, self.feature_strides = feature_layout(
             space.stem_widths, [space.max_width(s) for s in range(3)], space.head_channels)
@@ -487,7 +491,8 @@ class ChainSupernet(nn.Module):
         for s, stage in enumerate(self.stages):
             lg = self.stage_logits(s)
             w = self._weights
-            x = stage(x, w(lg["width"]), w(lg["down"]), [w(a) for a in lg["alpha"]], [w(b) for b in lg["beta"]])
+            x = stage(x, w(lg["width"]), w(lg["down"]), [w(a) for a in lg["alpha"]], [w(b) for b in lg["beta"]],
+                      self.aux_skip)
             feats[STAGE_NAMES[s]] = x
         logits, feats["pre_logits"] = self.head(feats["stage2"], feats["stage4"])
         return SegOutput(logits=logits, features=feats)

@@ -503,10 +503,12 @@ class SupernetCell(nn.Module):
                                    for _, src in self.edges_io)
         self.nodes = space.nodes
 
-    def forward(self, x0, x1, weights):
+    def forward(self, x0, x1, weights, aux_skip: float = 0.0):
+        """``aux_skip``: DARTS-' auxiliary skip weight, ``aux_skip * input`` added beside each edge between
+        intermediate nodes (the cell inputs' edges change stride and width, so they have none)."""
         states = [self.pre(x0), x1]
         for i in range(self.nodes):
-            states.append(sum(edge(states[src], weights[e])
+            states.append(sum(edge(states[src], weights[e]) + (aux_skip * states[src] if aux_skip and src >= 2 else 0)
                               for e, ((node, src), edge) in enumerate(zip(self.edges_io, self.edges)) if node == i))
         return sum(states[2:])
 
@@ -538,6 +540,7 @@ class LgcSupernet(LgcBase):
         self.alpha_fusion = nn.Parameter(1e-3 * torch.randn(4, len(space.fusion_ops))) if space.fusion else None
         self.ggm = nn.ModuleList(GCNGuidedModule(n_ops, ggm_hidden, ggm_gamma) for _ in range(2)) if ggm_gamma else None
         self.gumbel, self.tau, self.hard = False, 1.0, False
+        self.aux_skip = 0.0  # DARTS-' auxiliary skip weight (search.aux_skip; the search hook decays it to 0)
         self.expectation = "derived"  # EXPECTATIONS: see edge_probs
         self.train()
 
@@ -578,7 +581,7 @@ class LgcSupernet(LgcBase):
         feats = self._stem(x)
         prev = [feats["stem"], feats["stage1"]]
         for k, (cell, a) in enumerate(zip(self.cells, self.cell_alphas())):
-            feats[CELL_NAMES[k]] = cell(prev[-2], prev[-1], self._weights(a))
+            feats[CELL_NAMES[k]] = cell(prev[-2], prev[-1], self._weights(a), self.aux_skip)
             prev.append(feats[CELL_NAMES[k]])
         parts = None
         if self.fusion_edges is not None:
