@@ -25,7 +25,9 @@ teacher-output cache, with camvid_kd.py's teacher):
   the default since 2026-12-07; every other chain row keeps the supernet's own wiring, ``supernet``, so the table
   keeps one objective), ``abl_archlr`` (the full objective with the architecture learning rate 0.01 instead of
   0.003: at 0.003 the 690 architecture steps move a logit by at most ~2, and every row's weights stayed near
-  uniform); the full objective is ``torch<mid>``;
+  uniform), ``abl_auxskip`` (the full objective with DARTS-' auxiliary skip, ``search.aux_skip=1``: every
+  row's skip candidate led within the first epoch of architecture steps, also with CE only); the full objective is
+  ``torch<mid>``;
 * ``random<i>`` (``--random-archs``, default 3): random architecture weights of the same space (standard normal
   logits), derived by the search's own rule for the middle budget (the argmax priced by latency, in the search's band
   0.9-1.0 x budget): a searched row differs from a random one only in where its weights came from;
@@ -145,6 +147,10 @@ def define_rows(torch_budgets: list[float], ort_budget: float, n_random: int) ->
                                   "learning rate 0.01 instead of 0.003 (search.arch_lr=0.01: 690 steps x 0.01 ~ the "
                                   "logit drift DARTS allows, ~6), distilled", "kind": "search", "dataset": "camvid",
                           "platform": "torch-cpu", "budget": mid, "search_ov": ["search.arch_lr=0.01", *SUPERNET_EXP]}
+    rows["abl_auxskip"] = {"desc": f"ablation: searched for torch-cpu {mid:g} ms, CE + KD + GED with DARTS-' "
+                                   "auxiliary skip (search.aux_skip=1, decaying to 0), distilled", "kind": "search",
+                           "dataset": "camvid", "platform": "torch-cpu", "budget": mid,
+                           "search_ov": ["search.aux_skip=1.0", *SUPERNET_EXP]}
     for b in torch_budgets:  # issue 11: the LGCNet space at the same budgets
         rows[f"lgc{b:g}"] = {"desc": f"LGCNet space (cell-independent + GGM + dense fusion) searched for torch-cpu {b:g} "
                                      "ms (CE + KD + GED), distilled", "kind": "search", "space": "lgcnet",
