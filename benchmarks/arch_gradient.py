@@ -63,6 +63,16 @@ def stats(samples: list[list[float]]) -> tuple[list[float], list[float]]:
     return means, ts
 
 
+def t_tail(df: int, threshold: float = 2.0) -> float:
+    """P(|T| >= threshold) for Student's t with ``df`` degrees of freedom (numerical integration of its density)."""
+    c = math.exp(math.lgamma((df + 1) / 2) - math.lgamma(df / 2)) / math.sqrt(df * math.pi)
+    step, x, inside = 1e-3, 0.0, 0.0
+    while x < threshold:
+        inside += step * c * (1 + (x + step / 2) ** 2 / df) ** (-(df + 1) / 2)
+        x += step
+    return 1.0 - 2.0 * inside
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--run", required=True, help="a search run's folder (config.yaml, last.pt or best.pt)")
@@ -116,7 +126,17 @@ def main():
         skip = f"{means[sk]:+.5f} ({ts[sk]:+.1f})" if sk is not None else "-"
         print(f"| {n} | {skip} | {sum(abs(ts[i]) >= 2 for i in rest)} of {len(rest)} | {ops[fav]} {means[fav]:+.5f} "
               f"({ts[fav]:+.1f}) | {ops[unf]} {means[unf]:+.5f} ({ts[unf]:+.1f}) |")
-    print(f"\nnon-skip candidates with abs(t) >= 2: {strong} of {total} ({100 * strong / max(total, 1):.0f}%)")
+    print(f"\nnon-skip candidates with abs(t) >= 2: {strong} of {total} ({100 * strong / max(total, 1):.0f}%; "
+          f"about {100 * t_tail(args.batches - 1):.0f}% if the gradients were pure noise)")
+    # Adam moves a logit by about lr * E[g] / sqrt(E[g^2]) per step (the bias-corrected moments' ratio)
+    ratios = sorted(abs(sum(c) / len(c)) / math.sqrt(sum(v * v for v in c) / len(c))
+                    for n in names if n.startswith("alpha") for c in zip(*data[n]) if any(c))
+    steps = max(0, (cfg.train.iters - cfg.search.warmup_iters) // cfg.search.arch_interval)
+    med, p90 = ratios[len(ratios) // 2], ratios[int(0.9 * (len(ratios) - 1))]
+    print(f"consistency |mean| / rms of the data-term gradient per candidate: median {med:.2f}, 90th percentile "
+          f"{p90:.2f}; over this search's {steps} architecture steps at arch_lr {cfg.search.arch_lr:g} that is a "
+          f"drift of about {med * steps * cfg.search.arch_lr:.2f} (median) and {p90 * steps * cfg.search.arch_lr:.2f} "
+          "(90th percentile) in a logit, were the gradient to stay as it is now")
     for t in grads:
         if t in data_terms:
             continue
