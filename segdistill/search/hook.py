@@ -272,7 +272,7 @@ class SearchHook(Hook):
         return default_collate([self.arch_set[self.arch_indices[i]] for i in order])
 
     def _kd(self, trainer, batch, images, masks, out) -> dict:
-        saved = trainer.batch
+        saved = getattr(trainer, "batch", None)  # None outside train() (benchmarks/arch_gradient.py)
         trainer.batch = batch  # the distillation hook reads the batch's index/geom for its teacher cache
         try:
             return self.distill.losses(trainer, images, masks, out)
