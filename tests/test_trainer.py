@@ -205,3 +205,20 @@ def test_torchrun_two_gloo_processes_train(tmp_path):
     assert sorted(losses_by_iter(tmp_path / "run")) == [1, 2, 3, 4]  # one line per iteration, not one per rank
     state = load_checkpoint(tmp_path / "run" / "last.pt")
     assert state["trainer"]["iteration"] == 4
+
+
+def test_two_trainings_never_write_one_run_folder(tmp_path):
+    """The run folder is locked while a training writes it: a second one gets a clear error naming the folder and
+    the process; once the first is done (or was interrupted) the folder is free again."""
+    from segdistill.engine.trainer import out_dir_lock
+    from segdistill.errors import ConfigError
+
+    out = tmp_path / "run"
+    cfg = tiny_cfg(out, iters=2, val_interval=2)
+    with out_dir_lock(out):  # another training holds the folder
+        with pytest.raises(ConfigError, match=f"being written by another training \\(process {os.getpid()}"):
+            Trainer(cfg).train()
+        assert not (out / "last.pt").exists()  # nothing written
+    assert Trainer(cfg).train()["iteration"] == 2  # free again
+    with out_dir_lock(out):
+        pass  # and released after a finished training

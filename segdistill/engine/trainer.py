@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import random
 import time
 import warnings
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -242,6 +243,36 @@ class TrainState:
     best_miou: float = -math.inf  # the best validation score so far (mIoU unless a hook sets "score")
     history: list = field(default_factory=list)
 
+
+
+@contextmanager
+def out_dir_lock(out_dir: Path):
+    """An exclusive lock on ``out_dir/.train.lock`` (``fcntl.flock``; released when the block ends or the process
+    dies), so that two trainings never write one run folder (checkpoints, logs) at once. Where ``fcntl`` is missing
+    (Windows) nothing is locked."""
+    try:
+        import fcntl
+    except ImportError:
+        yield
+        return
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / ".train.lock"
+    with open(path, "a+") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            holder = f.read().strip() or "unknown"
+            raise ConfigError(f"{out_dir} is being written by another training (process {holder}, lock {path}): "
+                              "wait for it to finish, or give this run another train.out_dir") from None
+        f.seek(0)
+        f.truncate()
+        f.write(str(os.getpid()))
+        f.flush()
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
 
 class Trainer:
     def __init__(self, cfg: Config, hooks: list[Hook] | None = None):
@@ -516,6 +547,11 @@ class Trainer:
         )
 
     def train(self) -> dict:
+        """Train to ``train.iters``; the run folder is locked (``out_dir_lock``) while this process writes to it."""
+        with out_dir_lock(self.out_dir) if dist.is_main() else nullcontext():
+            return self._train()
+
+    def _train(self) -> dict:
         cfg = self.cfg.train
         self.tb = None
         if dist.is_main():
