@@ -112,14 +112,15 @@ def main():
     print(f"\n## Data terms ({' + '.join(data_terms)}): mean gradient and t per candidate\n")
     print("| logits | skip: mean (t) | ops with abs(t) >= 2 | most favoured op: mean (t) | least favoured op: mean (t) |")
     print("|---|---|---|---|---|")
+    per = {n: stats(data[n]) for n in names}  # (means, t) per logits vector
     strong, total = 0, 0
     for n in names:
-        if not n.startswith(("alpha", "alpha_down", "alpha_fusion")):
+        if not n.startswith("alpha"):  # alpha, alpha_down, alpha_fusion
             continue
-        means, ts = stats(data[n])
+        means, ts = per[n]
         ops = candidate_names(hook.supernet, n.split("[")[0], len(means))
         rest = [i for i, o in enumerate(ops) if o not in ("skip", "none")]
-        sk = next((i for i, o in enumerate(ops) if o in ("skip",)), None)
+        sk = ops.index("skip") if "skip" in ops else None
         strong += sum(abs(ts[i]) >= 2 for i in rest)
         total += len(rest)
         fav, unf = min(rest, key=lambda i: means[i]), max(rest, key=lambda i: means[i])
@@ -142,7 +143,7 @@ def main():
             continue
         mags = [abs(v) for n in names for v in grads[t][n][0]]
         print(f"{t}: constant over batches; largest |gradient| {max(mags):.5f}, mean {sum(mags) / len(mags):.5f}")
-    mags = [abs(m) for n in names for m in stats(data[n])[0]]
+    mags = [abs(m) for means, _ in per.values() for m in means]
     print(f"data terms: largest |mean gradient| {max(mags):.5f}, mean {sum(mags) / len(mags):.5f}")
 
 

@@ -244,7 +244,6 @@ class TrainState:
     history: list = field(default_factory=list)
 
 
-
 @contextmanager
 def out_dir_lock(out_dir: Path):
     """An exclusive lock on ``out_dir/.train.lock`` (``fcntl.flock``; released when the block ends or the process
@@ -273,6 +272,7 @@ def out_dir_lock(out_dir: Path):
             yield
         finally:
             fcntl.flock(f, fcntl.LOCK_UN)
+
 
 class Trainer:
     def __init__(self, cfg: Config, hooks: list[Hook] | None = None):

@@ -91,16 +91,16 @@ def plot_search_latency(log, out_png, band=(0.9, 1.0)) -> Path:
     platforms = sorted({k.split("/", 1)[1] for r in records for k in r if k.startswith("budget_ms/")})
     if not platforms:
         raise ValueError(f"{log}: no latency records (a search without a budget has no latency to plot)")
+
+    def series(events, key):
+        pts = [(r["iter"], r[key]) for r in records if r.get("event") in events and key in r]
+        return list(zip(*pts)) or [(), ()]
+
+    lo, hi = band
     fig = new_figure(6.5, 3.8 * len(platforms), "the search's latency plot")
     for i, p in enumerate(platforms):
         ax = fig.add_subplot(len(platforms), 1, i + 1)
-
-        def series(events, key):
-            pts = [(r["iter"], r[key]) for r in records if r.get("event") in events and key in r]
-            return list(zip(*pts)) or [(), ()]
-
         budget = next(r[f"budget_ms/{p}"] for r in records if f"budget_ms/{p}" in r)
-        lo, hi = band
         ax.axhspan(lo * budget, hi * budget, color="tab:green", alpha=0.15, label=f"band [{lo:g}, {hi:g}] x budget")
         ax.axhline(budget, color="tab:green", lw=1)
         ax.plot(*series(("band", "validate"), f"expected_ms/{p}"), color="tab:blue", label="expected (soft network)")

@@ -95,6 +95,8 @@ def expectation_of(supernet, expectation: str | None = None) -> str:
     if expectation not in EXPECTATIONS:
         raise ConfigError(f"search.expectation={expectation!r}: choose one of {', '.join(EXPECTATIONS)}")
     return expectation
+
+
 STAGE_STRIDES = (8, 16, 32)
 
 
