@@ -7,7 +7,7 @@ recipe is camvid_kd.py's ``--recipe`` row, default ``best`` = pixel KD (T 1, wei
 teacher-output cache, with camvid_kd.py's teacher):
 
 * ``kd_<student>``: every hand-designed student of camvid_baselines.py / camvid_kd.py, distilled;
-* ``torch<B>`` (one per ``--torch-budgets``, default 12,20,30 ms) and ``ort<B>`` (``--ort-budget``, default 8 ms):
+* ``torch<B>`` (one per ``--torch-budgets``, default 12,16,20,30 ms; 16 since 2026-12-06 night, a third budget inside the space) and ``ort<B>`` (``--ort-budget``, default 8 ms):
   ``segdistill search`` (configs/search-camvid-cpu.yaml: chain space, CE + KD + GED + latency, 920 iterations at
   120x160 crops, latency keys at 1x3x180x240, 2 threads) with that one budget, then the derived student retrained.
   The config's space (base widths 96/192/320) spans 2.0-22.1 ms torch-cpu and 0.8-12.6 ms onnxruntime-cpu by the
@@ -31,6 +31,11 @@ teacher-output cache, with camvid_kd.py's teacher):
   uniform), ``abl_auxskip`` (the full objective with DARTS-' auxiliary skip, ``search.aux_skip=1``: every
   row's skip candidate led within the first epoch of architecture steps, also with CE only); the full objective is
   ``torch<mid>``;
+* long-search table: ``long_torch<mid>`` (the full objective) and ``long_cekd`` (lambda_ged 0), each searched three
+  times as long (``LONG_SEARCH``: 2,760 iterations, 690 weights-only, so 2,070 architecture steps instead of 690),
+  everything else as above. At 690 steps the architecture weights barely move (benchmarks/arch_gradient.py: about 0.4
+  logit); this table asks whether a longer search lets them decide. The random rows need no search, so they compare
+  with this table as they are;
 * ``random<i>`` (``--random-archs``, default 3): random architecture weights of the same space (standard normal
   logits), derived by the search's own rule for the middle budget (the argmax priced by latency, in the search's band
   0.9-1.0 x budget): a searched row differs from a random one only in where its weights came from;
@@ -101,6 +106,9 @@ SHORT = {"torch-cpu": "torch", "onnxruntime-cpu": "ort"}
 # One budget per table (protocol: >= 400 iterations at batch 8 for a comparison table).
 RETRAIN = ["train.iters=400", "train.val_interval=100", "train.ckpt_interval=50", "optim.warmup_iters=50"]
 SEARCH = ["train.iters=920", "train.val_interval=115", "train.ckpt_interval=115", "search.warmup_iters=230"]
+# The long-search table (rows long_*): the same search three times as long, warm-up included (2,070 architecture
+# steps instead of 690), every other setting and the retrain budget unchanged.
+LONG_SEARCH = ["train.iters=2760", "train.val_interval=230", "train.ckpt_interval=115", "search.warmup_iters=690"]
 TEACHER_ITERS = ["train.iters=1200", "train.val_interval=300", "train.ckpt_interval=100", "optim.warmup_iters=100"]
 # The hand-designed students: camvid_kd.py's two (LR-ASPP at OS 16) and camvid_baselines.py's other two.
 STUDENTS = {**{k: v for k, v in kd.STUDENTS.items()},
@@ -154,6 +162,12 @@ def define_rows(torch_budgets: list[float], ort_budget: float, n_random: int) ->
                                    "auxiliary skip (search.aux_skip=1, decaying to 0), distilled", "kind": "search",
                            "dataset": "camvid", "platform": "torch-cpu", "budget": mid,
                            "search_ov": ["search.aux_skip=1.0", *SUPERNET_EXP]}
+    for name, what, ov in (("long_torch20", "CE + KD + GED", []), ("long_cekd", "CE + KD (lambda_ged 0)",
+                                                                    ["search.lambda_ged=0"])):
+        rows[name.replace("20", f"{mid:g}")] = {
+            "desc": f"long search (3x: {LONG_SEARCH[0]}, {LONG_SEARCH[3]}) for torch-cpu {mid:g} ms, {what}, distilled",
+            "kind": "search", "dataset": "camvid", "platform": "torch-cpu", "budget": mid,
+            "search_ov": [*ov, *SUPERNET_EXP], "search_budget": list(LONG_SEARCH)}
     for b in torch_budgets:  # issue 11: the LGCNet space at the same budgets
         rows[f"lgc{b:g}"] = {"desc": f"LGCNet space (cell-independent + GGM + dense fusion) searched for torch-cpu {b:g} "
                                      "ms (CE + KD + GED), distilled", "kind": "search", "space": "lgcnet",
@@ -379,7 +393,8 @@ def run_search(name: str, row: dict, out_dir: Path, lut_dir: Path, opts) -> dict
     ensure_lut(lut_dir, row["platform"], opts.threads, row_space(row, opts), opts.lut_timing, row.get("space", "chain"),
                NUM_CLASSES[row["dataset"]])
     config = search_config(row, sdir, lut_dir)
-    ov = [*DATASETS[row["dataset"]][1], "train.seed=0", *opts.search_budget,
+    budget = row["search_budget"] if "search_budget" in row and not opts.iters else opts.search_budget
+    ov = [*DATASETS[row["dataset"]][1], "train.seed=0", *budget,
           f"distill.teacher={teacher_for(row['dataset'], out_dir)}", f"distill.cache={out_dir / 'teacher_cache'}",
           *row["search_ov"], *opts.common, *opts.search_extra, f"train.out_dir={sdir}",
           "train.resume=auto" if (sdir / "last.pt").exists() else "train.resume=null"]
@@ -671,12 +686,15 @@ def report(out_dir: Path, rows: dict[str, dict], seeds: list[int]) -> str:
             "(fastest pass) | predicted ms "
             "(platform) | budget ms | search wall s | search peak RSS MB |")
     groups = [("CamVid: hand-designed distilled vs searched + distilled (chain and LGCNet spaces)",
-               lambda n, r: r["dataset"] == "camvid" and r["kind"] in ("kd", "search") and not n.startswith(("abl_", "lgc_"))),
+               lambda n, r: r["dataset"] == "camvid" and r["kind"] in ("kd", "search")
+               and not n.startswith(("abl_", "lgc_", "long_"))),
               ("CamVid ablation at the middle budget (search objective; random architectures at the same predicted "
                "latency)", lambda n, r: r["dataset"] == "camvid" and (n.startswith("abl_") or r["kind"] == "random"
                                                                        or n == mid_row(rows))),
               ("CamVid LGCNet ablation at the middle budget (cell-sharing, GGM, dense fusion cell)",
                lambda n, r: n.startswith("lgc_") or n == mid_row(rows, "lgc")),
+              (f"CamVid long search ({' '.join(LONG_SEARCH)}; the retrain budget unchanged, so the random rows "
+               "compare as they are)", lambda n, r: n.startswith("long_") or r["kind"] == "random"),
               ("Stanford Background (second dataset)", lambda n, r: r["dataset"] == "sb")]
     points = []
     for title, keep in groups:
@@ -755,8 +773,9 @@ def main():
     p.add_argument("--list", action="store_true", help="print the rows and exit")
     p.add_argument("--seeds", default="0,1", help="seeds of every retrain (searches: seed 0)")
     p.add_argument("--iters", type=int, help="smoke run: train.iters of retrains, searches and teacher (intervals follow)")
-    p.add_argument("--torch-budgets", default="12,20,30", help="torch-cpu budgets (ms at 1x3x180x240); the middle one "
-                                                                 "is the ablation's and Stanford Background's")
+    p.add_argument("--torch-budgets", default="12,16,20,30", help="torch-cpu budgets (ms at 1x3x180x240); the middle one "
+                                                                 "(sorted, index n // 2: 20 of the default) is the "
+                                                                 "ablation's and Stanford Background's")
     p.add_argument("--ort-budget", type=float, default=8.0, help="the onnxruntime-cpu search's budget (ms)")
     p.add_argument("--random-archs", type=int, default=3, help="random architectures at the middle budget")
     p.add_argument("--recipe", default="best", help=f"camvid_kd.py row used as the distillation recipe ({','.join(kd.ROWS)})")
