@@ -73,6 +73,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import resource
 import shlex
 import shutil
@@ -377,11 +378,24 @@ def search_one(request: Path) -> dict:
     cfg = load_config(req["config"], req["overrides"])
     t0 = time.perf_counter()
     trainer = Trainer(cfg, build_hooks(cfg))
-    start = trainer.state.iteration
-    trainer.train()
-    return {"wall_s": time.perf_counter() - t0, "start_iter": start, "iters": cfg.train.iters,
+    start, kept = trainer.state.iteration, trainer.state.wall_s
+    out = trainer.train()
+    return {"wall_s": time.perf_counter() - t0, "train_wall_s": out["wall_s"], "train_wall_start_s": kept,
+            "start_iter": start, "iters": cfg.train.iters,
             "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
             "peak_rss_children_mb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024}
+
+
+def search_wall(pieces: list[dict]) -> float:
+    """A search's wall time from its pieces (one per process; a killed one is resumed by the next): the trainer's clock
+    of the training kept (a killed piece's tail after its last checkpoint is not counted) plus the last piece's set-up
+    and finish (building, derivation, report). Pieces resumed from a checkpoint written without the trainer's clock
+    (searches before 2026-12-07) sum the processes' wall times instead."""
+    last = pieces[-1]
+    kept = last.get("train_wall_s", math.nan)
+    if not math.isfinite(kept) or not math.isfinite(last.get("train_wall_start_s", math.nan)):
+        return sum(x["wall_s"] for x in pieces)
+    return kept + last["wall_s"] - (kept - last["train_wall_start_s"])
 
 
 def run_search(name: str, row: dict, out_dir: Path, lut_dir: Path, opts) -> dict:
@@ -413,7 +427,8 @@ def run_search(name: str, row: dict, out_dir: Path, lut_dir: Path, opts) -> dict
     log = [json.loads(ln) for ln in (sdir / "search_log.jsonl").read_text().splitlines() if ln.strip()]
     last = [r for r in log if r.get("event") == "validate"][-1]
     res = {"row": name, "platform": row["platform"], "budget_ms": row["budget"], "config": str(config), "overrides": ov,
-           "wall_s": sum(x["wall_s"] for x in parts), "pieces": len(parts),
+           "wall_s": search_wall(parts),
+           "wall_pieces_s": sum(x["wall_s"] for x in parts), "pieces": len(parts),
            "peak_rss_mb": max(x["peak_rss_mb"] for x in parts),
            "peak_rss_workers_mb": max(x["peak_rss_children_mb"] for x in parts),
            "search_input": last.get("search_input") or json.loads((sdir / "genotype.json").read_text())["input"],

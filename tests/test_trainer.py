@@ -88,6 +88,34 @@ def test_resume_repeats_the_uninterrupted_losses(tmp_path):
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+class Slow(Hook):
+    def after_step(self, trainer):
+        time.sleep(0.2)
+
+
+def test_wall_time_counts_the_kept_work_across_a_resume(tmp_path):
+    """state.wall_s: the training kept so far. A kill loses the work after the last checkpoint, and that is not
+    counted; the resumed run adds its own time; a checkpoint from before the field gives NaN, not a wrong figure."""
+    with pytest.raises(KeyboardInterrupt):
+        Trainer(tiny_cfg(tmp_path), hooks=[Slow(), StopAt(5)]).train()  # steps 1-5 slept, last.pt at 4
+    w4 = load_checkpoint(tmp_path / "last.pt")["trainer"]["wall_s"]
+    assert w4 >= 4 * 0.2
+    t0 = time.perf_counter()
+    out = Trainer(tiny_cfg(tmp_path, resume="auto"), hooks=[Slow()]).train()
+    second = time.perf_counter() - t0
+    assert w4 + 4 * 0.2 <= out["wall_s"] <= w4 + second  # step 5 of the first run (lost) is not in it
+    assert load_checkpoint(tmp_path / "last.pt")["trainer"]["wall_s"] == pytest.approx(out["wall_s"], abs=0.5)
+    vals = [json.loads(ln) for ln in (tmp_path / "metrics.jsonl").read_text().splitlines() if "val/miou" in ln]
+    assert [v["iter"] for v in vals] == [4, 8] and vals[0]["wall_s"] < vals[1]["wall_s"]
+
+    state = load_checkpoint(tmp_path / "last.pt")
+    del state["trainer"]["wall_s"]
+    state["trainer"]["iteration"] = 6
+    save_checkpoint(state, tmp_path / "last.pt")
+    out = Trainer(tiny_cfg(tmp_path, resume="auto")).train()
+    assert out["iteration"] == 8 and out["wall_s"] != out["wall_s"]  # NaN: unknown, not undercounted
+
+
 def test_resume_after_sigkill(tmp_path):
     """A real kill -9 at an arbitrary moment, then `train.resume=auto`: same losses as a run never stopped."""
     ref_dir, cut_dir = tmp_path / "ref", tmp_path / "cut"

@@ -242,6 +242,10 @@ class TrainState:
     iteration: int = 0
     best_miou: float = -math.inf  # the best validation score so far (mIoU unless a hook sets "score")
     history: list = field(default_factory=list)
+    # Wall seconds of the training kept so far (iterations, validation, checkpoints), carried across resumes: work done
+    # after the last checkpoint of a killed run is not counted, work done again after a resume is counted once. NaN
+    # for a run resumed from a checkpoint written before this was recorded.
+    wall_s: float = 0.0
 
 
 @contextmanager
@@ -409,7 +413,7 @@ class Trainer:
                 scheduler=self.scheduler.state_dict(),
                 scaler=self.scaler.state_dict(),
                 rng=rng_state(),
-                trainer={"iteration": self.state.iteration, "best_miou": self.state.best_miou},
+                trainer={"iteration": self.state.iteration, "best_miou": self.state.best_miou, "wall_s": self._wall()},
                 hooks={h.name: h.state_dict() for h in self.hooks},
                 hook_optimizers={f"{h.name}/{k}": o.state_dict() for h in self.hooks for k, o in h.optimizers().items()},
             )
@@ -427,6 +431,7 @@ class Trainer:
         set_rng_state(state["rng"])
         self.state.iteration = int(state["trainer"]["iteration"])
         self.state.best_miou = float(state["trainer"]["best_miou"])
+        self.state.wall_s = float(state["trainer"].get("wall_s", math.nan))
         self._load_hook_states(state, path)
         self._truncate_log(self.state.iteration)
         if dist.is_main():
@@ -571,6 +576,7 @@ class Trainer:
         )
         metrics: dict = {}
         t_last, n_last = time.perf_counter(), 0
+        self._wall_mark = t_last
         while self.state.iteration < cfg.iters:
             epoch, start = divmod(self.state.iteration, self.iters_per_epoch)
             for batch in self.loader(epoch, start):
@@ -595,7 +601,8 @@ class Trainer:
                     metrics = self.validate()
                     extra = {f"val/{k}": metrics[k] for k in metrics.pop("hook_keys") + ["score"]
                              if isinstance(metrics[k], (int, float)) and metrics[k] is not metrics["miou"]}
-                    self.log({"iter": it, "val/miou": metrics["miou"], "val/pixel_acc": metrics["pixel_acc"], **extra})
+                    self.log({"iter": it, "val/miou": metrics["miou"], "val/pixel_acc": metrics["pixel_acc"], **extra,
+                              "wall_s": self._wall()})
                     if metrics["score"] > self.state.best_miou:
                         self.state.best_miou = metrics["score"]
                         self.save("best.pt", full=False, metrics=metrics)
@@ -612,4 +619,14 @@ class Trainer:
         if self.tb is not None:
             self.tb.close()
         dist.barrier()
-        return {"iteration": self.state.iteration, "best_miou": self.state.best_miou, "last_metrics": metrics}
+        wall, self._wall_mark = self._wall(), None  # the clock stops with the training
+        return {"iteration": self.state.iteration, "best_miou": self.state.best_miou, "last_metrics": metrics,
+                "wall_s": wall}
+
+    def _wall(self) -> float:
+        """``state.wall_s`` brought up to now (the clock runs while ``_train`` does)."""
+        now, mark = time.perf_counter(), getattr(self, "_wall_mark", None)
+        if mark is not None:
+            self.state.wall_s += now - mark
+            self._wall_mark = now
+        return self.state.wall_s
