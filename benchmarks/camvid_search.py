@@ -182,6 +182,18 @@ def define_rows(torch_budgets: list[float], ort_budget: float, n_random: int) ->
                             "2026-12-06)", SUPERNET_EXP)):
         rows[name] = {"desc": f"LGCNet ablation: {what}, torch-cpu {mid:g} ms, distilled", "kind": "search",
                       "space": "lgcnet", "dataset": "camvid", "platform": "torch-cpu", "budget": mid, "search_ov": ov}
+    # Ops picked by the weights (search.derive_ops=weights): the finished supernets derived again, and the random
+    # rows' own logits (the same draws) derived the same way
+    for name, src in (("w_torch", f"torch{mid:g}"), ("w_cekd", "abl_cekd"), ("w_ce", "abl_ce")):
+        rows[name.replace("w_torch", f"w_torch{mid:g}")] = {
+            "desc": f"{src}'s supernet derived again with its ops picked by the weights (search.derive_ops=weights; "
+                    "the price sets depth, inputs and widths), distilled", "kind": "rederived", "from": src,
+            "dataset": "camvid", "platform": "torch-cpu", "budget": mid, "derive_ops": "weights"}
+    for i in range(n_random):
+        rows[f"w_random{i}"] = {"desc": f"random{i}'s logits derived with the ops picked by them (search.derive_ops="
+                                        f"weights), torch-cpu {mid:g} ms, distilled", "kind": "random",
+                                "dataset": "camvid", "platform": "torch-cpu", "budget": mid, "index": i,
+                                "derive_ops": "weights"}
     for i in range(n_random):
         rows[f"random{i}"] = {"desc": f"random architecture {i} of the space, predicted torch-cpu {mid:g} ms "
                                       f"x [{RANDOM_BAND[0]:g}, {RANDOM_BAND[1]:g}], distilled", "kind": "random", "dataset": "camvid",
@@ -442,11 +454,13 @@ def run_search(name: str, row: dict, out_dir: Path, lut_dir: Path, opts) -> dict
 
 
 # ---------------------------------------------------------------------------- random architectures
-def sample_random(index: int, row: dict, out_dir: Path, lut_dir: Path, opts, tries: int = 100) -> Path:
+def sample_random(name: str, row: dict, out_dir: Path, lut_dir: Path, opts, tries: int = 100) -> Path:
     """Genotype ``index``: random architecture weights (standard normal logits, so every plain-argmax choice is
     uniform), derived by the search's own rule for the row's budget (``derive_within_budget``: the argmax priced by
     latency, in RANDOM_BAND x the budget). A searched row and a random row then differ only in where the weights came
-    from: learned, or drawn. A draw the rule cannot bring into the band is skipped. Deterministic per index."""
+    from: learned, or drawn. A draw the rule cannot bring into the band is skipped. Deterministic per index. A row
+    with ``derive_ops: weights`` derives with its ops picked by the logits (random ones) and keeps the rule's network
+    at or under the budget, in the band or not, as a searched row under that rule does."""
     import torch
 
     from segdistill.config import load_config
@@ -455,7 +469,8 @@ def sample_random(index: int, row: dict, out_dir: Path, lut_dir: Path, opts, tri
     from segdistill.search.hook import space_options
     from segdistill.search.objective import derive_within_budget
 
-    path = out_dir / f"random{index}" / "genotype.json"
+    index, ops = row["index"], row.get("derive_ops", "priced")
+    path = out_dir / name / "genotype.json"
     if path.exists() and not opts.force:
         return path
     ensure_lut(lut_dir, row["platform"], opts.threads, opts.search_space, opts.lut_timing,
@@ -468,23 +483,55 @@ def sample_random(index: int, row: dict, out_dir: Path, lut_dir: Path, opts, tri
     p, budget = row["platform"], float(row["budget"])
     for t in range(tries):
         random_genotype(net, gen)  # sets the supernet's logits
-        g, info = derive_within_budget(net, {p: pred}, {p: budget}, RANDOM_BAND)
+        g, info = derive_within_budget(net, {p: pred}, {p: budget}, RANDOM_BAND, ops=ops)
         ms = info["predicted_ms"][p]
-        if RANDOM_BAND[0] * budget <= ms <= RANDOM_BAND[1] * budget:
+        if (RANDOM_BAND[0] * budget if ops == "priced" else 0.0) <= ms <= RANDOM_BAND[1] * budget:
             g["sampled"] = {"index": index, "tries": t + 1, "predicted_ms": ms, "platform": p, "budget_ms": budget,
                             "band": list(RANDOM_BAND), "generator_seed": 1000 + index, "rule": info["rule"],
                             "mu": info["mu"], "argmax_ms": info["argmax_ms"][p],
+                            "derive_ops": ops,
                             "method": "standard-normal architecture logits, derived by derive_within_budget"}
             path.parent.mkdir(parents=True, exist_ok=True)
             save_genotype(g, path)
             to_archive(opts, out_dir, path)
             if len(pred.table) > n_before:  # keys measured on demand (a space not in the table): keep them
                 pred.table.save()
-            print(f"== random{index}: draw {t + 1} derived at {ms:.2f} ms predicted ({p}, budget {budget:g} ms x "
+            print(f"== {name}: draw {t + 1} derived at {ms:.2f} ms predicted ({p}, budget {budget:g} ms x "
                   f"{list(RANDOM_BAND)}, rule {info['rule']}, mu {info['mu']:.3g})", flush=True)
             return path
-    raise SystemExit(f"random{index}: none of {tries} random architecture weights derived within "
+    raise SystemExit(f"{name}: none of {tries} random architecture weights derived within "
                      f"{list(RANDOM_BAND)} x {budget:g} ms on {p}; is the budget inside the space's range?")
+
+
+# ---------------------------------------------------------------------------- another derive rule
+def derive_again(name: str, row: dict, out_dir: Path, lut_dir: Path, opts) -> dict:
+    """A ``rederived`` row: the finished supernet of row ``row["from"]`` (its last.pt) derived again for the same
+    budget with ``segdistill derive --ops row["derive_ops"]``, into OUT_DIR/<name>/search/genotype.json. Returns the
+    source's search.json with the new genotype and the derivation (``derived_again``); once."""
+    sdir, src = out_dir / name / "search", out_dir / row["from"] / "search"
+    done = sdir / "search.json"
+    if done.exists() and (sdir / "genotype.json").exists() and not opts.force:
+        return json.loads(done.read_text())
+    for need in (src / "last.pt", src / "search.json"):
+        if not need.exists():
+            raise SystemExit(f"{name}: {need} is missing; run the row {row['from']} (its search) first")
+    sdir.mkdir(parents=True, exist_ok=True)
+    cmd = [sys.executable, "-m", "segdistill", "derive", str(src.resolve()), "--ops", row["derive_ops"], "--json",
+           "--out", str((sdir / "genotype.json").resolve()),
+           "--lut", f"{row['platform']}={lut_path(lut_dir, row['platform']).resolve()}"]
+    print(f"== {name} / derive: {shlex.join(['segdistill', *cmd[3:]])}", flush=True)
+    p = subprocess.run(cmd, cwd=REPO, stdout=subprocess.PIPE, text=True)
+    if p.returncode != 0:
+        raise SystemExit(f"{name}: segdistill derive failed (exit {p.returncode}); its output is above")
+    print(p.stdout, end="", flush=True)
+    info = json.loads(p.stdout.strip().splitlines()[-1])
+    res = {**json.loads((src / "search.json").read_text()), "row": name, "genotype": str(sdir / "genotype.json"),
+           "derived_again": {"from": row["from"], "command": shlex.join(["segdistill", *cmd[3:]]),
+                             **{k: info.get(k) for k in ("ops", "rule", "mu", "logp", "predicted_ms", "argmax_ms")}},
+           "date": time.strftime("%Y-%m-%d")}
+    done.write_text(json.dumps(res, indent=2))
+    to_archive(opts, out_dir, sdir / "genotype.json", done)
+    return res
 
 
 # ---------------------------------------------------------------------------- tables changed: derive again
@@ -577,8 +624,11 @@ def run(name: str, row: dict, seed: int, out_dir: Path, lut_dir: Path, opts) -> 
             if row["kind"] == "search":
                 search = run_search(name, row, out_dir, lut_dir, opts)
                 genotype = Path(search["genotype"])
+            elif row["kind"] == "rederived":
+                search = derive_again(name, row, out_dir, lut_dir, opts)
+                genotype = Path(search["genotype"])
             else:
-                genotype = sample_random(row["index"], row, out_dir, lut_dir, opts)
+                genotype = sample_random(name, row, out_dir, lut_dir, opts)
             ov += [f"model.name=searched:{genotype}", *SEARCHED_OV]
             extra["genotype"] = json.loads(genotype.read_text())
     ov += opts.common
@@ -702,14 +752,17 @@ def report(out_dir: Path, rows: dict[str, dict], seeds: list[int]) -> str:
             "(platform) | budget ms | search wall s | search peak RSS MB |")
     groups = [("CamVid: hand-designed distilled vs searched + distilled (chain and LGCNet spaces)",
                lambda n, r: r["dataset"] == "camvid" and r["kind"] in ("kd", "search")
-               and not n.startswith(("abl_", "lgc_", "long_"))),
+               and not n.startswith(("abl_", "lgc_", "long_", "w_"))),
               ("CamVid ablation at the middle budget (search objective; random architectures at the same predicted "
-               "latency)", lambda n, r: r["dataset"] == "camvid" and (n.startswith("abl_") or r["kind"] == "random"
+               "latency)", lambda n, r: r["dataset"] == "camvid" and (n.startswith(("abl_", "random"))
                                                                        or n == mid_row(rows))),
               ("CamVid LGCNet ablation at the middle budget (cell-sharing, GGM, dense fusion cell)",
                lambda n, r: n.startswith("lgc_") or n == mid_row(rows, "lgc")),
               (f"CamVid long search ({' '.join(LONG_SEARCH)}; the retrain budget unchanged, so the random rows "
-               "compare as they are)", lambda n, r: n.startswith("long_") or r["kind"] == "random"),
+               "compare as they are)", lambda n, r: n.startswith(("long_", "random"))),
+              ("CamVid ops picked by the weights (search.derive_ops=weights: the supernets above derived again, and "
+               "the random rows' own draws; the price sets only depth, inputs and widths)",
+               lambda n, r: n.startswith("w_")),
               ("Stanford Background (second dataset)", lambda n, r: r["dataset"] == "sb")]
     points = []
     for title, keep in groups:
@@ -763,7 +816,7 @@ def _plot(points, path: Path):
     from segdistill.viz import new_figure, save_figure
 
     fig = new_figure(11, 4.5, "the Pareto plot")
-    markers = {"kd": "s", "search": "*", "lgcnet": "P", "random": "x", "teacher": "o"}
+    markers = {"kd": "s", "search": "*", "rederived": "D", "lgcnet": "P", "random": "x", "teacher": "o"}
     for i, p in enumerate(PLATFORMS):
         ax = fig.add_subplot(1, 2, i + 1)
         for ds, colour in (("camvid", "tab:blue"), ("sb", "tab:orange")):
@@ -862,7 +915,7 @@ def main():
     order = sorted(names, key=lambda n: rows[n]["kind"] != "teacher")  # a teacher before the rows distilled from it
     if args.rederive:
         for n in order:
-            if rows[n]["kind"] in ("search", "random"):
+            if rows[n]["kind"] in ("search", "random") and "derive_ops" not in rows[n]:
                 rederive(n, rows[n], out_dir, lut_for(rows[n]), args)
     for n in order:
         for seed in map(int, args.seeds.split(",")):

@@ -159,6 +159,38 @@ def test_the_lgcnet_space_is_priced_too():
         assert info["mu"] > 0 if plain > budget else info["mu"] <= 0
 
 
+def test_ops_picked_by_the_weights_whatever_the_price():
+    """derive_ops=weights: every kept layer's op is its likeliest non-skip op and every strided op its likeliest, at
+    any budget; the price moves depth, inputs and widths only; a zero price is still the plain argmax."""
+    pred = predictor(0)
+    for seed in range(4):
+        net = randomised(ChainSupernet(space(layers=3)), seed, scale=0.3)
+        assert derive(net, ops="weights") == derive(net)
+        sp = net.space
+        skip = sp.layer_ops.index("skip")
+        best = [[sp.layer_ops[max((i for i in range(len(a)) if i != skip), key=lambda i: float(a[i].detach()))]
+                 for a in net.stage_logits(s)["alpha"]] for s in range(3)]
+        smallest, largest = net.smallest_latency(pred), net.largest_latency(pred)
+        plain = predict(pred, derive(net))
+        for budget in (max(plain * 0.8, smallest * 1.05), (smallest + largest) / 2, largest * 2):
+            g, info = derive_within_budget(net, {"torch-cpu": pred}, {"torch-cpu": budget}, ops="weights")
+            ms = predict(pred, g)
+            assert ms == pytest.approx(info["predicted_ms"]["torch-cpu"]) and ms <= budget * (1 + 1e-9)
+            for s, st in enumerate(g["stages"]):
+                assert st["down"] == sp.down_ops[int(net.stage_logits(s)["down"].argmax())]
+                kept = iter(best[s])  # the kept layers, in order, are a subsequence of the weights' picks
+                assert all(any(layer["op"] == b for b in kept) for layer in st["layers"]), (seed, budget, st)
+        g, info = derive_within_budget(net, {"torch-cpu": pred}, {"torch-cpu": largest * 2}, ops="weights")
+        assert [len(st["layers"]) for st in g["stages"]] == [3, 3, 3]  # room to spare: every layer kept (skip is free)
+        assert info["rule"] == "unreachable" and predict(pred, g) <= largest
+    lgc = randomised(LgcSupernet(LgcSpace(SHAPE, K, stem_widths=(8, 8), base_widths=(16, 24, 32),
+                                          head_channels=16)), 0)
+    with pytest.raises(ConfigError, match="chain space"):
+        derive(lgc, ops="weights")
+    with pytest.raises(ConfigError, match="priced, weights"):
+        derive(net, ops="cheapest")
+
+
 def test_a_search_returns_the_budgeted_network_and_the_command_rederives_it(tmp_path, capsys):
     cfg = search_cfg(tmp_path, budget=1000.0)  # far above the argmax: the priced network must use more of it
     trainer = Trainer(cfg, build_hooks(cfg))
@@ -179,6 +211,11 @@ def test_a_search_returns_the_budgeted_network_and_the_command_rederives_it(tmp_
     g = json.loads((tmp_path / "g.json").read_text())
     pred = trainer.hook("search").predictors["torch-cpu"]
     assert predict(pred, g) == pytest.approx(res["predicted_ms"]["torch-cpu"]) and predict(pred, g) <= mid
+    main(["derive", str(out), "--budget", f"torch-cpu={mid}", "--ops", "weights", "--out", str(tmp_path / "w.json"),
+          "--json"])
+    res = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    want, _ = derive_within_budget(trainer.model, {"torch-cpu": pred}, {"torch-cpu": mid}, ops="weights")
+    assert res["ops"] == "weights" and json.loads((tmp_path / "w.json").read_text()) == want
     main(["derive", str(out / "best.pt"), "--argmax", "--out", str(tmp_path / "a.json")])
     assert json.loads((tmp_path / "a.json").read_text()) == derive(trainer.model)
     with pytest.raises(SystemExit):

@@ -72,13 +72,16 @@ def cmd_derive(args):
         spec = genotype_netspec(g, tuple(net.space.input_shape), net.num_classes)
         info["predicted_ms"] = info["argmax_ms"] = {p: float(pr.predict(spec)["predicted_ms"]) for p, pr in preds.items()}
     else:
-        g, info = derive_within_budget(net, preds, budgets, tuple(band))
+        ops = getattr(args, "ops", None) or saved.get("derive_ops") or "priced"
+        g, info = derive_within_budget(net, preds, budgets, tuple(band), ops=ops)
+        info["ops"] = ops
     out = Path(args.out) if args.out else ckpt.parent / "genotype.json"
     save_genotype(g, out)
     for p, b in budgets.items():
         print(f"{p}: budget {b:g} ms, derived {info['predicted_ms'][p]:.3f} ms ({info['predicted_ms'][p] / b:.2f} x), "
               f"plain argmax {info['argmax_ms'][p]:.3f} ms")
-    print(f"rule {info['rule']} (mu {info['mu']:.4g}); wrote {out}")
+    print(f"rule {info['rule']} (mu {info['mu']:.4g}{', ops picked by the weights' if info.get('ops') == 'weights' else ''}); "
+          f"wrote {out}")
     pref = op_preference(net)
     print(preference_line(pref))
     info["op_preference"] = pref
@@ -137,6 +140,9 @@ def add_commands(sub) -> None:
     s.add_argument("--lut", action="append", help="PLATFORM=TABLE.json (default: the run's tables)")
     s.add_argument("--band", help="lo,hi fractions of the budget (default: the run's, else 0.9,1.0)")
     s.add_argument("--argmax", action="store_true", help="the plain argmax instead of the priced one")
+    s.add_argument("--ops", choices=("priced", "weights"), help="who picks the ops (chain; default: the run's "
+                   "search.derive_ops, else priced): priced (weights and latency price together) | weights (each "
+                   "layer's likeliest non-skip op; the price sets depth, inputs and widths only)")
     s.add_argument("--threads", type=int, default=2, help="threads for blocks measured here (a local platform)")
     s.add_argument("--out", help="genotype JSON to write (default: genotype.json in the run folder)")
     s.add_argument("--json", action="store_true", help="also print the result as one JSON line")

@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import math
 from pathlib import Path
 from typing import Mapping
 
@@ -88,7 +89,11 @@ def _resolve_stage(ops: list[str], inputs: list[list[int]]) -> tuple[list[dict],
     return layers, [new[i] for i in alias[last]]
 
 
-def derive(supernet: ChainSupernet, top_k: int | None = None, price=None, widths=None, stats: dict | None = None) -> dict:
+DERIVE_OPS = ("priced", "weights")
+
+
+def derive(supernet: ChainSupernet, top_k: int | None = None, price=None, widths=None, stats: dict | None = None,
+           ops: str = "priced") -> dict:
     """The genotype of the most likely network of ``supernet`` (see the module docstring; ``top_k`` default 1).
 
     ``price`` (a function of a block's :class:`BlockKey`, in nats) turns the argmax into a priced one: every choice
@@ -96,9 +101,17 @@ def derive(supernet: ChainSupernet, top_k: int | None = None, price=None, widths
     combinations tried); :func:`segdistill.search.objective.derive_within_budget` sets the price so that the network
     meets its budgets. Without a price (or a zero one) it is the plain argmax. ``widths`` (chain: 3 channel counts)
     fixes the stages' widths; ``stats`` (a dict) receives ``logp``, the log-probability of the kept choices less the
-    argmax's (0 for the argmax, < 0 otherwise). Supernets of other spaces derive themselves
+    argmax's (0 for the argmax, < 0 otherwise). ``ops`` (chain): ``priced`` lets the price pick any op of a layer
+    and any strided op; ``weights`` lets the weights alone pick them (each layer's op is its likeliest non-skip op,
+    each strided op its likeliest), so that the price decides only depth (that op or skip), inputs and widths.
+    Supernets of other spaces derive themselves
     (``supernet.derive(top_k, price=...)``, their own default ``top_k``)."""
+    if ops not in DERIVE_OPS:
+        raise ConfigError(f"derive ops={ops!r}: choose one of {', '.join(DERIVE_OPS)}")
     if not isinstance(supernet, ChainSupernet):
+        if ops != "priced":
+            raise ConfigError(f"derive ops={ops!r} is for the chain space; a {type(supernet).__name__} derives its "
+                              "ops priced (search.derive_ops=priced)")
         kw = {} if price is None else {"price": price}
         return supernet.derive(**kw) if top_k is None else supernet.derive(top_k, **kw)
     top_k = 1 if top_k is None else top_k
@@ -107,7 +120,7 @@ def derive(supernet: ChainSupernet, top_k: int | None = None, price=None, widths
     sp = supernet.space
     with torch.no_grad():
         lgs = [supernet.stage_logits(s) for s in range(3)]
-        logp, widths, downs, stage_layers = _choose(sp, lgs, price or (lambda key: 0.0), top_k, widths)
+        logp, widths, downs, stage_layers = _choose(sp, lgs, price or (lambda key: 0.0), top_k, widths, ops)
         if stats is not None:
             stats["logp"] = logp
         stages = []
@@ -195,7 +208,15 @@ def _stage_layers(la: list[list[float]], lb: list[list[float]], keys: list[Block
     return f[-1], logp, [ops[o] for o in chosen], inputs
 
 
-def _choose(sp: ChainSpace, lgs: list[dict], price, top_k: int, fixed_widths=None):
+def _weights_pick(logp: list[float], keep: int | None) -> list[float]:
+    """``logp`` with every entry but its largest (and ``keep``, e.g. skip) set to -inf: the choice the weights made,
+    which no price can change (``derive(ops="weights")``)."""
+    rest = [i for i in range(len(logp)) if i != keep]
+    best = max(rest, key=logp.__getitem__)
+    return [v if i in (best, keep) else -math.inf for i, v in enumerate(logp)]
+
+
+def _choose(sp: ChainSpace, lgs: list[dict], price, top_k: int, fixed_widths=None, ops: str = "priced"):
     """``(logp, widths, strided ops, per stage (layer ops, layer inputs))`` maximising the sum of ``log p - price``
     over the choices the derived network keeps (:func:`_stage_layers`; ``logp``: their unpriced log-probability
     less the argmax's). Ops depend on the widths only through their price, so each width combination picks its ops
@@ -204,6 +225,10 @@ def _choose(sp: ChainSpace, lgs: list[dict], price, top_k: int, fixed_widths=Non
     lp = lambda t: torch.log_softmax(t.detach().float(), 0).tolist()  # noqa: E731
     lw, ld = [lp(lg["width"]) for lg in lgs], [lp(lg["down"]) for lg in lgs]
     la, lb = [[lp(a) for a in lg["alpha"]] for lg in lgs], [[lp(b) for b in lg["beta"]] for lg in lgs]
+    if ops == "weights":
+        skip = sp.layer_ops.index("skip") if "skip" in sp.layer_ops else None
+        la = [[_weights_pick(a, skip) for a in stage] for stage in la]
+        ld = [_weights_pick(d, None) for d in ld]
     layer_best = {(s, i): _stage_layers(la[s], lb[s], sp.layer_keys(s, c), sp.layer_ops, price, top_k)
                   for s in range(3) for i, c in enumerate(sp.widths(s))}
     combos = itertools.product(*[range(len(sp.width_ratios))] * 3)

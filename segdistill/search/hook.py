@@ -136,6 +136,9 @@ class SearchHook(Hook):
         if s.space not in SPACES:
             raise ConfigError(f"search.space={s.space!r}: known spaces are {', '.join(SPACES)}")
         check_budgets(s)
+        if s.derive_ops != "priced" and s.space != "chain":
+            raise ConfigError(f"search.derive_ops={s.derive_ops} is for the chain space; the {s.space} space derives "
+                              "its ops priced: drop it, or set search.derive_ops=priced")
         if s.lambda_ged > 0 and not cfg.distill.teacher:
             raise ConfigError(f"search.lambda_ged={s.lambda_ged:g} needs a teacher for its structure: set "
                               "distill.teacher=PATH/best.pt, or search.lambda_ged=0")
@@ -331,11 +334,13 @@ class SearchHook(Hook):
 
     def derive_final(self) -> tuple[dict, dict]:
         """``(genotype, info)``: the network the search returns now (``search.derive``: ``budget``, the priced argmax
-        of :func:`~.objective.derive_within_budget`, or the plain ``argmax``). ``info`` has ``derive_rule``,
+        of :func:`~.objective.derive_within_budget`, its ops picked as ``search.derive_ops`` says, or the plain
+        ``argmax``). ``info`` has ``derive_rule``,
         ``derive_mu`` and the plain argmax's predicted latency per platform (``argmax_ms/<p>``)."""
         if self.s.derive == "argmax" or not self.predictors:
             return derive(self.supernet), {"derive_rule": "argmax"}
-        g, info = derive_within_budget(self.supernet, self.predictors, dict(self.s.budget), tuple(self.s.band))
+        g, info = derive_within_budget(self.supernet, self.predictors, dict(self.s.budget), tuple(self.s.band),
+                                       ops=self.s.derive_ops)
         return g, {"derive_rule": info["rule"], "derive_mu": info["mu"], "derive_logp": info["logp"],
                    **{f"argmax_ms/{p}": v for p, v in info["argmax_ms"].items()}}
 

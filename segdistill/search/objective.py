@@ -253,7 +253,8 @@ def platform_predictors(search, space: ChainSpace, out_dir: Path, threads: int,
 
 
 def derive_within_budget(supernet, predictors: dict[str, LatencyPredictor], budgets: dict[str, float],
-                         band=(0.9, 1.0), top_k: int | None = None, steps: int = 30) -> tuple[dict, dict]:
+                         band=(0.9, 1.0), top_k: int | None = None, steps: int = 30,
+                         ops: str = "priced") -> tuple[dict, dict]:
     """``(genotype, info)``: the priced argmax of ``supernet`` for ``budgets`` (module docstring). ``info``:
     ``rule`` (``argmax``: the plain argmax was in the band; ``priced``; ``priced-widths``: see below;
     ``unreachable``: no price reaches the band, the network at the largest price tried), ``mu``, ``logp`` (the
@@ -263,7 +264,8 @@ def derive_within_budget(supernet, predictors: dict[str, LatencyPredictor], budg
     Chain space: when a step of ``mu`` jumps over the band (typically a stage's width changing), the bisection is
     run again with the widths fixed, for every width combination, and the in-band network of highest ``logp`` is
     taken (``priced-widths``); when none lands in the band, the network just under it stays. The LGCNet space has
-    fixed widths and no such fallback: a jump leaves its network under the band."""
+    fixed widths and no such fallback: a jump leaves its network under the band. ``ops``: :func:`derive`'s (chain:
+    ``weights`` keeps the weights' op choices, and the price sets depth, inputs and widths only)."""
     from .genotype import derive, genotype_netspec
 
     shape, nc = tuple(supernet.space.input_shape), supernet.num_classes
@@ -282,7 +284,8 @@ def derive_within_budget(supernet, predictors: dict[str, LatencyPredictor], budg
         memo = (mu, tuple(kw.get("widths") or ()))
         if memo not in seen:
             stats = {}
-            g = derive(supernet, top_k, price=(lambda key: mu * cost[str(key)]) if mu else None, stats=stats, **kw)
+            g = derive(supernet, top_k, price=(lambda key: mu * cost[str(key)]) if mu else None, stats=stats, ops=ops,
+                       **kw)
             spec = genotype_netspec(g, shape, nc)
             seen[memo] = (g, {p: float(pred.predict(spec)["predicted_ms"]) for p, pred in predictors.items()},
                           stats.get("logp"))
