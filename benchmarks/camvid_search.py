@@ -36,6 +36,12 @@ teacher-output cache, with camvid_kd.py's teacher):
   everything else as above. At 690 steps the architecture weights barely move (benchmarks/arch_gradient.py: about 0.4
   logit); this table asks whether a longer search lets them decide. The random rows need no search, so they compare
   with this table as they are;
+* ops picked by the weights (``search.derive_ops=weights``): ``w_torch<mid>``, ``w_cekd``, ``w_ce`` derive the finished
+  supernets of torch<mid>, abl_cekd and abl_ce again (``segdistill derive --ops weights``; no new search), and
+  ``w_random<i>`` derive random<i>'s own draw the same way. Under the priced rule every row, searched or random,
+  came out as the budget filled with MBConv-e6 ops (a negative price rewards latency); under this one each layer's
+  op is its weights' likeliest non-skip op, so a searched row differs from a random one in its ops. The rule keeps
+  every layer at full width and still lands under the band (13-15 ms for 20 ms): these rows compare with each other;
 * ``random<i>`` (``--random-archs``, default 3): random architecture weights of the same space (standard normal
   logits), derived by the search's own rule for the middle budget (the argmax priced by latency, in the search's band
   0.9-1.0 x budget): a searched row differs from a random one only in where its weights came from;
