@@ -37,7 +37,8 @@ teacher-output cache, with camvid_kd.py's teacher):
   logit); this table asks whether a longer search lets them decide. The random rows need no search, so they compare
   with this table as they are;
 * ops picked by the weights (``search.derive_ops=weights``): ``w_torch<mid>``, ``w_cekd``, ``w_ce`` derive the finished
-  supernets of torch<mid>, abl_cekd and abl_ce again (``segdistill derive --ops weights``; no new search), and
+  supernets of torch<mid>, abl_cekd and abl_ce again (``w_archlr``, ``w_auxskip``, ``w_long_torch<mid>``: of those
+  rows) (``segdistill derive --ops weights``; no new search), and
   ``w_random<i>`` derive random<i>'s own draw the same way. Under the priced rule every row, searched or random,
   came out as the budget filled with MBConv-e6 ops (a negative price rewards latency); under this one each layer's
   op is its weights' likeliest non-skip op, so a searched row differs from a random one in its ops. The rule keeps
@@ -190,8 +191,9 @@ def define_rows(torch_budgets: list[float], ort_budget: float, n_random: int) ->
                       "space": "lgcnet", "dataset": "camvid", "platform": "torch-cpu", "budget": mid, "search_ov": ov}
     # Ops picked by the weights (search.derive_ops=weights): the finished supernets derived again, and the random
     # rows' own logits (the same draws) derived the same way
-    for name, src in (("w_torch", f"torch{mid:g}"), ("w_cekd", "abl_cekd"), ("w_ce", "abl_ce")):
-        rows[name.replace("w_torch", f"w_torch{mid:g}")] = {
+    for name, src in (("w_torch", f"torch{mid:g}"), ("w_cekd", "abl_cekd"), ("w_ce", "abl_ce"),
+                      ("w_archlr", "abl_archlr"), ("w_auxskip", "abl_auxskip"), ("w_long_torch", f"long_torch{mid:g}")):
+        rows[name.replace("_torch", f"_torch{mid:g}")] = {
             "desc": f"{src}'s supernet derived again with its ops picked by the weights (search.derive_ops=weights; "
                     "the price sets depth, inputs and widths), distilled", "kind": "rederived", "from": src,
             "dataset": "camvid", "platform": "torch-cpu", "budget": mid, "derive_ops": "weights"}
@@ -510,17 +512,19 @@ def sample_random(name: str, row: dict, out_dir: Path, lut_dir: Path, opts, trie
 
 
 # ---------------------------------------------------------------------------- another derive rule
-def derive_again(name: str, row: dict, out_dir: Path, lut_dir: Path, opts) -> dict:
+def derive_again(name: str, row: dict, out_dir: Path, lut_dir: Path, opts) -> dict | None:
     """A ``rederived`` row: the finished supernet of row ``row["from"]`` (its last.pt) derived again for the same
     budget with ``segdistill derive --ops row["derive_ops"]``, into OUT_DIR/<name>/search/genotype.json. Returns the
-    source's search.json with the new genotype and the derivation (``derived_again``); once."""
+    source's search.json with the new genotype and the derivation (``derived_again``); once. None (the row is not
+    run yet) while the source's search is unfinished."""
     sdir, src = out_dir / name / "search", out_dir / row["from"] / "search"
     done = sdir / "search.json"
     if done.exists() and (sdir / "genotype.json").exists() and not opts.force:
         return json.loads(done.read_text())
     for need in (src / "last.pt", src / "search.json"):
         if not need.exists():
-            raise SystemExit(f"{name}: {need} is missing; run the row {row['from']} (its search) first")
+            print(f"== {name}: not run, {need} is missing (run the row {row['from']} first)", flush=True)
+            return None
     sdir.mkdir(parents=True, exist_ok=True)
     cmd = [sys.executable, "-m", "segdistill", "derive", str(src.resolve()), "--ops", row["derive_ops"], "--json",
            "--out", str((sdir / "genotype.json").resolve()),
@@ -632,6 +636,8 @@ def run(name: str, row: dict, seed: int, out_dir: Path, lut_dir: Path, opts) -> 
                 genotype = Path(search["genotype"])
             elif row["kind"] == "rederived":
                 search = derive_again(name, row, out_dir, lut_dir, opts)
+                if search is None:
+                    return None
                 genotype = Path(search["genotype"])
             else:
                 genotype = sample_random(name, row, out_dir, lut_dir, opts)
