@@ -223,6 +223,16 @@ def test_a_search_returns_the_budgeted_network_and_the_command_rederives_it(tmp_
     assert "PLATFORM=MS" in capsys.readouterr().err
 
 
+def test_a_search_with_derive_ops_weights_returns_the_weights_ops(tmp_path):
+    cfg = search_cfg(tmp_path, budget=1000.0, derive_ops="weights")
+    trainer = Trainer(cfg, build_hooks(cfg))
+    trainer.train()
+    out = tmp_path / "run"
+    want, _ = derive_within_budget(trainer.model, trainer.hook("search").predictors, {"torch-cpu": 1000.0}, ops="weights")
+    assert json.loads((out / "genotype.json").read_text()) == want
+    assert "derive_ops=weights" in (out / "report.md").read_text()
+
+
 def test_derive_from_a_model_that_is_not_a_supernet_is_a_clear_error(tmp_path_factory):
     from segdistill.search.cli import cmd_derive
 

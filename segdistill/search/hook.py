@@ -478,7 +478,10 @@ class SearchHook(Hook):
                                      f"width combination that lands in the band (mu = {rec.get('derive_mu', 0):.4g})",
                     "unreachable": "the argmax priced by latency at the largest price tried: no price reached the "
                                    "band"}[rec.get("derive_rule", "argmax")]
-            lines += ["", f"Derived by `search.derive={s.derive}`: {rule}. See "
+            ops = (" Ops picked by the weights (`search.derive_ops=weights`): each layer's likeliest non-skip op, each "
+                   "strided op's likeliest; the price set depth, inputs and widths only." if s.derive_ops == "weights"
+                   else "")
+            lines += ["", f"Derived by `search.derive={s.derive}`: {rule}.{ops} See "
                       "`segdistill.search.objective.derive_within_budget`."]
         lines += ["", f"Band: [{lo:g}, {hi:g}] x budget. Predictions from the tables "
                   + "; ".join(f"{p}: {pred.table.path or 'measured here'} ({pred.table.device_note()})"
