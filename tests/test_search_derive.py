@@ -183,12 +183,32 @@ def test_ops_picked_by_the_weights_whatever_the_price():
         g, info = derive_within_budget(net, {"torch-cpu": pred}, {"torch-cpu": largest * 2}, ops="weights")
         assert [len(st["layers"]) for st in g["stages"]] == [3, 3, 3]  # room to spare: every layer kept (skip is free)
         assert info["rule"] == "unreachable" and predict(pred, g) <= largest
-    lgc = randomised(LgcSupernet(LgcSpace(SHAPE, K, stem_widths=(8, 8), base_widths=(16, 24, 32),
-                                          head_channels=16)), 0)
-    with pytest.raises(ConfigError, match="chain space"):
-        derive(lgc, ops="weights")
     with pytest.raises(ConfigError, match="priced, weights"):
         derive(net, ops="cheapest")
+
+
+def test_lgcnet_ops_picked_by_the_weights():
+    """LGCNet, derive_ops=weights: every kept edge's and fusion level's op is its likeliest non-none op at any price;
+    the price only changes which edges and levels are kept."""
+    from segdistill.search.space_lgcnet import LEVELS
+
+    for seed in range(3):
+        net = randomised(LgcSupernet(LgcSpace(SHAPE, K, stem_widths=(8, 8), base_widths=(16, 24, 32), nodes=2,
+                                              head_channels=16)), seed)
+        assert derive(net, ops="weights") == derive(net)
+        desc, pred = net.describe(), fake_predictor(net.keys())[0]
+        best = lambda probs, ops: max((o for o in ops if o != "none"), key=lambda o: float(probs[ops.index(o)].detach()))  # noqa: E731
+        smallest, largest = net.smallest_latency(pred), net.largest_latency(pred)
+        for budget in (1.05 * smallest, (smallest + largest) / 2, 2 * largest):
+            g, _ = derive_within_budget(net, {"torch-cpu": pred}, {"torch-cpu": budget}, ops="weights")
+            for k, cell in enumerate(desc["cells"]):
+                for i, node in enumerate(g["cells"][k]["nodes"]):
+                    for src, op in zip(node["inputs"], node["ops"]):
+                        e = cell["edges"].index((i, src))
+                        assert op == best(cell["probs"][e], cell["ops"]), (seed, budget, k, i, src)
+            for level in g["fusion_edges"]:
+                lv = LEVELS.index(level["level"])
+                assert level["op"] == best(desc["fusion"]["probs"][lv], desc["fusion"]["ops"])
 
 
 def test_a_search_returns_the_budgeted_network_and_the_command_rederives_it(tmp_path, capsys):

@@ -140,7 +140,7 @@ def add_commands(sub) -> None:
     s.add_argument("--lut", action="append", help="PLATFORM=TABLE.json (default: the run's tables)")
     s.add_argument("--band", help="lo,hi fractions of the budget (default: the run's, else 0.9,1.0)")
     s.add_argument("--argmax", action="store_true", help="the plain argmax instead of the priced one")
-    s.add_argument("--ops", choices=("priced", "weights"), help="who picks the ops (chain; default: the run's "
+    s.add_argument("--ops", choices=("priced", "weights"), help="who picks the ops (default: the run's "
                    "search.derive_ops, else priced): priced (weights and latency price together) | weights (each "
                    "layer's likeliest non-skip op; the price sets depth, inputs and widths only)")
     s.add_argument("--threads", type=int, default=2, help="threads for blocks measured here (a local platform)")

@@ -103,16 +103,14 @@ def derive(supernet: ChainSupernet, top_k: int | None = None, price=None, widths
     fixes the stages' widths; ``stats`` (a dict) receives ``logp``, the log-probability of the kept choices less the
     argmax's (0 for the argmax, < 0 otherwise). ``ops`` (chain): ``priced`` lets the price pick any op of a layer
     and any strided op; ``weights`` lets the weights alone pick them (each layer's op is its likeliest non-skip op,
-    each strided op its likeliest), so that the price decides only depth (that op or skip), inputs and widths.
-    Supernets of other spaces derive themselves
+    each strided op its likeliest), so that the price decides only depth (that op or skip), inputs and widths
+    (LGCNet: each edge's and fusion level's op, the price deciding which are kept). Supernets of other spaces derive
+    themselves
     (``supernet.derive(top_k, price=...)``, their own default ``top_k``)."""
     if ops not in DERIVE_OPS:
         raise ConfigError(f"derive ops={ops!r}: choose one of {', '.join(DERIVE_OPS)}")
     if not isinstance(supernet, ChainSupernet):
-        if ops != "priced":
-            raise ConfigError(f"derive ops={ops!r} is for the chain space; a {type(supernet).__name__} derives its "
-                              "ops priced (search.derive_ops=priced)")
-        kw = {} if price is None else {"price": price}
+        kw = ({} if price is None else {"price": price}) | ({} if ops == "priced" else {"ops": ops})
         return supernet.derive(**kw) if top_k is None else supernet.derive(top_k, **kw)
     top_k = 1 if top_k is None else top_k
     if top_k < 1:

@@ -136,9 +136,6 @@ class SearchHook(Hook):
         if s.space not in SPACES:
             raise ConfigError(f"search.space={s.space!r}: known spaces are {', '.join(SPACES)}")
         check_budgets(s)
-        if s.derive_ops != "priced" and s.space != "chain":
-            raise ConfigError(f"search.derive_ops={s.derive_ops} is for the chain space; the {s.space} space derives "
-                              "its ops priced: drop it, or set search.derive_ops=priced")
         if s.lambda_ged > 0 and not cfg.distill.teacher:
             raise ConfigError(f"search.lambda_ged={s.lambda_ged:g} needs a teacher for its structure: set "
                               "distill.teacher=PATH/best.pt, or search.lambda_ged=0")

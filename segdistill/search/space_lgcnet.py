@@ -50,6 +50,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, field
 from typing import Mapping
 
@@ -816,7 +817,7 @@ class LgcSupernet(LgcBase):
                 last[u] = last.get(u, 0) + p * absent_between(-1, L, but=only)
         return last
 
-    def derive(self, top_k: int = 2, price=None) -> dict:
+    def derive(self, top_k: int = 2, price=None, ops: str = "priced") -> dict:
         """The genotype of the most likely network (module docstring: DARTS' rule). With ``price`` (a function of a
         block's key, in nats; :func:`segdistill.search.genotype.derive`) every strength and argmax is of
         ``log p - price`` instead: an edge's op and strength include its block's price, a fusion level's include
@@ -826,15 +827,22 @@ class LgcSupernet(LgcBase):
         kept level d, the score is its best op's, plus per shallower level the better of ``none`` and its best op,
         plus ``none`` for the deeper ones, less the price of the cells d makes the network compute (their chosen
         blocks); the best d wins. Without a price this is DARTS' rule (keep each level whose argmax is not
-        ``none``); with one, keeping a deeper level pays (or, under a negative price, earns) its cells too."""
+        ``none``); with one, keeping a deeper level pays (or, under a negative price, earns) its cells too.
+
+        ``ops="weights"``: every edge's and fusion level's op is its likeliest non-``none`` op whatever the price,
+        which then sets only which edges and levels are kept (their strengths include the op's price)."""
         if top_k < 1:
             raise ConfigError(f"top_k must be >= 1, got {top_k}")
         sp, pr = self.space, price or (lambda key: 0.0)
         with torch.no_grad():
             desc = self.describe()
+
+            def weights(rows: list[list[float]], names: tuple) -> list[list[float]]:  # ops="weights": op choices fixed
+                return [_weights_pick(r, names) for r in rows] if ops == "weights" else rows
+
             cells = []
             for k, cell in enumerate(desc["cells"]):
-                logp = torch.log(cell["probs"].detach().float()).tolist()
+                logp = weights(torch.log(cell["probs"].detach().float()).tolist(), sp.cell_ops)
                 nodes = []
                 for i in range(sp.nodes):
                     picked = sorted((_best([v - pr(sp.edge_key(k, src, o)) for v, o in zip(logp[e], sp.cell_ops)],
@@ -846,7 +854,7 @@ class LgcSupernet(LgcBase):
                 cells.append({"nodes": nodes})
             fusion = []
             if desc["fusion"] is not None:
-                logp = torch.log(desc["fusion"]["probs"].detach().float()).tolist()
+                logp = weights(torch.log(desc["fusion"]["probs"].detach().float()).tolist(), sp.fusion_ops)
 
                 def score(lv: int, o: str, v: float) -> float:
                     if o == "none":
@@ -891,6 +899,12 @@ def _stage(stride: int) -> int:
 
 def _src(s: int) -> str:
     return ("x0", "x1")[s] if s < 2 else f"n{s - 2}"
+
+
+def _weights_pick(logp: list[float], ops: tuple) -> list[float]:
+    """``logp`` with every non-``none`` entry but the largest set to -inf (``derive(ops="weights")``)."""
+    _, keep = _best(logp, ops)
+    return [v if o in (keep, "none") else -math.inf for v, o in zip(logp, ops)]
 
 
 def _best(scores, ops: tuple) -> tuple[float, str]:
