@@ -163,9 +163,12 @@ def test_ops_picked_by_the_weights_whatever_the_price():
     """derive_ops=weights: every kept layer's op is its likeliest non-skip op and every strided op its likeliest, at
     any budget; the price moves depth, inputs and widths only; a zero price is still the plain argmax."""
     pred = predictor(0)
+    against = []
     for seed in range(4):
         net = randomised(ChainSupernet(space(layers=3)), seed, scale=0.3)
-        assert derive(net, ops="weights") == derive(net)
+        stats = {}
+        assert derive(net, ops="weights") == derive(net, stats=stats)
+        assert stats["weights_ops"][0] == stats["weights_ops"][1] > 0  # the plain argmax: every op the weights' pick
         sp = net.space
         skip = sp.layer_ops.index("skip")
         best = [[sp.layer_ops[max((i for i in range(len(a)) if i != skip), key=lambda i: float(a[i].detach()))]
@@ -176,6 +179,7 @@ def test_ops_picked_by_the_weights_whatever_the_price():
             g, info = derive_within_budget(net, {"torch-cpu": pred}, {"torch-cpu": budget}, ops="weights")
             ms = predict(pred, g)
             assert ms == pytest.approx(info["predicted_ms"]["torch-cpu"]) and ms <= budget * (1 + 1e-9)
+            assert info["weights_ops"][0] == info["weights_ops"][1]
             for s, st in enumerate(g["stages"]):
                 assert st["down"] == sp.down_ops[int(net.stage_logits(s)["down"].argmax())]
                 kept = iter(best[s])  # the kept layers, in order, are a subsequence of the weights' picks
@@ -183,6 +187,9 @@ def test_ops_picked_by_the_weights_whatever_the_price():
         g, info = derive_within_budget(net, {"torch-cpu": pred}, {"torch-cpu": largest * 2}, ops="weights")
         assert [len(st["layers"]) for st in g["stages"]] == [3, 3, 3]  # room to spare: every layer kept (skip is free)
         assert info["rule"] == "unreachable" and predict(pred, g) <= largest
+        _, priced = derive_within_budget(net, {"torch-cpu": pred}, {"torch-cpu": largest * 2})
+        against.append(priced["weights_ops"][1] - priced["weights_ops"][0])  # ops the price chose
+    assert max(against) > 0
     with pytest.raises(ConfigError, match="priced, weights"):
         derive(net, ops="cheapest")
 
@@ -222,6 +229,8 @@ def test_a_search_returns_the_budgeted_network_and_the_command_rederives_it(tmp_
     assert rec["predicted_ms/torch-cpu"] == pytest.approx(largest, rel=1e-6)
     assert rec["argmax_ms/torch-cpu"] <= rec["predicted_ms/torch-cpu"]
     assert "plain argmax" in (out / "report.md").read_text() and "## Architecture weights" in (out / "report.md").read_text()
+    same, kept = rec["derive_weights_ops"]
+    assert 0 <= same <= kept and f"Of its {kept} ops" in (out / "report.md").read_text()
 
     mid = (rec["argmax_ms/torch-cpu"] + largest) / 2
     main(["derive", str(out), "--budget", f"torch-cpu={mid}", "--out", str(tmp_path / "g.json"), "--json"])

@@ -82,6 +82,10 @@ def cmd_derive(args):
               f"plain argmax {info['argmax_ms'][p]:.3f} ms")
     print(f"rule {info['rule']} (mu {info['mu']:.4g}{', ops picked by the weights' if info.get('ops') == 'weights' else ''}); "
           f"wrote {out}")
+    if info.get("weights_ops"):
+        same, kept = info["weights_ops"]
+        print(f"{same} of the {kept} ops (strided ones and kept layers) are the weights' own pick; the price chose "
+              f"{kept - same}")
     pref = op_preference(net)
     print(preference_line(pref))
     info["op_preference"] = pref

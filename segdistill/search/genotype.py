@@ -65,9 +65,9 @@ DEFAULT_GENOTYPE = {
 
 
 # ---------------------------------------------------------------------------- derive
-def _resolve_stage(ops: list[str], inputs: list[list[int]]) -> tuple[list[dict], list[int]]:
+def _resolve_stage(ops: list[str], inputs: list[list[int]], kept_out: list | None = None) -> tuple[list[dict], list[int]]:
     """Remove skip-won and unreachable layers of one stage. ``ops[j-1]``, ``inputs[j-1]`` describe raw node j.
-    Returns (layers with renumbered inputs, output node indices)."""
+    Returns (layers with renumbered inputs, output node indices); ``kept_out`` receives the kept raw nodes j."""
     alias: dict[int, list[int]] = {0: [0]}  # raw node -> the raw nodes it stands for in the derived network
     reads: dict[int, list[int]] = {}
     for j, (op, ins) in enumerate(zip(ops, inputs), start=1):
@@ -84,6 +84,8 @@ def _resolve_stage(ops: list[str], inputs: list[list[int]]) -> tuple[list[dict],
             live.add(n)
             todo += reads.get(n, [])
     kept = [j for j in sorted(reads) if j in live]
+    if kept_out is not None:
+        kept_out += kept
     new = {0: 0, **{j: k for k, j in enumerate(kept, start=1)}}
     layers = [{"op": ops[j - 1], "inputs": [new[i] for i in reads[j]]} for j in kept]
     return layers, [new[i] for i in alias[last]]
@@ -101,7 +103,9 @@ def derive(supernet: ChainSupernet, top_k: int | None = None, price=None, widths
     combinations tried); :func:`segdistill.search.objective.derive_within_budget` sets the price so that the network
     meets its budgets. Without a price (or a zero one) it is the plain argmax. ``widths`` (chain: 3 channel counts)
     fixes the stages' widths; ``stats`` (a dict) receives ``logp``, the log-probability of the kept choices less the
-    argmax's (0 for the argmax, < 0 otherwise). ``ops`` (chain): ``priced`` lets the price pick any op of a layer
+    argmax's (0 for the argmax, < 0 otherwise), and (chain) ``weights_ops``: ``[kept ops that are the weights'
+    own pick, kept ops]`` over the strided ops and the kept layers (a layer's pick: its likeliest non-skip op), which
+    says how much of the network the price chose against the weights. ``ops`` (chain): ``priced`` lets the price pick any op of a layer
     and any strided op; ``weights`` lets the weights alone pick them (each layer's op is its likeliest non-skip op,
     each strided op its likeliest), so that the price decides only depth (that op or skip), inputs and widths
     (LGCNet: each edge's and fusion level's op, the price deciding which are kept). Supernets of other spaces derive
@@ -119,12 +123,20 @@ def derive(supernet: ChainSupernet, top_k: int | None = None, price=None, widths
     with torch.no_grad():
         lgs = [supernet.stage_logits(s) for s in range(3)]
         logp, widths, downs, stage_layers = _choose(sp, lgs, price or (lambda key: 0.0), top_k, widths, ops)
-        if stats is not None:
-            stats["logp"] = logp
-        stages = []
+        stages, agree, total = [], 0, 0
+        skip = sp.layer_ops.index("skip") if "skip" in sp.layer_ops else None
         for s in range(3):
-            layers, output = _resolve_stage(*stage_layers[s])
+            kept: list[int] = []
+            layers, output = _resolve_stage(*stage_layers[s], kept_out=kept)
             stages.append({"width": widths[s], "down": downs[s], "layers": layers, "output": output})
+            alphas = lgs[s]["alpha"]
+            picks = [sp.layer_ops[max((i for i in range(len(a)) if i != skip), key=lambda i: float(a[i]))]
+                     for a in alphas]
+            agree += (downs[s] == sp.down_ops[int(lgs[s]["down"].argmax())]) + sum(
+                stage_layers[s][0][j - 1] == picks[j - 1] for j in kept)
+            total += 1 + len(kept)
+        if stats is not None:
+            stats["logp"], stats["weights_ops"] = logp, [int(agree), total]
     return {"format": FORMAT, "version": VERSION, "space": "chain", "input": list(sp.input_shape),
             "stem_widths": list(sp.stem_widths), "base_widths": list(sp.base_widths),
             "head_channels": sp.head_channels, "top_k": top_k, "stages": stages}

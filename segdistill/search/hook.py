@@ -339,6 +339,7 @@ class SearchHook(Hook):
         g, info = derive_within_budget(self.supernet, self.predictors, dict(self.s.budget), tuple(self.s.band),
                                        ops=self.s.derive_ops)
         return g, {"derive_rule": info["rule"], "derive_mu": info["mu"], "derive_logp": info["logp"],
+                   **({"derive_weights_ops": info["weights_ops"]} if info.get("weights_ops") else {}),
                    **{f"argmax_ms/{p}": v for p, v in info["argmax_ms"].items()}}
 
     def band_check(self, trainer) -> dict:
@@ -478,6 +479,10 @@ class SearchHook(Hook):
             ops = (" Ops picked by the weights (`search.derive_ops=weights`): each layer's likeliest non-skip op, each "
                    "strided op's likeliest; the price set depth, inputs and widths only." if s.derive_ops == "weights"
                    else "")
+            if rec.get("derive_weights_ops"):
+                same, kept = rec["derive_weights_ops"]
+                ops += (f" Of its {kept} ops (strided ones and kept layers), {same} are the weights' own pick (a "
+                        f"layer's likeliest non-skip op); the price chose the other {kept - same}.")
             lines += ["", f"Derived by `search.derive={s.derive}`: {rule}.{ops} See "
                       "`segdistill.search.objective.derive_within_budget`."]
         lines += ["", f"Band: [{lo:g}, {hi:g}] x budget. Predictions from the tables "

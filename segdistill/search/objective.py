@@ -259,7 +259,8 @@ def derive_within_budget(supernet, predictors: dict[str, LatencyPredictor], budg
     ``rule`` (``argmax``: the plain argmax was in the band; ``priced``; ``priced-widths``: see below;
     ``unreachable``: no price reaches the band, the network at the largest price tried), ``mu``, ``logp`` (the
     kept choices' log-probability less the argmax's; chain space only, else None), ``predicted_ms`` and
-    ``argmax_ms`` per platform.
+    ``argmax_ms`` per platform, ``weights_ops`` (chain, else None: :func:`derive`'s ``[kept ops the weights picked,
+    kept ops]``).
 
     Chain space: when a step of ``mu`` jumps over the band (typically a stage's width changing), the bisection is
     run again with the widths fixed, for every width combination, and the in-band network of highest ``logp`` is
@@ -279,6 +280,7 @@ def derive_within_budget(supernet, predictors: dict[str, LatencyPredictor], budg
     lo, hi = band
 
     seen: dict = {}  # (mu, widths) -> result: the bisection and the per-width passes revisit the same points
+    weights_ops: dict = {}  # id(genotype) -> derive's stats["weights_ops"]
 
     def at(mu: float, **kw) -> tuple[dict, dict[str, float], float]:
         memo = (mu, tuple(kw.get("widths") or ()))
@@ -289,6 +291,7 @@ def derive_within_budget(supernet, predictors: dict[str, LatencyPredictor], budg
             spec = genotype_netspec(g, shape, nc)
             seen[memo] = (g, {p: float(pred.predict(spec)["predicted_ms"]) for p, pred in predictors.items()},
                           stats.get("logp"))
+            weights_ops[id(g)] = stats.get("weights_ops")
         return seen[memo]
 
     def solve(**kw) -> tuple[dict, dict, float, float, str]:
@@ -331,4 +334,5 @@ def derive_within_budget(supernet, predictors: dict[str, LatencyPredictor], budg
         if found:
             g, ms, lp, mu, _ = max(found, key=lambda c: c[2])
             rule = "priced-widths"
-    return g, {"rule": rule, "mu": mu, "logp": lp, "predicted_ms": ms, "argmax_ms": plain}
+    return g, {"rule": rule, "mu": mu, "logp": lp, "predicted_ms": ms, "argmax_ms": plain,
+               "weights_ops": weights_ops.get(id(g))}
