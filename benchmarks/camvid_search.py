@@ -805,6 +805,13 @@ def report(out_dir: Path, rows: dict[str, dict], seeds: list[int]) -> str:
                     kind = "lgcnet" if row.get("space") == "lgcnet" else row["kind"]
                     points.append((p, row["dataset"], kind, n, lat[p]["median_ms"], statistics.mean(m)))
         lines.append("")
+    nets = [(n, describe_network(by_row[n][0])) for n in rows if n in by_row]
+    nets = [(n, d) for n, d in nets if d]
+    if nets:
+        lines += ["**The networks** (searched and random rows: widths and kept layers per stage, and their ops; under the "
+                  "priced rule a negative price fills the budget with the dearest ops the weights allow)", "",
+                  "| row | widths | layers per stage | ops (count) |", "|---|---|---|---|"]
+        lines += [f"| {n} | {w} | {d} | {o} |" for n, (w, d, o) in nets] + [""]
     if any(r.get("predicted_input") and tuple(r["predicted_input"]) != LAT_SHAPE for r in results):
         lines.append("Predicted latency is at the search input of each genotype, which differs from the measured "
                      f"{'x'.join(map(str, LAT_SHAPE))} for some rows (a smoke run's tiny search input).")
@@ -817,6 +824,24 @@ def report(out_dir: Path, rows: dict[str, dict], seeds: list[int]) -> str:
     text = "\n".join(lines)
     (out_dir / "report.md").write_text(text + "\n")
     return text
+
+
+def describe_network(result: dict) -> tuple[str, str, str] | None:
+    """(widths, layers per stage, ops by count) of a retrained row's genotype (None for a zoo student, or a genotype
+    file no longer there)."""
+    path = next((o.split(":", 1)[1] for o in result.get("overrides", []) if o.startswith("model.name=searched:")), None)
+    if path is None or not Path(path).is_file():
+        return None
+    g = json.loads(Path(path).read_text())
+    if g.get("space") == "lgcnet":
+        ops = [o for c in g["cells"] for nd in c["nodes"] for o in nd["ops"]] + [e["op"] for e in g["fusion_edges"]]
+        widths, depth = g["widths"], [len(c["nodes"]) for c in g["cells"]]
+    else:
+        ops = [st["down"] for st in g["stages"]] + [ly["op"] for st in g["stages"] for ly in st["layers"]]
+        widths, depth = [st["width"] for st in g["stages"]], [len(st["layers"]) for st in g["stages"]]
+    counts = sorted({o: ops.count(o) for o in ops}.items(), key=lambda kv: (-kv[1], kv[0]))
+    per = "/".join(map(str, depth)) + (" nodes per cell" if g.get("space") == "lgcnet" else "")
+    return "/".join(map(str, widths)), per, ", ".join(f"{o} {c}" for o, c in counts)
 
 
 def mid_row(rows: dict[str, dict], prefix: str = "torch") -> str | None:
