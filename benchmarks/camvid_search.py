@@ -122,6 +122,8 @@ TEACHER_ITERS = ["train.iters=1200", "train.val_interval=300", "train.ckpt_inter
 STUDENTS = {**{k: v for k, v in kd.STUDENTS.items()},
             **{k: (base.ROWS[k][0], base.ROWS[k][1]) for k in ("dlv3_r18_half", "dlv3p_mbv2")}}
 RANDOM_BAND = (0.9, 1.0)  # the search's band (search.band): random networks at the searched ones' latency
+# Stanford Background's searched rows: the middle budget, and 16 ms (where torch16 dominated LR-ASPP on CamVid)
+SB_EXTRA_BUDGETS = (16.0,)
 SEARCHED_OV = ["model.output_stride=null"]  # the chain space fixes its strides (camvid-cpu.yaml says 8)
 # The chain rows' structural term prices the supernet's own wiring, as every chain search run before 2026-12-07
 # did (search.expectation=supernet), so that the table keeps one objective; abl_derived prices the derived network.
@@ -206,7 +208,7 @@ def define_rows(torch_budgets: list[float], ort_budget: float, n_random: int) ->
         rows[f"random{i}"] = {"desc": f"random architecture {i} of the space, predicted torch-cpu {mid:g} ms "
                                       f"x [{RANDOM_BAND[0]:g}, {RANDOM_BAND[1]:g}], distilled", "kind": "random", "dataset": "camvid",
                               "platform": "torch-cpu", "budget": mid, "index": i}
-    headline("sb", "sb_", sorted({mid, *[b for b in torch_budgets if b == 16]}))  # sb_torch16: LR-ASPP's latency there
+    headline("sb", "sb_", sorted({mid, *(b for b in SB_EXTRA_BUDGETS if b in torch_budgets)}))
     return rows
 
 
@@ -412,10 +414,10 @@ def search_wall(pieces: list[dict]) -> float:
     and finish (building, derivation, report). Pieces resumed from a checkpoint written without the trainer's clock
     (searches before 2026-12-07) sum the processes' wall times instead."""
     last = pieces[-1]
-    kept = last.get("train_wall_s", math.nan)
-    if not math.isfinite(kept) or not math.isfinite(last.get("train_wall_start_s", math.nan)):
+    before = last.get("train_wall_start_s", math.nan)  # the training kept by the earlier pieces
+    if not math.isfinite(before) or not math.isfinite(last.get("train_wall_s", math.nan)):
         return sum(x["wall_s"] for x in pieces)
-    return kept + last["wall_s"] - (kept - last["train_wall_start_s"])
+    return before + last["wall_s"]
 
 
 def run_search(name: str, row: dict, out_dir: Path, lut_dir: Path, opts) -> dict:
@@ -512,6 +514,19 @@ def sample_random(name: str, row: dict, out_dir: Path, lut_dir: Path, opts, trie
 
 
 # ---------------------------------------------------------------------------- another derive rule
+def run_derive(name: str, run: Path, out: Path, row: dict, lut_dir: Path, *extra: str) -> tuple[dict, list[str]]:
+    """``segdistill derive RUN --out OUT --json --lut <row's platform table> [extra]`` in a child process: (its JSON
+    line, the command)."""
+    cmd = [sys.executable, "-m", "segdistill", "derive", str(run.resolve()), "--out", str(out.resolve()), "--json",
+           "--lut", f"{row['platform']}={lut_path(lut_dir, row['platform']).resolve()}", *extra]
+    print(f"== {name} / derive: {shlex.join(['segdistill', *cmd[3:]])}", flush=True)
+    p = subprocess.run(cmd, cwd=REPO, stdout=subprocess.PIPE, text=True)
+    if p.returncode != 0:
+        raise SystemExit(f"{name}: segdistill derive failed (exit {p.returncode}); its output is above")
+    print(p.stdout, end="", flush=True)
+    return json.loads(p.stdout.strip().splitlines()[-1]), cmd
+
+
 def derive_again(name: str, row: dict, out_dir: Path, lut_dir: Path, opts) -> dict | None:
     """A ``rederived`` row: the finished supernet of row ``row["from"]`` (its last.pt) derived again for the same
     budget with ``segdistill derive --ops row["derive_ops"]``, into OUT_DIR/<name>/search/genotype.json. Returns the
@@ -526,15 +541,7 @@ def derive_again(name: str, row: dict, out_dir: Path, lut_dir: Path, opts) -> di
             print(f"== {name}: not run, {need} is missing (run the row {row['from']} first)", flush=True)
             return None
     sdir.mkdir(parents=True, exist_ok=True)
-    cmd = [sys.executable, "-m", "segdistill", "derive", str(src.resolve()), "--ops", row["derive_ops"], "--json",
-           "--out", str((sdir / "genotype.json").resolve()),
-           "--lut", f"{row['platform']}={lut_path(lut_dir, row['platform']).resolve()}"]
-    print(f"== {name} / derive: {shlex.join(['segdistill', *cmd[3:]])}", flush=True)
-    p = subprocess.run(cmd, cwd=REPO, stdout=subprocess.PIPE, text=True)
-    if p.returncode != 0:
-        raise SystemExit(f"{name}: segdistill derive failed (exit {p.returncode}); its output is above")
-    print(p.stdout, end="", flush=True)
-    info = json.loads(p.stdout.strip().splitlines()[-1])
+    info, cmd = run_derive(name, src, sdir / "genotype.json", row, lut_dir, "--ops", row["derive_ops"])
     res = {**json.loads((src / "search.json").read_text()), "row": name, "genotype": str(sdir / "genotype.json"),
            "derived_again": {"from": row["from"], "command": shlex.join(["segdistill", *cmd[3:]]),
                              **{k: info.get(k) for k in ("ops", "rule", "mu", "logp", "predicted_ms", "argmax_ms")}},
@@ -561,12 +568,7 @@ def rederive(name: str, row: dict, out_dir: Path, lut_dir: Path, opts) -> bool:
             print(f"== {name}: not re-derived, {sdir / 'last.pt'} is missing (its search must run again)", flush=True)
             return False
         new = sdir / f"genotype-{stamp}.json"
-        cmd = [sys.executable, "-m", "segdistill", "derive", str(sdir.resolve()), "--out", str(new.resolve()), "--json",
-               "--lut", f"{row['platform']}={lut_path(lut_dir, row['platform']).resolve()}"]
-        p = subprocess.run(cmd, cwd=REPO, stdout=subprocess.PIPE, text=True)
-        if p.returncode != 0:
-            raise SystemExit(f"{name}: segdistill derive failed (exit {p.returncode}); its output is above")
-        info = json.loads(p.stdout.strip().splitlines()[-1])
+        info, cmd = run_derive(name, sdir, new, row, lut_dir)
         old, now = json.loads((sdir / "genotype.json").read_text()), json.loads(new.read_text())
         changed = any(now.get(k) != old.get(k) for k in ARCH_KEYS)
         if changed:

@@ -288,6 +288,7 @@ class Trainer:
             raise ConfigError(f"hook names must be unique in a run, got {names}; set a distinct `name` on each hook")
         self.out_dir = Path(cfg.train.out_dir)
         self.state = TrainState()
+        self._wall_mark: float | None = None  # where state.wall_s was last brought up to date (None: not training)
         if cfg.train.threads:
             torch.set_num_threads(cfg.train.threads)
         self.device = resolve_device(cfg.train.device)
@@ -625,8 +626,8 @@ class Trainer:
 
     def _wall(self) -> float:
         """``state.wall_s`` brought up to now (the clock runs while ``_train`` does)."""
-        now, mark = time.perf_counter(), getattr(self, "_wall_mark", None)
-        if mark is not None:
-            self.state.wall_s += now - mark
+        if self._wall_mark is not None:
+            now = time.perf_counter()
+            self.state.wall_s += now - self._wall_mark
             self._wall_mark = now
         return self.state.wall_s

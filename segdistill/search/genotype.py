@@ -124,17 +124,16 @@ def derive(supernet: ChainSupernet, top_k: int | None = None, price=None, widths
         lgs = [supernet.stage_logits(s) for s in range(3)]
         logp, widths, downs, stage_layers = _choose(sp, lgs, price or (lambda key: 0.0), top_k, widths, ops)
         stages, agree, total = [], 0, 0
-        skip = sp.layer_ops.index("skip") if "skip" in sp.layer_ops else None
+        skip = _skip_index(sp)
         for s in range(3):
             kept: list[int] = []
             layers, output = _resolve_stage(*stage_layers[s], kept_out=kept)
             stages.append({"width": widths[s], "down": downs[s], "layers": layers, "output": output})
-            alphas = lgs[s]["alpha"]
-            picks = [sp.layer_ops[max((i for i in range(len(a)) if i != skip), key=lambda i: float(a[i]))]
-                     for a in alphas]
-            agree += (downs[s] == sp.down_ops[int(lgs[s]["down"].argmax())]) + sum(
-                stage_layers[s][0][j - 1] == picks[j - 1] for j in kept)
-            total += 1 + len(kept)
+            if stats is not None:  # how many kept ops are the weights' own pick
+                picks = [sp.layer_ops[weights_choice(a.tolist(), skip)] for a in lgs[s]["alpha"]]
+                agree += (downs[s] == sp.down_ops[weights_choice(lgs[s]["down"].tolist())]) + sum(
+                    stage_layers[s][0][j - 1] == picks[j - 1] for j in kept)
+                total += 1 + len(kept)
         if stats is not None:
             stats["logp"], stats["weights_ops"] = logp, [int(agree), total]
     return {"format": FORMAT, "version": VERSION, "space": "chain", "input": list(sp.input_shape),
@@ -218,12 +217,20 @@ def _stage_layers(la: list[list[float]], lb: list[list[float]], keys: list[Block
     return f[-1], logp, [ops[o] for o in chosen], inputs
 
 
-def _weights_pick(logp: list[float], keep: int | None) -> list[float]:
-    """``logp`` with every entry but its largest (and ``keep``, e.g. skip) set to -inf: the choice the weights made,
-    which no price can change (``derive(ops="weights")``)."""
-    rest = [i for i in range(len(logp)) if i != keep]
-    best = max(rest, key=logp.__getitem__)
+def weights_choice(values: list[float], but: int | None = None) -> int:
+    """The weights' own pick: the index of the first largest of ``values`` other than ``but`` (e.g. skip)."""
+    return max((i for i in range(len(values)) if i != but), key=values.__getitem__)
+
+
+def weights_pick(logp: list[float], keep: int | None = None) -> list[float]:
+    """``logp`` with every entry but the weights' own pick (and ``keep``, e.g. skip or none) set to -inf: a choice no
+    price can change (``derive(ops="weights")``)."""
+    best = weights_choice(logp, keep)
     return [v if i in (best, keep) else -math.inf for i, v in enumerate(logp)]
+
+
+def _skip_index(sp: ChainSpace) -> int | None:
+    return sp.layer_ops.index("skip") if "skip" in sp.layer_ops else None
 
 
 def _choose(sp: ChainSpace, lgs: list[dict], price, top_k: int, fixed_widths=None, ops: str = "priced"):
@@ -236,9 +243,8 @@ def _choose(sp: ChainSpace, lgs: list[dict], price, top_k: int, fixed_widths=Non
     lw, ld = [lp(lg["width"]) for lg in lgs], [lp(lg["down"]) for lg in lgs]
     la, lb = [[lp(a) for a in lg["alpha"]] for lg in lgs], [[lp(b) for b in lg["beta"]] for lg in lgs]
     if ops == "weights":
-        skip = sp.layer_ops.index("skip") if "skip" in sp.layer_ops else None
-        la = [[_weights_pick(a, skip) for a in stage] for stage in la]
-        ld = [_weights_pick(d, None) for d in ld]
+        la = [[weights_pick(a, _skip_index(sp)) for a in stage] for stage in la]
+        ld = [weights_pick(d) for d in ld]
     layer_best = {(s, i): _stage_layers(la[s], lb[s], sp.layer_keys(s, c), sp.layer_ops, price, top_k)
                   for s in range(3) for i, c in enumerate(sp.widths(s))}
     combos = itertools.product(*[range(len(sp.width_ratios))] * 3)

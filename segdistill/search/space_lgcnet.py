@@ -50,7 +50,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 from dataclasses import dataclass, field
 from typing import Mapping
 
@@ -65,7 +64,7 @@ from ..latency.standalone import BlockKey
 from ..models.heads import FCNHead
 from ..models.layers import init_weights
 from ..models.output import SegOutput
-from .genotype import FORMAT, VERSION, first_argmax
+from .genotype import FORMAT, VERSION, first_argmax, weights_pick
 from .ggm import GCNGuidedModule
 from .graph import ABSENT, SoftGraph, channel_bucket, slot_depth
 from .space_chain import OPS, ChainHead, ChainSpace, add_key, build_op, expectation_of, op_key
@@ -838,7 +837,8 @@ class LgcSupernet(LgcBase):
             desc = self.describe()
 
             def weights(rows: list[list[float]], names: tuple) -> list[list[float]]:  # ops="weights": op choices fixed
-                return [_weights_pick(r, names) for r in rows] if ops == "weights" else rows
+                none = names.index("none") if "none" in names else None
+                return [weights_pick(r, none) for r in rows] if ops == "weights" else rows
 
             cells = []
             for k, cell in enumerate(desc["cells"]):
@@ -899,12 +899,6 @@ def _stage(stride: int) -> int:
 
 def _src(s: int) -> str:
     return ("x0", "x1")[s] if s < 2 else f"n{s - 2}"
-
-
-def _weights_pick(logp: list[float], ops: tuple) -> list[float]:
-    """``logp`` with every non-``none`` entry but the largest set to -inf (``derive(ops="weights")``)."""
-    _, keep = _best(logp, ops)
-    return [v if o in (keep, "none") else -math.inf for v, o in zip(logp, ops)]
 
 
 def _best(scores, ops: tuple) -> tuple[float, str]:
