@@ -43,6 +43,12 @@ teacher-output cache, with camvid_kd.py's teacher):
   came out as the budget filled with MBConv-e6 ops (a negative price rewards latency); under this one each layer's
   op is its weights' likeliest non-skip op, so a searched row differs from a random one in its ops. The rule keeps
   every layer at full width and still lands under the band (13-15 ms for 20 ms): these rows compare with each other;
+* ops ranked by perturbation (``segdistill derive --ops perturb``, after DARTS-PT): ``p_torch<mid>``, ``p_cekd``,
+  ``p_archlr`` derive those finished supernets again with each op ranked by the cross entropy the trained supernet
+  loses when that op is taken out of its mixed op (``PERTURB_BATCHES`` batches of its architecture half; no new
+  search; the price sets depth, inputs and widths). The architecture weights stayed near uniform, so this asks
+  whether the supernet's trained weights know better, and gives the search a choice of its own to set beside the
+  random rows;
 * ``random<i>`` (``--random-archs``, default 3): random architecture weights of the same space (standard normal
   logits), derived by the search's own rule for the middle budget (the argmax priced by latency, in the search's band
   0.9-1.0 x budget): a searched row differs from a random one only in where its weights came from;
@@ -121,6 +127,7 @@ TEACHER_ITERS = ["train.iters=1200", "train.val_interval=300", "train.ckpt_inter
 # The hand-designed students: camvid_kd.py's two (LR-ASPP at OS 16) and camvid_baselines.py's other two.
 STUDENTS = {**{k: v for k, v in kd.STUDENTS.items()},
             **{k: (base.ROWS[k][0], base.ROWS[k][1]) for k in ("dlv3_r18_half", "dlv3p_mbv2")}}
+PERTURB_BATCHES = 8  # architecture batches (of 8 images) per op taken out, p_* rows
 RANDOM_BAND = (0.9, 1.0)  # the search's band (search.band): random networks at the searched ones' latency
 # Stanford Background's searched rows: the middle budget, and 16 ms (where torch16 dominated LR-ASPP on CamVid)
 SB_EXTRA_BUDGETS = (16.0,)
@@ -199,6 +206,15 @@ def define_rows(torch_budgets: list[float], ort_budget: float, n_random: int) ->
             "desc": f"{src}'s supernet derived again with its ops picked by the weights (search.derive_ops=weights; "
                     "the price sets depth, inputs and widths), distilled", "kind": "rederived", "from": src,
             "dataset": "camvid", "platform": "torch-cpu", "budget": mid, "derive_ops": "weights"}
+    # Ops ranked by perturbation (segdistill derive --ops perturb, after DARTS-PT): what the trained supernet loses
+    # without each op on PERTURB_BATCHES batches of its architecture half; the price sets depth, inputs and widths
+    for name, src in (("p_torch", f"torch{mid:g}"), ("p_cekd", "abl_cekd"), ("p_archlr", "abl_archlr")):
+        rows[name.replace("_torch", f"_torch{mid:g}")] = {
+            "desc": f"{src}'s supernet derived again with each op ranked by the loss the trained supernet takes "
+                    f"without it ({PERTURB_BATCHES} architecture batches; segdistill derive --ops perturb; the price "
+                    "sets depth, inputs and widths), distilled", "kind": "rederived", "from": src,
+            "dataset": "camvid", "platform": "torch-cpu", "budget": mid, "derive_ops": "perturb",
+            "derive_args": ["--batches", str(PERTURB_BATCHES), "--threads", "1"]}
     for i in range(n_random):
         rows[f"w_random{i}"] = {"desc": f"random{i}'s logits derived with the ops picked by them (search.derive_ops="
                                         f"weights), torch-cpu {mid:g} ms, distilled", "kind": "random",
@@ -541,13 +557,15 @@ def derive_again(name: str, row: dict, out_dir: Path, lut_dir: Path, opts) -> di
             print(f"== {name}: not run, {need} is missing (run the row {row['from']} first)", flush=True)
             return None
     sdir.mkdir(parents=True, exist_ok=True)
-    info, cmd = run_derive(name, src, sdir / "genotype.json", row, lut_dir, "--ops", row["derive_ops"])
+    info, cmd = run_derive(name, src, sdir / "genotype.json", row, lut_dir, "--ops", row["derive_ops"],
+                           *row.get("derive_args", ()))
     res = {**json.loads((src / "search.json").read_text()), "row": name, "genotype": str(sdir / "genotype.json"),
            "derived_again": {"from": row["from"], "command": shlex.join(["segdistill", *cmd[3:]]),
-                             **{k: info.get(k) for k in ("ops", "rule", "mu", "logp", "predicted_ms", "argmax_ms")}},
+                             **{k: info.get(k) for k in ("ops", "rule", "mu", "logp", "predicted_ms", "argmax_ms",
+                                                         "perturbation")}},
            "date": time.strftime("%Y-%m-%d")}
     done.write_text(json.dumps(res, indent=2))
-    to_archive(opts, out_dir, sdir / "genotype.json", done)
+    to_archive(opts, out_dir, sdir / "genotype.json", done, sdir / "genotype-perturbation.json")
     return res
 
 
@@ -766,7 +784,7 @@ def report(out_dir: Path, rows: dict[str, dict], seeds: list[int]) -> str:
             "(platform) | budget ms | search wall s | search peak RSS MB |")
     groups = [("CamVid: hand-designed distilled vs searched + distilled (chain and LGCNet spaces)",
                lambda n, r: r["dataset"] == "camvid" and r["kind"] in ("kd", "search")
-               and not n.startswith(("abl_", "lgc_", "long_", "w_"))),
+               and not n.startswith(("abl_", "lgc_", "long_", "w_", "p_"))),
               ("CamVid ablation at the middle budget (search objective; random architectures at the same predicted "
                "latency)", lambda n, r: r["dataset"] == "camvid" and (n.startswith(("abl_", "random"))
                                                                        or n == mid_row(rows))),
@@ -777,6 +795,10 @@ def report(out_dir: Path, rows: dict[str, dict], seeds: list[int]) -> str:
               ("CamVid ops picked by the weights (search.derive_ops=weights: the supernets above derived again, and "
                "the random rows' own draws; the price sets only depth, inputs and widths)",
                lambda n, r: n.startswith("w_")),
+              ("CamVid ops ranked by perturbation (segdistill derive --ops perturb: the loss the trained supernet takes "
+               "without each op; the price sets only depth, inputs and widths), beside the priced rows and random "
+               "ones", lambda n, r: n.startswith("p_") or n in ("abl_cekd", "abl_archlr", mid_row(rows))
+               or (n.startswith("random") and r["kind"] == "random")),
               ("Stanford Background (second dataset)", lambda n, r: r["dataset"] == "sb")]
     points = []
     for title, keep in groups:

@@ -2,6 +2,7 @@
 and ``segdistill graph MODEL [--teacher T] [--png PATH]``."""
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 from ..shapes import parse_shape
@@ -67,30 +68,59 @@ def cmd_derive(args):
     search = SimpleNamespace(budget=budgets, lut=luts, band=band, input=list(net.space.input_shape))
     check_budgets(search)
     preds = platform_predictors(search, net.space, ckpt.parent, args.threads)
+    ops = getattr(args, "ops", None) or saved.get("derive_ops") or "priced"
+    ranked = None
+    if ops == "perturb":
+        ranked = _rank_by_perturbation(net, ckpt, args)
+        ops = "weights"
     if args.argmax or not preds:
         g, info = derive(net), {"rule": "argmax", "mu": 0.0}
         spec = genotype_netspec(g, tuple(net.space.input_shape), net.num_classes)
         info["predicted_ms"] = info["argmax_ms"] = {p: float(pr.predict(spec)["predicted_ms"]) for p, pr in preds.items()}
     else:
-        ops = getattr(args, "ops", None) or saved.get("derive_ops") or "priced"
         g, info = derive_within_budget(net, preds, budgets, tuple(band), ops=ops)
-        info["ops"] = ops
+        info["ops"] = "perturb" if ranked else ops
+    if ranked:
+        info["perturbation"] = ranked
     out = Path(args.out) if args.out else ckpt.parent / "genotype.json"
     save_genotype(g, out)
     for p, b in budgets.items():
         print(f"{p}: budget {b:g} ms, derived {info['predicted_ms'][p]:.3f} ms ({info['predicted_ms'][p] / b:.2f} x), "
               f"plain argmax {info['argmax_ms'][p]:.3f} ms")
-    print(f"rule {info['rule']} (mu {info['mu']:.4g}{', ops picked by the weights' if info.get('ops') == 'weights' else ''}); "
-          f"wrote {out}")
+    picker = {"weights": ", ops picked by the weights", "perturb": ", ops ranked by perturbation"}.get(info.get("ops"), "")
+    print(f"rule {info['rule']} (mu {info['mu']:.4g}{picker}); wrote {out}")
     if info.get("weights_ops"):
         same, kept = info["weights_ops"]
-        print(f"{same} of the {kept} ops (strided ones and kept layers) are the weights' own pick; the price chose "
-              f"{kept - same}")
+        who = "the perturbation ranking's" if ranked else "the weights' own"
+        print(f"{same} of the {kept} ops (strided ones and kept layers) are {who} pick; the price chose {kept - same}")
     pref = op_preference(net)
     print(preference_line(pref))
     info["op_preference"] = pref
     if args.json:
         print(json.dumps({"genotype": str(out), **info}))
+
+
+def _rank_by_perturbation(net, ckpt: Path, args) -> dict:
+    """``--ops perturb``: score every op of ``net`` by the loss its removal costs on the run's architecture batches
+    (:mod:`.perturb`), reorder the logits by it, write the scores beside ``--out``; returns a summary."""
+    from ..latency.standalone import write_json_atomic
+    from .perturb import arch_batches, decided, op_importance, rank_by_importance
+
+    scored, batches, loss = arch_batches(ckpt.parent, ckpt, args.batches, args.threads)
+    scored.load_state_dict(net.state_dict())  # the checkpoint derive loaded (best.pt or last.pt), same weights
+    imp = op_importance(scored, batches, loss, progress=sys.stderr.isatty())
+    lead, n = decided(imp)
+    picks = rank_by_importance(net, imp)
+    moved = sorted(n for n, (a, b) in picks.items() if a != b)
+    out = Path(args.out) if args.out else ckpt.parent / "genotype.json"
+    path = out.with_name(out.stem + "-perturbation.json")
+    write_json_atomic({"checkpoint": str(ckpt), "batches": args.batches, **imp,
+                       "picks": {n: {"logits": a, "perturbation": b} for n, (a, b) in picks.items()}}, path)
+    print(f"perturbation: base CE {imp['base']:.4f} on {args.batches} architecture batches; the most important op "
+          f"differs from the logits' pick in {len(moved)} of {len(picks)} choices; it leads the runner-up by more "
+          f"than 2 standard errors in {lead} of {n}; scores in {path}")
+    return {"file": str(path), "batches": args.batches, "base_ce": imp["base"], "changed": len(moved),
+            "choices": len(picks), "decided": lead, "picks": {k: list(v) for k, v in picks.items()}}
 
 
 def load_any_model(spec: str, num_classes: int):
@@ -144,9 +174,12 @@ def add_commands(sub) -> None:
     s.add_argument("--lut", action="append", help="PLATFORM=TABLE.json (default: the run's tables)")
     s.add_argument("--band", help="lo,hi fractions of the budget (default: the run's, else 0.9,1.0)")
     s.add_argument("--argmax", action="store_true", help="the plain argmax instead of the priced one")
-    s.add_argument("--ops", choices=("priced", "weights"), help="who picks the ops (default: the run's "
+    s.add_argument("--ops", choices=("priced", "weights", "perturb"), help="who picks the ops (default: the run's "
                    "search.derive_ops, else priced): priced (weights and latency price together) | weights (each "
-                   "layer's likeliest non-skip op; the price sets depth, inputs and widths only)")
+                   "layer's likeliest non-skip op; the price sets depth, inputs and widths only) | perturb (chain: "
+                   "each layer's op whose removal costs the trained supernet the most loss on --batches batches of "
+                   "the run's architecture half, then as weights; scores in <out>-perturbation.json)")
+    s.add_argument("--batches", type=int, default=8, help="architecture batches for --ops perturb")
     s.add_argument("--threads", type=int, default=2, help="threads for blocks measured here (a local platform)")
     s.add_argument("--out", help="genotype JSON to write (default: genotype.json in the run folder)")
     s.add_argument("--json", action="store_true", help="also print the result as one JSON line")

@@ -1,0 +1,169 @@
+"""Ops ranked by what the trained supernet loses without them (perturbation-based selection, chain space).
+
+After Wang et al., "Rethinking Architecture Selection in Differentiable NAS" (ICLR 2021, DARTS-PT): the architecture
+weights of a short search stay near uniform and do not say which op a layer needs (RESULTS.md, 2026-12-06), but the
+supernet's trained *weights* may. For every op choice of the chain space (each layer's ``alpha``, each strided
+layer's ``alpha_down``) and every candidate ``o`` of it (a layer's ``skip`` left out: removing a layer is the price's
+question, not this one), the candidate is taken out of its mixed op and the supernet's task loss measured on fixed
+batches of the architecture half of train::
+
+    importance(o) = mean_b CE(supernet without o, b) - mean_b CE(supernet, b)
+
+A candidate whose removal costs the most is the one the supernet relies on. Where we chose (the paper leaves it open or
+does it differently):
+
+* *Removal* sets the candidate's logit to -inf, so the others are renormalised (the mixed op keeps its scale);
+  DARTS-PT zeroes its weight without renormalising.
+* *One shot*: every choice is scored against the same trained supernet; DARTS-PT fixes one edge at a time and tunes
+  the supernet between edges.
+* *Criterion*: the per-pixel cross entropy of the search's criterion on the architecture half (the data the
+  architecture steps see), not validation accuracy, so the val split stays out of the architecture's choice. The
+  supernet runs in training mode (batch statistics, as in the search: its running statistics mix every op), without
+  Gumbel sampling, in ``no_grad``; the same batches for every candidate, so the differences are paired.
+
+:func:`rank_by_importance` then reorders each choice's logits so that the most important candidate holds the largest
+one (a permutation of the values: a layer's skip logit, and so the price's view of depth, is left as it was), and
+``derive(ops="weights")`` takes each layer's most important op (``segdistill derive RUN --ops perturb``).
+"""
+from __future__ import annotations
+
+import math
+from typing import Callable, Iterable
+
+import torch
+
+from ..errors import ConfigError
+
+#: Candidates never scored or moved, per space: removing a chain layer (skip) is the price's decision.
+KEEP = {"chain": ("skip",)}
+
+
+def choices(supernet) -> list[tuple[str, torch.nn.Parameter, list[str]]]:
+    """``(name, logits, candidate names)`` of every op choice of a chain supernet (layers, then strided layers)."""
+    from .space_chain import ChainSupernet
+
+    if not isinstance(supernet, ChainSupernet):
+        raise ConfigError(f"ops ranked by perturbation are implemented for the chain space only, not for a "
+                          f"{type(supernet).__name__}; derive with --ops weights or priced")
+    sp = supernet.space
+    out = [(f"alpha.{i}", p, list(sp.layer_ops)) for i, p in enumerate(supernet.alpha)]
+    return out + [(f"alpha_down.{i}", p, list(sp.down_ops)) for i, p in enumerate(supernet.alpha_down)]
+
+
+def op_importance(supernet, batches: list[tuple[torch.Tensor, torch.Tensor]], loss: Callable,
+                  progress: bool = True) -> dict:
+    """``{"base": mean loss, "choices": {name: {"ops": [...], "importance": [loss increase per candidate, None for
+    a kept one]}}}`` (module docstring). ``loss(output, masks)`` is a scalar; ``batches`` are (images, masks)."""
+    from tqdm import tqdm
+
+    space = getattr(supernet.space, "name", "chain")
+    keep = KEEP.get(space, ())
+    todo = choices(supernet)
+    n = sum(sum(o not in keep for o in ops) for _, _, ops in todo)
+    saved = (supernet.training, supernet.gumbel)
+    supernet.train()
+    supernet.gumbel = False
+
+    def losses() -> list[float]:
+        return [float(loss(supernet(x), y)) for x, y in batches]
+
+    out = {"choices": {}}
+    try:
+        with torch.no_grad():
+            base = losses()
+            out["base"] = sum(base) / len(base)
+            bar = tqdm(total=n, desc="ops taken out", disable=not progress)
+            for name, p, ops in todo:
+                imp: list[float | None] = []
+                se: list[float | None] = []
+                for i, op in enumerate(ops):
+                    if op in keep:
+                        imp.append(None)
+                        se.append(None)
+                        continue
+                    old = float(p[i])
+                    p[i] = -math.inf
+                    try:
+                        diff = [a - b for a, b in zip(losses(), base)]
+                    finally:
+                        p[i] = old
+                    imp.append(sum(diff) / len(diff))
+                    se.append(_std(diff) / math.sqrt(len(diff)))
+                    bar.update()
+                out["choices"][name] = {"ops": ops, "importance": imp, "se": se}
+            bar.close()
+    finally:
+        supernet.train(saved[0])
+        supernet.gumbel = saved[1]
+    return out
+
+
+def _std(values: list[float]) -> float:
+    m = sum(values) / len(values)
+    return math.sqrt(sum((v - m) ** 2 for v in values) / max(len(values) - 1, 1))
+
+
+def decided(importance: dict, z: float = 2.0) -> tuple[int, int]:
+    """``(choices whose most important op leads the runner-up by more than z standard errors, choices)``: the
+    standard error of a candidate's importance over the batches, the larger of the two (a rough, conservative
+    reading: the two differences share their base batches)."""
+    n = lead = 0
+    for c in importance["choices"].values():
+        scored = sorted(((v, s) for v, s in zip(c["importance"], c["se"]) if v is not None), reverse=True)
+        if len(scored) < 2:
+            continue
+        n += 1
+        (v1, s1), (v2, s2) = scored[:2]
+        lead += (v1 - v2) > z * max(s1, s2, 1e-12)
+    return lead, n
+
+
+def rank_by_importance(supernet, importance: dict) -> dict[str, tuple[str, str]]:
+    """Reorder each scored choice's logits (in place) so that its candidates rank by ``importance``: the scored
+    candidates' logit values are permuted, the kept ones (skip) untouched. Returns ``{name: (the logits' own pick,
+    the most important op)}`` over the scored candidates."""
+    picks = {}
+    with torch.no_grad():
+        for name, p, ops in choices(supernet):
+            imp = importance["choices"][name]["importance"]
+            scored = [i for i, v in enumerate(imp) if v is not None]
+            values = sorted((float(p[i]) for i in scored), reverse=True)
+            before = max(scored, key=lambda i: float(p[i]))
+            order = sorted(scored, key=lambda i: -imp[i])  # most important first (ties: the earlier candidate)
+            for i, v in zip(order, values):
+                p[i] = v
+            picks[name] = (ops[before], ops[order[0]])
+    return picks
+
+
+def arch_batches(run_dir, checkpoint, n: int, threads: int = 1, overrides: Iterable[str] = ()):
+    """``(supernet, [(images, masks)] * n, loss)``: a search run's supernet at ``checkpoint`` with ``n`` batches of
+    its architecture half (the run's own split, augmentation and order) and its task criterion. The run's trainer is
+    rebuilt from its ``config.yaml`` in a scratch folder (the teacher runs live; nothing is written beside the run)."""
+    import tempfile
+    from pathlib import Path
+
+    from ..config import load_config
+    from ..engine.hooks import build_hooks
+    from ..engine.trainer import Trainer
+
+    run_dir = Path(run_dir)
+    if not (run_dir / "config.yaml").is_file():
+        raise ConfigError(f"{run_dir / 'config.yaml'} not found: ops ranked by perturbation need the search run's "
+                          "folder (its config.yaml names the data); give the run folder, not a copied checkpoint")
+    with tempfile.TemporaryDirectory() as scratch:
+        cfg = load_config(run_dir / "config.yaml", [f"train.out_dir={scratch}", f"train.resume={checkpoint}",
+                                                    "distill.cache=null", "data.workers=0", "train.progress=false",
+                                                    f"train.threads={threads}", *overrides])
+        hooks = build_hooks(cfg)
+        trainer = Trainer(cfg, hooks)
+        hook = next(h for h in hooks if h.name == "search")
+        batches = []
+        for _ in range(n):
+            b = hook.next_arch_batch()
+            batches.append((b["image"].to(trainer.device), b["mask"].to(trainer.device)))
+
+    def loss(out, masks):
+        return sum(trainer.criterion(out, masks).values())
+
+    return hook.supernet, batches, loss
