@@ -110,3 +110,6 @@ def test_the_command_derives_from_the_ranked_logits(tmp_path, capsys):
                                    ops="weights")
     assert json.loads((tmp_path / "p.json").read_text()) == want
     assert res["weights_ops"][0] == res["weights_ops"][1]  # every kept op is the ranking's pick
+    main(["derive", str(out / "best.pt"), "--ops", "perturb", "--batches", "1", "--threads", "1", "--out",
+          str(tmp_path / "b.json")])  # a weights-only checkpoint: the run's last.pt gives the data position
+    assert (tmp_path / "b-perturbation.json").is_file() and (tmp_path / "b.json").is_file()

@@ -106,8 +106,8 @@ def _rank_by_perturbation(net, ckpt: Path, args) -> dict:
     from ..latency.standalone import write_json_atomic
     from .perturb import arch_batches, decided, op_importance, rank_by_importance
 
-    scored, batches, loss = arch_batches(ckpt.parent, ckpt, args.batches, args.threads)
-    scored.load_state_dict(net.state_dict())  # the checkpoint derive loaded (best.pt or last.pt), same weights
+    scored, batches, loss = arch_batches(ckpt.parent, args.batches, args.threads)
+    scored.load_state_dict(net.state_dict())  # the checkpoint derive loaded (last.pt or best.pt)
     imp = op_importance(scored, batches, loss, progress=sys.stderr.isatty())
     lead, n = decided(imp)
     picks = rank_by_importance(net, imp)

@@ -136,10 +136,11 @@ def rank_by_importance(supernet, importance: dict) -> dict[str, tuple[str, str]]
     return picks
 
 
-def arch_batches(run_dir, checkpoint, n: int, threads: int = 1, overrides: Iterable[str] = ()):
-    """``(supernet, [(images, masks)] * n, loss)``: a search run's supernet at ``checkpoint`` with ``n`` batches of
-    its architecture half (the run's own split, augmentation and order) and its task criterion. The run's trainer is
-    rebuilt from its ``config.yaml`` in a scratch folder (the teacher runs live; nothing is written beside the run)."""
+def arch_batches(run_dir, n: int, threads: int = 1, overrides: Iterable[str] = ()):
+    """``(supernet, [(images, masks)] * n, loss)``: a search run's supernet (at its ``last.pt``; the caller loads
+    other weights into it, e.g. ``best.pt``'s) with the next ``n`` batches of its architecture half (the run's own
+    split, augmentation and order) and its task criterion. The run's trainer is rebuilt from its ``config.yaml`` in a
+    scratch folder (the teacher runs live; nothing is written beside the run)."""
     import tempfile
     from pathlib import Path
 
@@ -152,7 +153,9 @@ def arch_batches(run_dir, checkpoint, n: int, threads: int = 1, overrides: Itera
         raise ConfigError(f"{run_dir / 'config.yaml'} not found: ops ranked by perturbation need the search run's "
                           "folder (its config.yaml names the data); give the run folder, not a copied checkpoint")
     with tempfile.TemporaryDirectory() as scratch:
-        cfg = load_config(run_dir / "config.yaml", [f"train.out_dir={scratch}", f"train.resume={checkpoint}",
+        last = run_dir / "last.pt"
+        cfg = load_config(run_dir / "config.yaml", [f"train.out_dir={scratch}",
+                                                    f"train.resume={last if last.is_file() else 'null'}",
                                                     "distill.cache=null", "data.workers=0", "train.progress=false",
                                                     f"train.threads={threads}", *overrides])
         hooks = build_hooks(cfg)
