@@ -76,10 +76,12 @@ def op_importance(supernet, batches: list[tuple[torch.Tensor, torch.Tensor]], lo
             for name, p, ops in todo:
                 imp: list[float | None] = []
                 se: list[float | None] = []
+                per: list[list[float] | None] = []
                 for i, op in enumerate(ops):
                     if op in keep:
                         imp.append(None)
                         se.append(None)
+                        per.append(None)
                         continue
                     old = float(p[i])
                     p[i] = -math.inf
@@ -89,8 +91,9 @@ def op_importance(supernet, batches: list[tuple[torch.Tensor, torch.Tensor]], lo
                         p[i] = old
                     imp.append(sum(diff) / len(diff))
                     se.append(_std(diff) / math.sqrt(len(diff)))
+                    per.append(diff)
                     bar.update()
-                out["choices"][name] = {"ops": ops, "importance": imp, "se": se}
+                out["choices"][name] = {"ops": ops, "importance": imp, "se": se, "per_batch": per}
             bar.close()
     finally:
         supernet.train(saved[0])
@@ -105,16 +108,17 @@ def _std(values: list[float]) -> float:
 
 def decided(importance: dict, z: float = 2.0) -> tuple[int, int]:
     """``(choices whose most important op leads the runner-up by more than z standard errors, choices)``: the
-    standard error of a candidate's importance over the batches, the larger of the two (a rough, conservative
-    reading: the two differences share their base batches)."""
+    standard error of the paired per-batch difference between the two (the same batches score both)."""
     n = lead = 0
     for c in importance["choices"].values():
-        scored = sorted(((v, s) for v, s in zip(c["importance"], c["se"]) if v is not None), reverse=True)
+        scored = sorted(((v, d) for v, d in zip(c["importance"], c["per_batch"]) if v is not None),
+                        key=lambda t: -t[0])
         if len(scored) < 2:
             continue
         n += 1
-        (v1, s1), (v2, s2) = scored[:2]
-        lead += (v1 - v2) > z * max(s1, s2, 1e-12)
+        (v1, d1), (v2, d2) = scored[:2]
+        gap = [a - b for a, b in zip(d1, d2)]
+        lead += (v1 - v2) > z * max(_std(gap) / math.sqrt(len(gap)), 1e-12)
     return lead, n
 
 
