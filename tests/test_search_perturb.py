@@ -19,7 +19,7 @@ from segdistill.engine.hooks import build_hooks
 from segdistill.engine.trainer import Trainer
 from segdistill.errors import ConfigError
 from segdistill.search.objective import derive_within_budget, platform_predictors
-from segdistill.search.perturb import choices, decided, op_importance, rank_by_importance
+from segdistill.search.perturb import choices, decided, mean_ranks, op_importance, rank_by_importance
 from segdistill.search.space_chain import ChainSupernet
 from segdistill.search.space_lgcnet import LgcSpace, LgcSupernet
 
@@ -69,6 +69,9 @@ def test_the_op_the_supernet_leans_on_scores_highest_and_becomes_the_pick():
     assert c["importance"][weakest] == pytest.approx(taken_out - imp["base"], rel=1e-5)
 
     lead, n = decided(imp)
+    ranks = mean_ranks(imp)
+    assert set(ranks) == set(sp.layer_ops) - {"skip"} | set(sp.down_ops) and list(ranks.values()) == sorted(ranks.values())
+    assert 1 <= min(ranks.values()) and max(ranks.values()) <= len(sp.layer_ops) - 1
     assert 1 <= lead <= n == 9
     picks = rank_by_importance(net, imp)
     a = net.alpha[1].detach()

@@ -104,7 +104,7 @@ def _rank_by_perturbation(net, ckpt: Path, args) -> dict:
     """``--ops perturb``: score every op of ``net`` by the loss its removal costs on the run's architecture batches
     (:mod:`.perturb`), reorder the logits by it, write the scores beside ``--out``; returns a summary."""
     from ..latency.standalone import write_json_atomic
-    from .perturb import arch_batches, decided, op_importance, rank_by_importance
+    from .perturb import arch_batches, decided, mean_ranks, op_importance, rank_by_importance
 
     scored, batches, loss = arch_batches(ckpt.parent, args.batches, args.threads)
     scored.load_state_dict(net.state_dict())  # the checkpoint derive loaded (last.pt or best.pt)
@@ -119,8 +119,12 @@ def _rank_by_perturbation(net, ckpt: Path, args) -> dict:
     print(f"perturbation: base CE {imp['base']:.4f} on {args.batches} architecture batches; the most important op "
           f"differs from the logits' pick in {len(moved)} of {len(picks)} choices; it leads the runner-up by more "
           f"than 2 standard errors in {lead} of {n}; scores in {path}")
+    ranks = mean_ranks(imp)
+    print("ops by mean rank of importance (1 = the op the supernet loses most without): "
+          + ", ".join(f"{o} {r:.1f}" for o, r in ranks.items()))
     return {"file": str(path), "batches": args.batches, "base_ce": imp["base"], "changed": len(moved),
-            "choices": len(picks), "decided": lead, "picks": {k: list(v) for k, v in picks.items()}}
+            "choices": len(picks), "decided": lead, "mean_ranks": ranks,
+            "picks": {k: list(v) for k, v in picks.items()}}
 
 
 def load_any_model(spec: str, num_classes: int):

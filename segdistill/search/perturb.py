@@ -122,6 +122,17 @@ def decided(importance: dict, z: float = 2.0) -> tuple[int, int]:
     return lead, n
 
 
+def mean_ranks(importance: dict) -> dict[str, float]:
+    """Each candidate's mean rank (1 = most important) over the choices that score it, most important first: does
+    the supernet lean on some ops everywhere (capacity, say) or on different ones per layer?"""
+    ranks: dict[str, list[int]] = {}
+    for c in importance["choices"].values():
+        order = sorted((i for i, v in enumerate(c["importance"]) if v is not None), key=lambda i: -c["importance"][i])
+        for r, i in enumerate(order, start=1):
+            ranks.setdefault(c["ops"][i], []).append(r)
+    return dict(sorted(((o, sum(r) / len(r)) for o, r in ranks.items()), key=lambda kv: kv[1]))
+
+
 def rank_by_importance(supernet, importance: dict) -> dict[str, tuple[str, str]]:
     """Reorder each scored choice's logits (in place) so that its candidates rank by ``importance``: the scored
     candidates' logit values are permuted, the kept ones (skip) untouched. Returns ``{name: (the logits' own pick,
