@@ -68,10 +68,11 @@ def cmd_derive(args):
     search = SimpleNamespace(budget=budgets, lut=luts, band=band, input=list(net.space.input_shape))
     check_budgets(search)
     preds = platform_predictors(search, net.space, ckpt.parent, args.threads)
+    out = Path(args.out) if args.out else ckpt.parent / "genotype.json"
     ops = getattr(args, "ops", None) or saved.get("derive_ops") or "priced"
     ranked = None
     if ops == "perturb":
-        ranked = _rank_by_perturbation(net, ckpt, args)
+        ranked = _rank_by_perturbation(net, ckpt, out, args)
         ops = "weights"
     if args.argmax or not preds:
         g, info = derive(net), {"rule": "argmax", "mu": 0.0}
@@ -82,7 +83,6 @@ def cmd_derive(args):
         info["ops"] = "perturb" if ranked else ops
     if ranked:
         info["perturbation"] = ranked
-    out = Path(args.out) if args.out else ckpt.parent / "genotype.json"
     save_genotype(g, out)
     for p, b in budgets.items():
         print(f"{p}: budget {b:g} ms, derived {info['predicted_ms'][p]:.3f} ms ({info['predicted_ms'][p] / b:.2f} x), "
@@ -100,9 +100,9 @@ def cmd_derive(args):
         print(json.dumps({"genotype": str(out), **info}))
 
 
-def _rank_by_perturbation(net, ckpt: Path, args) -> dict:
+def _rank_by_perturbation(net, ckpt: Path, out: Path, args) -> dict:
     """``--ops perturb``: score every op of ``net`` by the loss its removal costs on the run's architecture batches
-    (:mod:`.perturb`), reorder the logits by it, write the scores beside ``--out``; returns a summary."""
+    (:mod:`.perturb`), reorder the logits by it, write the scores beside ``out`` (the genotype); returns a summary."""
     from ..latency.standalone import write_json_atomic
     from .perturb import arch_batches, decided, mean_ranks, op_importance, rank_by_importance
 
@@ -112,7 +112,6 @@ def _rank_by_perturbation(net, ckpt: Path, args) -> dict:
     lead, n = decided(imp)
     picks = rank_by_importance(net, imp)
     moved = sorted(n for n, (a, b) in picks.items() if a != b)
-    out = Path(args.out) if args.out else ckpt.parent / "genotype.json"
     path = out.with_name(out.stem + "-perturbation.json")
     write_json_atomic({"checkpoint": str(ckpt), "batches": args.batches, **imp,
                        "picks": {n: {"logits": a, "perturbation": b} for n, (a, b) in picks.items()}}, path)

@@ -28,14 +28,15 @@ one (a permutation of the values: a layer's skip logit, and so the price's view 
 from __future__ import annotations
 
 import math
+import statistics
 from typing import Callable, Iterable
 
 import torch
 
 from ..errors import ConfigError
 
-#: Candidates never scored or moved, per space: removing a chain layer (skip) is the price's decision.
-KEEP = {"chain": ("skip",)}
+#: Candidates never scored or moved: removing a chain layer (skip) is the price's decision.
+KEEP = ("skip",)
 
 
 def choices(supernet) -> list[tuple[str, torch.nn.Parameter, list[str]]]:
@@ -56,10 +57,8 @@ def op_importance(supernet, batches: list[tuple[torch.Tensor, torch.Tensor]], lo
     a kept one]}}}`` (module docstring). ``loss(output, masks)`` is a scalar; ``batches`` are (images, masks)."""
     from tqdm import tqdm
 
-    space = getattr(supernet.space, "name", "chain")
-    keep = KEEP.get(space, ())
     todo = choices(supernet)
-    n = sum(sum(o not in keep for o in ops) for _, _, ops in todo)
+    n = sum(sum(o not in KEEP for o in ops) for _, _, ops in todo)
     saved = (supernet.training, supernet.gumbel)
     supernet.train()
     supernet.gumbel = False
@@ -78,7 +77,7 @@ def op_importance(supernet, batches: list[tuple[torch.Tensor, torch.Tensor]], lo
                 se: list[float | None] = []
                 per: list[list[float] | None] = []
                 for i, op in enumerate(ops):
-                    if op in keep:
+                    if op in KEEP:
                         imp.append(None)
                         se.append(None)
                         per.append(None)
@@ -90,7 +89,7 @@ def op_importance(supernet, batches: list[tuple[torch.Tensor, torch.Tensor]], lo
                     finally:
                         p[i] = old
                     imp.append(sum(diff) / len(diff))
-                    se.append(_std(diff) / math.sqrt(len(diff)))
+                    se.append(_se(diff))
                     per.append(diff)
                     bar.update()
                 out["choices"][name] = {"ops": ops, "importance": imp, "se": se, "per_batch": per}
@@ -101,9 +100,9 @@ def op_importance(supernet, batches: list[tuple[torch.Tensor, torch.Tensor]], lo
     return out
 
 
-def _std(values: list[float]) -> float:
-    m = sum(values) / len(values)
-    return math.sqrt(sum((v - m) ** 2 for v in values) / max(len(values) - 1, 1))
+def _se(values: list[float]) -> float:
+    """Standard error of the mean of ``values`` (0 for a single value)."""
+    return statistics.stdev(values) / math.sqrt(len(values)) if len(values) > 1 else 0.0
 
 
 def decided(importance: dict, z: float = 2.0) -> tuple[int, int]:
@@ -118,7 +117,7 @@ def decided(importance: dict, z: float = 2.0) -> tuple[int, int]:
         n += 1
         (v1, d1), (v2, d2) = scored[:2]
         gap = [a - b for a, b in zip(d1, d2)]
-        lead += (v1 - v2) > z * max(_std(gap) / math.sqrt(len(gap)), 1e-12)
+        lead += (v1 - v2) > z * max(_se(gap), 1e-12)
     return lead, n
 
 
@@ -137,13 +136,15 @@ def rank_by_importance(supernet, importance: dict) -> dict[str, tuple[str, str]]
     """Reorder each scored choice's logits (in place) so that its candidates rank by ``importance``: the scored
     candidates' logit values are permuted, the kept ones (skip) untouched. Returns ``{name: (the logits' own pick,
     the most important op)}`` over the scored candidates."""
+    from .genotype import weights_choice
+
     picks = {}
     with torch.no_grad():
         for name, p, ops in choices(supernet):
             imp = importance["choices"][name]["importance"]
             scored = [i for i, v in enumerate(imp) if v is not None]
             values = sorted((float(p[i]) for i in scored), reverse=True)
-            before = max(scored, key=lambda i: float(p[i]))
+            before = weights_choice(p.tolist(), next((i for i, o in enumerate(ops) if o in KEEP), None))
             order = sorted(scored, key=lambda i: -imp[i])  # most important first (ties: the earlier candidate)
             for i, v in zip(order, values):
                 p[i] = v
