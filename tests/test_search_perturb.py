@@ -12,6 +12,8 @@ import pytest
 import torch
 from test_search_derive import SHAPE, randomised, space
 from test_search_hook import search_cfg
+from test_search_lgcnet import SHAPE as LGC_SHAPE
+from test_search_lgcnet import TINY, lgcnet_cfg
 
 from segdistill.cli import main
 from segdistill.engine.checkpoint import build_from_checkpoint
@@ -21,7 +23,7 @@ from segdistill.errors import ConfigError
 from segdistill.search.objective import derive_within_budget, platform_predictors
 from segdistill.search.perturb import choices, decided, mean_ranks, op_importance, rank_by_importance
 from segdistill.search.space_chain import ChainSupernet
-from segdistill.search.space_lgcnet import LgcSpace, LgcSupernet
+from segdistill.search.space_lgcnet import LgcSpace, LgcSupernet, cell_edges
 
 K = 5
 
@@ -34,9 +36,9 @@ def leaning_on(net: ChainSupernet, layer: int, op: int, gain: float = 50.0):
         bn.weight.mul_(gain)
 
 
-def batches_and_loss(net, n: int = 2):
+def batches_and_loss(net, n: int = 2, shape=SHAPE):
     torch.manual_seed(0)
-    xs = [torch.randn(2, *SHAPE[1:]) for _ in range(n)]
+    xs = [torch.randn(2, *shape[1:]) for _ in range(n)]
     net.train()
     with torch.no_grad():
         refs = [net(x).logits for x in xs]  # the loss: distance to the unperturbed supernet's output
@@ -60,7 +62,7 @@ def test_the_op_the_supernet_leans_on_scores_highest_and_becomes_the_pick():
     assert c["ops"] == list(sp.layer_ops) and c["importance"][skip] is None and c["se"][skip] is None
     scored = [v for v in c["importance"] if v is not None]
     assert c["importance"][weakest] == max(scored) and c["importance"][weakest] > 10 * sorted(scored)[-2]
-    assert set(imp["choices"]) == {n for n, _, _ in choices(net)} and len(imp["choices"]) == 3 * 2 + 3
+    assert set(imp["choices"]) == {c[0] for c in choices(net)} and len(imp["choices"]) == 3 * 2 + 3
     # a score is the loss with the op's logit at -inf less the loss with it
     with torch.no_grad():
         net.alpha[1][weakest] = -math.inf
@@ -80,7 +82,7 @@ def test_the_op_the_supernet_leans_on_scores_highest_and_becomes_the_pick():
     assert pick(a) == weakest
     assert a[skip] == before["alpha.1"][skip]  # depth's question untouched
     assert sorted(a.tolist()) == sorted(before["alpha.1"].tolist())  # a permutation of the same values
-    for name, p, ops in choices(net):  # every choice now ranks its candidates by importance
+    for name, p, _, _ in choices(net):  # every choice now ranks its candidates by importance
         imps = imp["choices"][name]["importance"]
         order = sorted((i for i, v in enumerate(imps) if v is not None), key=lambda i: -imps[i])
         q = p.detach()
@@ -88,10 +90,63 @@ def test_the_op_the_supernet_leans_on_scores_highest_and_becomes_the_pick():
     assert all(torch.equal(p, before[n]) for n, p in net.named_arch_parameters() if not n.startswith("alpha"))
 
 
-def test_other_spaces_are_a_clear_error():
-    net = LgcSupernet(LgcSpace(SHAPE, K, stem_widths=(8, 8), base_widths=(16, 24, 32), nodes=2, head_channels=16))
-    with pytest.raises(ConfigError, match="chain space only"):
-        choices(net)
+def test_lgcnet_ops_are_scored_after_the_ggm_and_none_is_left_alone():
+    torch.manual_seed(0)
+    net = randomised(LgcSupernet(LgcSpace(LGC_SHAPE, K, **TINY), ggm_gamma=0.5), 0)
+    sp = net.space
+    none, cell_none = sp.fusion_ops.index("none"), sp.cell_ops.index("none")
+    x = torch.randn(2, *LGC_SHAPE[1:])
+    net.train()
+    with torch.no_grad():
+        out0, updated, g0 = net(x).logits, [a.detach().clone() for a in net.cell_alphas()], net.derive()
+    batches, loss = batches_and_loss(net, shape=LGC_SHAPE)
+    imp = op_importance(net, batches, loss, progress=False)
+    # the GGM is folded into the logits: the same network, logits that are the updated alpha'
+    assert net.ggm is None and all(torch.equal(a, b) for a, b in zip(net.cell_alphas(), updated))
+    with torch.no_grad():
+        assert torch.allclose(net(x).logits, out0, atol=1e-6)
+    assert net.derive() == g0
+    edges = len(cell_edges(sp.nodes))
+    assert list(imp["choices"]) == [f"alpha.{k}.{e}" for k in range(3) for e in range(edges)] + [
+        f"alpha_fusion.{lv}" for lv in range(4)]
+    assert all(c["importance"][c["ops"].index("none")] is None for c in imp["choices"].values())
+    # a score of the third cell (the one the GGM updated from the second) is the loss with alpha' at -inf, less the base
+    i = sp.cell_ops.index("skip")  # an identity edge: scored like any op (only none is kept)
+    with torch.no_grad():
+        net.alpha[2][0, i] = -math.inf
+        taken_out = sum(float(loss(net(x), y)) for x, y in batches) / len(batches)
+        net.alpha[2][0, i] = updated[2][0, i]
+    assert imp["choices"]["alpha.2.0"]["importance"][i] == pytest.approx(taken_out - imp["base"], rel=1e-5, abs=1e-9)
+
+    before_cells = [a.detach().clone() for a in net.alpha]
+    before_fusion = net.alpha_fusion.detach().clone()
+    rank_by_importance(net, imp)
+    for k in range(3):
+        for e in range(edges):
+            a, b = net.alpha[k][e].detach(), before_cells[k][e]
+            assert a[cell_none] == b[cell_none] and sorted(a.tolist()) == sorted(b.tolist())
+            imps = imp["choices"][f"alpha.{k}.{e}"]["importance"]
+            top = max((j for j, v in enumerate(imps) if v is not None), key=lambda j: imps[j])
+            assert float(a[top]) == max(float(a[j]) for j, v in enumerate(imps) if v is not None)
+    assert torch.equal(net.alpha_fusion[:, none], before_fusion[:, none])
+
+    shared = LgcSupernet(LgcSpace(LGC_SHAPE, K, **TINY), share_cells=True, ggm_gamma=0)
+    assert [c[0] for c in choices(shared)][:edges + 1] == [f"alpha.0.{e}" for e in range(edges)] + ["alpha_fusion.0"]
+    with pytest.raises(ConfigError, match="chain or LGCNet"):
+        choices(torch.nn.Linear(2, 2))
+
+
+def test_the_command_ranks_an_lgcnet_search(tmp_path, capsys):
+    cfg = lgcnet_cfg(tmp_path)
+    Trainer(cfg, build_hooks(cfg)).train()
+    main(["derive", str(tmp_path / "run"), "--ops", "perturb", "--batches", "1", "--threads", "1", "--out",
+          str(tmp_path / "l.json"), "--json"])
+    res = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    scores = json.loads((tmp_path / "l-perturbation.json").read_text())
+    assert res["ops"] == "perturb"
+    assert len(scores["choices"]) == res["perturbation"]["choices"] == 3 * len(cell_edges(2)) + 4
+    g = json.loads((tmp_path / "l.json").read_text())
+    assert g["space"] == "lgcnet" and "ggm" not in json.dumps(g)
 
 
 def test_the_command_derives_from_the_ranked_logits(tmp_path, capsys):

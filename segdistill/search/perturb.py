@@ -1,11 +1,12 @@
-"""Ops ranked by what the trained supernet loses without them (perturbation-based selection, chain space).
+"""Ops ranked by what the trained supernet loses without them (perturbation-based selection).
 
 After Wang et al., "Rethinking Architecture Selection in Differentiable NAS" (ICLR 2021, DARTS-PT): the architecture
 weights of a short search stay near uniform and do not say which op a layer needs (RESULTS.md, 2026-12-06), but the
-supernet's trained *weights* may. For every op choice of the chain space (each layer's ``alpha``, each strided
-layer's ``alpha_down``) and every candidate ``o`` of it (a layer's ``skip`` left out: removing a layer is the price's
-question, not this one), the candidate is taken out of its mixed op and the supernet's task loss measured on fixed
-batches of the architecture half of train::
+supernet's trained *weights* may. For every op choice (chain space: each layer's ``alpha``, each strided layer's
+``alpha_down``; LGCNet space: each edge of each cell, each fusion level) and every candidate ``o`` of it (``skip``
+and ``none`` left out: whether a layer, an edge or a fusion level exists is the price's and the strengths' question,
+not this one), the candidate is taken out of its mixed op and the supernet's task loss measured on fixed batches of
+the architecture half of train::
 
     importance(o) = mean_b CE(supernet without o, b) - mean_b CE(supernet, b)
 
@@ -16,14 +17,18 @@ does it differently):
   DARTS-PT zeroes its weight without renormalising.
 * *One shot*: every choice is scored against the same trained supernet; DARTS-PT fixes one edge at a time and tunes
   the supernet between edges.
+* *LGCNet*: the removal acts on the logits after the GCN-guided module (``alpha'``, the ones the cells mix with):
+  :meth:`LgcSupernet.fold_ggm` writes them into ``alpha`` and drops the GGM first, which leaves the forward as it
+  was. With shared cells one logit row is every cell's edge, so one removal acts on all three cells.
 * *Criterion*: the per-pixel cross entropy of the search's criterion on the architecture half (the data the
   architecture steps see), not validation accuracy, so the val split stays out of the architecture's choice. The
   supernet runs in training mode (batch statistics, as in the search: its running statistics mix every op), without
   Gumbel sampling, in ``no_grad``; the same batches for every candidate, so the differences are paired.
 
 :func:`rank_by_importance` then reorders each choice's logits so that the most important candidate holds the largest
-one (a permutation of the values: a layer's skip logit, and so the price's view of depth, is left as it was), and
-``derive(ops="weights")`` takes each layer's most important op (``segdistill derive RUN --ops perturb``).
+one (a permutation of the values: a chain layer's skip logit and an LGCNet edge's none logit, and so the price's
+view of depth and edges, are left as they were), and ``derive(ops="weights")`` takes each choice's most important
+op (``segdistill derive RUN --ops perturb``).
 """
 from __future__ import annotations
 
@@ -35,20 +40,35 @@ import torch
 
 from ..errors import ConfigError
 
-#: Candidates never scored or moved: removing a chain layer (skip) is the price's decision.
-KEEP = ("skip",)
 
-
-def choices(supernet) -> list[tuple[str, torch.nn.Parameter, list[str]]]:
-    """``(name, logits, candidate names)`` of every op choice of a chain supernet (layers, then strided layers)."""
+def choices(supernet) -> list[tuple[str, torch.Tensor, list[str], int | None]]:
+    """``(name, logits, candidate names, the kept candidate's index or None)`` of every op choice: a chain
+    supernet's layers, then its strided layers; an LGCNet supernet's cell edges (``alpha.<cell>.<edge>``), then its
+    fusion levels (``alpha_fusion.<level>``). The kept candidate is never scored or moved: a chain layer's ``skip``
+    (no layer) and an LGCNet edge's or level's ``none`` (no edge); an LGCNet ``skip`` is an identity edge, an op
+    like the others. The logits are the parameters themselves (or a row of them), so writing to them changes the
+    supernet. An LGCNet supernet's GGM is folded into its logits first (module docstring)."""
     from .space_chain import ChainSupernet
+    from .space_lgcnet import LgcSupernet
 
-    if not isinstance(supernet, ChainSupernet):
-        raise ConfigError(f"ops ranked by perturbation are implemented for the chain space only, not for a "
-                          f"{type(supernet).__name__}; derive with --ops weights or priced")
-    sp = supernet.space
-    out = [(f"alpha.{i}", p, list(sp.layer_ops)) for i, p in enumerate(supernet.alpha)]
-    return out + [(f"alpha_down.{i}", p, list(sp.down_ops)) for i, p in enumerate(supernet.alpha_down)]
+    if isinstance(supernet, ChainSupernet):
+        sp = supernet.space
+        out = [(f"alpha.{i}", p, list(sp.layer_ops)) for i, p in enumerate(supernet.alpha)]
+        out += [(f"alpha_down.{i}", p, list(sp.down_ops)) for i, p in enumerate(supernet.alpha_down)]
+        return [(*c, _index(c[2], "skip")) for c in out]
+    if isinstance(supernet, LgcSupernet):
+        supernet.fold_ggm()
+        sp = supernet.space
+        out = [(f"alpha.{k}.{e}", p[e], list(sp.cell_ops)) for k, p in enumerate(supernet.alpha) for e in range(len(p))]
+        if (f := supernet.alpha_fusion) is not None:
+            out += [(f"alpha_fusion.{lv}", f[lv], list(sp.fusion_ops)) for lv in range(len(f))]
+        return [(*c, _index(c[2], "none")) for c in out]
+    raise ConfigError(f"ops ranked by perturbation need a chain or LGCNet search supernet, not a "
+                      f"{type(supernet).__name__}; derive with --ops weights or priced")
+
+
+def _index(ops: list[str], op: str) -> int | None:
+    return ops.index(op) if op in ops else None
 
 
 def op_importance(supernet, batches: list[tuple[torch.Tensor, torch.Tensor]], loss: Callable,
@@ -58,7 +78,7 @@ def op_importance(supernet, batches: list[tuple[torch.Tensor, torch.Tensor]], lo
     from tqdm import tqdm
 
     todo = choices(supernet)
-    n = sum(sum(o not in KEEP for o in ops) for _, _, ops in todo)
+    n = sum(len(ops) - (keep is not None) for _, _, ops, keep in todo)
     saved = (supernet.training, supernet.gumbel)
     supernet.train()
     supernet.gumbel = False
@@ -72,12 +92,12 @@ def op_importance(supernet, batches: list[tuple[torch.Tensor, torch.Tensor]], lo
             base = losses()
             out["base"] = sum(base) / len(base)
             bar = tqdm(total=n, desc="ops taken out", disable=not progress)
-            for name, p, ops in todo:
+            for name, p, ops, keep in todo:
                 imp: list[float | None] = []
                 se: list[float | None] = []
                 per: list[list[float] | None] = []
-                for i, op in enumerate(ops):
-                    if op in KEEP:
+                for i in range(len(ops)):
+                    if i == keep:
                         imp.append(None)
                         se.append(None)
                         per.append(None)
@@ -134,17 +154,17 @@ def mean_ranks(importance: dict) -> dict[str, float]:
 
 def rank_by_importance(supernet, importance: dict) -> dict[str, tuple[str, str]]:
     """Reorder each scored choice's logits (in place) so that its candidates rank by ``importance``: the scored
-    candidates' logit values are permuted, the kept ones (skip) untouched. Returns ``{name: (the logits' own pick,
-    the most important op)}`` over the scored candidates."""
+    candidates' logit values are permuted, the kept one (chain skip, LGCNet none) untouched. Returns ``{name: (the
+    logits' own pick, the most important op)}`` over the scored candidates."""
     from .genotype import weights_choice
 
     picks = {}
     with torch.no_grad():
-        for name, p, ops in choices(supernet):
+        for name, p, ops, keep in choices(supernet):
             imp = importance["choices"][name]["importance"]
             scored = [i for i, v in enumerate(imp) if v is not None]
             values = sorted((float(p[i]) for i in scored), reverse=True)
-            before = weights_choice(p.tolist(), next((i for i, o in enumerate(ops) if o in KEEP), None))
+            before = weights_choice(p.tolist(), keep)
             order = sorted(scored, key=lambda i: -imp[i])  # most important first (ties: the earlier candidate)
             for i, v in zip(order, values):
                 p[i] = v

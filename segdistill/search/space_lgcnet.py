@@ -571,6 +571,18 @@ class LgcSupernet(LgcBase):
             return a
         return [a[0]] + [link(a[k - 1], a[k]) for k, link in enumerate(self.ggm, start=1)]
 
+    def fold_ggm(self) -> None:
+        """Write the GGM-updated logits ``alpha'`` into ``alpha`` and drop the GGM: the forward, description and
+        derivation stay exactly as they were, with logits that are plain parameters (``--ops perturb`` masks and
+        reorders them after the GGM this way). A no-op without a GGM."""
+        if self.ggm is None:
+            return
+        with torch.no_grad():
+            updated = [a.detach().clone() for a in self.cell_alphas()]
+            for p, a in zip(self.alpha, updated):
+                p.copy_(a)
+        self.ggm, self.ggm_gamma = None, 0.0
+
     def _weights(self, logits):
         if self.gumbel and self.training:
             return F.gumbel_softmax(logits, tau=self.tau, hard=self.hard, dim=-1)
