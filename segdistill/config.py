@@ -303,9 +303,12 @@ class SearchConfig:
     band_factor: float = checked(2.0, above(1), "lambda x factor above the band, / factor below (FasterSeg: 2)")
     derive: str = checked("budget", one_of("budget", "argmax"), "the network returned: budget (the argmax priced by "
                           "latency to land in the band, objective.derive_within_budget) | argmax (plain)")
-    derive_ops: str = checked("priced", one_of("priced", "weights"), "who picks each op of the returned network: "
-                              "priced (weights and latency price together) | weights (the likeliest non-skip op; the "
-                              "price sets only depth, inputs and widths; LGCNet: which edges and levels are kept)")
+    derive_ops: str = checked("priced", one_of("priced", "weights", "perturb"), "who picks each op of the returned "
+                              "network: priced (weights and latency price together) | weights (the likeliest non-skip "
+                              "op; the price sets only depth, inputs and widths; LGCNet: which edges and levels are "
+                              "kept) | perturb (as weights, the ops ranked by what the trained supernet loses without "
+                              "them, search/perturb.py; at the last validation, before it as weights)")
+    perturb_batches: int = checked(8, at_least(1), "architecture batches derive_ops=perturb scores on")
     band_interval: int = checked(0, at_least(0), "iterations between band checks (0: one epoch)")
     arch_lr: float = checked(3e-3, above(0), "Adam learning rate of the architecture weights")
     arch_betas: list[float] = checked([0.5, 0.999], within(0, 1), "Adam betas of the architecture weights")

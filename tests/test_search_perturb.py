@@ -171,3 +171,25 @@ def test_the_command_derives_from_the_ranked_logits(tmp_path, capsys):
     main(["derive", str(out / "best.pt"), "--ops", "perturb", "--batches", "1", "--threads", "1", "--out",
           str(tmp_path / "b.json")])  # a weights-only checkpoint: the run's last.pt gives the data position
     assert (tmp_path / "b-perturbation.json").is_file() and (tmp_path / "b.json").is_file()
+
+
+def test_a_search_with_derive_ops_perturb_returns_the_ranked_network(tmp_path):
+    cfg = search_cfg(tmp_path, iters=4, budget=1000.0, derive_ops="perturb", perturb_batches=2)
+    cfg.train.val_interval = 2
+    hooks = build_hooks(cfg)
+    Trainer(cfg, hooks).train()
+    out = tmp_path / "run"
+    log = [json.loads(line) for line in (out / "search_log.jsonl").read_text().splitlines()]
+    validations = [r for r in log if r["event"] == "validate"]
+    assert len(validations) == 2 and "perturb" not in validations[0]  # only the last validation ranks
+    pt = validations[-1]["perturb"]
+    scores = json.loads((out / "perturbation.json").read_text())
+    assert pt["batches"] == scores["batches"] == 2 and pt["choices"] == len(scores["choices"])
+    assert "Ops ranked by perturbation" in (out / "report.md").read_text()
+    # the returned network is the weights rule on the logits the scores reorder; the supernet itself is unchanged
+    net, _ = build_from_checkpoint(out / "last.pt")
+    hook = next(h for h in hooks if h.name == "search")
+    assert all(torch.equal(p, q) for p, q in zip(net.arch_parameters(), hook.supernet.arch_parameters()))
+    rank_by_importance(net, scores)
+    want, _ = derive_within_budget(net, hook.predictors, {"torch-cpu": 1000.0}, ops="weights")
+    assert json.loads((out / "genotype.json").read_text()) == want

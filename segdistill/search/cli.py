@@ -72,7 +72,7 @@ def cmd_derive(args):
     ops = getattr(args, "ops", None) or saved.get("derive_ops") or "priced"
     ranked = None
     if ops == "perturb":
-        ranked = _rank_by_perturbation(net, ckpt, out, args)
+        net, ranked = _rank_by_perturbation(net, ckpt, out, args)
         ops = "weights"
     if args.argmax or not preds:
         g, info = derive(net), {"rule": "argmax", "mu": 0.0}
@@ -100,30 +100,20 @@ def cmd_derive(args):
         print(json.dumps({"genotype": str(out), **info}))
 
 
-def _rank_by_perturbation(net, ckpt: Path, out: Path, args) -> dict:
+def _rank_by_perturbation(net, ckpt: Path, out: Path, args):
     """``--ops perturb``: score every op of ``net`` by the loss its removal costs on the run's architecture batches
-    (:mod:`.perturb`), reorder the logits by it, write the scores beside ``out`` (the genotype); returns a summary."""
+    (:mod:`.perturb`), write the scores beside ``out`` (the genotype). Returns ``(the supernet with its logits
+    reordered by the scores, a summary)``."""
     from ..latency.standalone import write_json_atomic
-    from .perturb import arch_batches, decided, mean_ranks, op_importance, rank_by_importance
+    from .perturb import arch_batches, rank, summary_lines
 
-    scored, batches, loss = arch_batches(ckpt.parent, args.batches, args.threads)
-    scored.load_state_dict(net.state_dict())  # the checkpoint derive loaded (last.pt or best.pt)
-    imp = op_importance(scored, batches, loss, progress=sys.stderr.isatty())
-    lead, n = decided(imp)
-    picks = rank_by_importance(net, imp)
-    moved = sorted(n for n, (a, b) in picks.items() if a != b)
+    ranked, batches, loss = arch_batches(ckpt.parent, args.batches, args.threads)
+    ranked.load_state_dict(net.state_dict())  # the checkpoint derive loaded (last.pt or best.pt)
+    record, summary = rank(ranked, batches, loss, progress=sys.stderr.isatty())
     path = out.with_name(out.stem + "-perturbation.json")
-    write_json_atomic({"checkpoint": str(ckpt), "batches": args.batches, **imp,
-                       "picks": {n: {"logits": a, "perturbation": b} for n, (a, b) in picks.items()}}, path)
-    print(f"perturbation: base CE {imp['base']:.4f} on {args.batches} architecture batches; the most important op "
-          f"differs from the logits' pick in {len(moved)} of {len(picks)} choices; it leads the runner-up by more "
-          f"than 2 standard errors in {lead} of {n}; scores in {path}")
-    ranks = mean_ranks(imp)
-    print("ops by mean rank of importance (1 = the op the supernet loses most without): "
-          + ", ".join(f"{o} {r:.1f}" for o, r in ranks.items()))
-    return {"file": str(path), "batches": args.batches, "base_ce": imp["base"], "changed": len(moved),
-            "choices": len(picks), "decided": lead, "mean_ranks": ranks,
-            "picks": {k: list(v) for k, v in picks.items()}}
+    write_json_atomic({"checkpoint": str(ckpt), **record}, path)
+    print("\n".join(summary_lines(summary, path)))
+    return ranked, {"file": str(path), **summary}
 
 
 def load_any_model(spec: str, num_classes: int):

@@ -271,6 +271,15 @@ class SearchHook(Hook):
         self.arch_pos += 1
         return default_collate([self.arch_set[self.arch_indices[i]] for i in order])
 
+    def arch_batches(self, n: int, device) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """``(images, masks)`` of the next ``n`` architecture batches on ``device``, the search's position left where
+        it was (``derive_ops=perturb`` scores on them; ``segdistill derive --ops perturb`` too)."""
+        pos = self.arch_pos
+        try:
+            return [(b["image"].to(device), b["mask"].to(device)) for b in (self.next_arch_batch() for _ in range(n))]
+        finally:
+            self.arch_pos = pos
+
     def _kd(self, trainer, batch, images, masks, out) -> dict:
         saved = getattr(trainer, "batch", None)  # None outside train() (benchmarks/arch_gradient.py)
         trainer.batch = batch  # the distillation hook reads the batch's index/geom for its teacher cache
@@ -329,18 +338,44 @@ class SearchHook(Hook):
             rec[f"lambda/{p}"] = self.lambdas[p]
         return rec
 
-    def derive_final(self) -> tuple[dict, dict]:
+    def derive_final(self, trainer=None) -> tuple[dict, dict]:
         """``(genotype, info)``: the network the search returns now (``search.derive``: ``budget``, the priced argmax
         of :func:`~.objective.derive_within_budget`, its ops picked as ``search.derive_ops`` says, or the plain
-        ``argmax``). ``info`` has ``derive_rule``,
-        ``derive_mu`` and the plain argmax's predicted latency per platform (``argmax_ms/<p>``)."""
+        ``argmax``). ``info`` has ``derive_rule``, ``derive_mu`` and the plain argmax's predicted latency per
+        platform (``argmax_ms/<p>``). ``derive_ops=perturb`` ranks the ops by perturbation (:meth:`perturbed`)
+        when ``trainer`` is given (the last validation); before that its ops are the weights' pick."""
         if self.s.derive == "argmax" or not self.predictors:
             return derive(self.supernet), {"derive_rule": "argmax"}
-        g, info = derive_within_budget(self.supernet, self.predictors, dict(self.s.budget), tuple(self.s.band),
-                                       ops=self.s.derive_ops)
+        net, ops, extra = self.supernet, self.s.derive_ops, {}
+        if ops == "perturb":
+            ops = "weights"
+            if trainer is not None:
+                net, extra = self.perturbed(trainer)
+        g, info = derive_within_budget(net, self.predictors, dict(self.s.budget), tuple(self.s.band), ops=ops)
         return g, {"derive_rule": info["rule"], "derive_mu": info["mu"], "derive_logp": info["logp"],
                    **({"derive_weights_ops": info["weights_ops"]} if info.get("weights_ops") else {}),
-                   **{f"argmax_ms/{p}": v for p, v in info["argmax_ms"].items()}}
+                   **{f"argmax_ms/{p}": v for p, v in info["argmax_ms"].items()}, **extra}
+
+    def perturbed(self, trainer) -> tuple[torch.nn.Module, dict]:
+        """``(a copy of the supernet with its logits reordered by perturbation, {"perturb": summary})``
+        (:mod:`.perturb`) on the next ``search.perturb_batches`` architecture batches. The loss of each batch is
+        averaged over ranks, so every rank ranks alike. The main process writes the scores to
+        ``perturbation.json``."""
+        from ..latency.standalone import write_json_atomic
+        from .perturb import rank, summary_lines
+
+        net = copy.deepcopy(self.supernet)
+
+        def loss(out, masks):
+            v = sum(trainer.criterion(out, masks).values()).detach().float().reshape(1)
+            return dist.all_reduce_sum(v) / dist.world_size()
+
+        batches = self.arch_batches(self.s.perturb_batches, trainer.device)
+        record, summary = rank(net, batches, loss, progress=self.cfg.train.progress and dist.is_main())
+        if dist.is_main():
+            write_json_atomic(record, self.out_dir / "perturbation.json")
+            print("search: " + "\nsearch: ".join(summary_lines(summary, self.out_dir / "perturbation.json")))
+        return net, {"perturb": {k: v for k, v in summary.items() if k != "picks"}}
 
     def band_check(self, trainer) -> dict:
         # band control steers the architecture weights themselves, so it reads the plain argmax
@@ -381,7 +416,7 @@ class SearchHook(Hook):
 
     def on_validate(self, trainer, metrics):
         it = trainer.state.iteration
-        g, info = self.derive_final()
+        g, info = self.derive_final(trainer if it >= self.cfg.train.iters else None)
         rec = {"iter": it, "event": "validate", "tau": self.tau, "val_miou": metrics.get("miou"),
                **self.latency_status(g), **info}
         if dist.is_main():
@@ -476,9 +511,16 @@ class SearchHook(Hook):
                                      f"width combination that lands in the band (mu = {rec.get('derive_mu', 0):.4g})",
                     "unreachable": "the argmax priced by latency at the largest price tried: no price reached the "
                                    "band"}[rec.get("derive_rule", "argmax")]
-            ops = (" Ops picked by the weights (`search.derive_ops=weights`): each layer's likeliest non-skip op, each "
-                   "strided op's likeliest; the price set depth, inputs and widths only." if s.derive_ops == "weights"
-                   else "")
+            ops = {"weights": " Ops picked by the weights (`search.derive_ops=weights`): each layer's likeliest "
+                              "non-skip op, each strided op's likeliest; the price set depth, inputs and widths only.",
+                   "perturb": " Ops ranked by perturbation (`search.derive_ops=perturb`, `segdistill.search.perturb`): "
+                              "each choice's op is the one the trained supernet loses most without; the price set "
+                              "depth, inputs and widths only."}.get(s.derive_ops, "")
+            if rec.get("perturb"):
+                pt = rec["perturb"]
+                ops += (f" On {pt['batches']} architecture batches the most important op differs from the weights' "
+                        f"pick in {pt['changed']} of {pt['choices']} choices and leads the runner-up by more than 2 "
+                        f"standard errors in {pt['decided']} of {pt['scored']} (scores in `perturbation.json`).")
             if rec.get("derive_weights_ops"):
                 same, kept = rec["derive_weights_ops"]
                 ops += (f" Of its {kept} ops (strided ones and kept layers), {same} are the weights' own pick (a "

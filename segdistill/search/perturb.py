@@ -172,6 +172,33 @@ def rank_by_importance(supernet, importance: dict) -> dict[str, tuple[str, str]]
     return picks
 
 
+def rank(supernet, batches: list[tuple[torch.Tensor, torch.Tensor]], loss: Callable,
+         progress: bool = True) -> tuple[dict, dict]:
+    """Score every op (:func:`op_importance`), then reorder ``supernet``'s logits by the scores
+    (:func:`rank_by_importance`). Returns ``(record, summary)``: the scores with each choice's picks (what
+    ``perturbation.json`` holds), and the counts a log or report quotes (choices whose top op moved, choices decided
+    beyond 2 standard errors, each op's mean rank)."""
+    imp = op_importance(supernet, batches, loss, progress)
+    lead, n = decided(imp)
+    picks = rank_by_importance(supernet, imp)
+    record = {"batches": len(batches), **imp,
+              "picks": {k: {"logits": a, "perturbation": b} for k, (a, b) in picks.items()}}
+    summary = {"batches": len(batches), "base_ce": imp["base"], "changed": sum(a != b for a, b in picks.values()),
+               "choices": len(picks), "decided": lead, "scored": n, "mean_ranks": mean_ranks(imp),
+               "picks": {k: list(v) for k, v in picks.items()}}
+    return record, summary
+
+
+def summary_lines(summary: dict, path) -> list[str]:
+    """Two lines saying what :func:`rank` found, the scores' file ``path`` named."""
+    return [f"perturbation: base CE {summary['base_ce']:.4f} on {summary['batches']} architecture batches; the most "
+            f"important op differs from the logits' pick in {summary['changed']} of {summary['choices']} choices; it "
+            f"leads the runner-up by more than 2 standard errors in {summary['decided']} of {summary['scored']}; "
+            f"scores in {path}",
+            "ops by mean rank of importance (1 = the op the supernet loses most without): "
+            + ", ".join(f"{o} {r:.1f}" for o, r in summary["mean_ranks"].items())]
+
+
 def arch_batches(run_dir, n: int, threads: int = 1, overrides: Iterable[str] = ()):
     """``(supernet, [(images, masks)] * n, loss)``: a search run's supernet (at its ``last.pt``; the caller loads
     other weights into it, e.g. ``best.pt``'s) with the next ``n`` batches of its architecture half (the run's own
@@ -197,10 +224,7 @@ def arch_batches(run_dir, n: int, threads: int = 1, overrides: Iterable[str] = (
         hooks = build_hooks(cfg)
         trainer = Trainer(cfg, hooks)
         hook = next(h for h in hooks if h.name == "search")
-        batches = []
-        for _ in range(n):
-            b = hook.next_arch_batch()
-            batches.append((b["image"].to(trainer.device), b["mask"].to(trainer.device)))
+        batches = hook.arch_batches(n, trainer.device)
 
     def loss(out, masks):
         return sum(trainer.criterion(out, masks).values())
