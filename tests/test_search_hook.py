@@ -281,13 +281,17 @@ DDP_SCRIPT = textwrap.dedent("""
     trainer.train()
     torch.save({n: p.detach() for n, p in trainer.model.named_arch_parameters()},
                f"{cfg.train.out_dir}/arch_rank{dist.rank()}.pt")
+    hook = next(h for h in hooks if h.name == "search")
+    genotype, info = hook.derive_final(trainer)  # derive_ops=perturb: scored on each rank's own batches
+    torch.save({"genotype": genotype, "perturb": info["perturb"]}, f"{cfg.train.out_dir}/derived_rank{dist.rank()}.pt")
     dist.cleanup()
 """)
 
 
 @pytest.mark.slow
 def test_two_gloo_processes_keep_alpha_identical(tmp_path):
-    cfg = search_cfg(tmp_path, iters=3, gumbel=True)
+    """... and rank ops by perturbation alike (search.derive_ops=perturb: the loss of each batch averaged over ranks)."""
+    cfg = search_cfg(tmp_path, iters=3, gumbel=True, derive_ops="perturb", perturb_batches=1)
     cfg.data.synthetic_train, cfg.data.batch_size = 16, 2
     save_config(cfg, tmp_path / "cfg.yaml")
     (tmp_path / "ddp_search.py").write_text(DDP_SCRIPT)
@@ -300,6 +304,8 @@ def test_two_gloo_processes_keep_alpha_identical(tmp_path):
                                     width_ratios=(0.5, 1.0), layers=1, head_channels=16))
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert any(not torch.allclose(a[k], p) for k, p in arch_of(init).items())  # and they did move
+    d0, d1 = (torch.load(tmp_path / "run" / f"derived_rank{r}.pt", weights_only=True) for r in (0, 1))
+    assert d0 == d1 and d0["perturb"]["choices"] > 0
 
 
 def test_the_search_says_which_device_its_latency_table_is_for(tmp_path, capsys):
