@@ -34,7 +34,10 @@ Enabled by ``search.space=chain`` (factory ``search`` below; ``segdistill search
 * **The network returned** (``genotype.json``, :meth:`SearchHook.derive_final`): with ``search.derive=budget``
   (default) the argmax priced by latency so that it meets every budget and lands in the band
   (:func:`~.objective.derive_within_budget`; the plain argmax when that is already in the band), with ``argmax``
-  the plain one. The log and report give both networks' predicted latency and the price ``mu``.
+  the plain one. ``search.derive_ops`` says who picks the ops: ``priced`` (weights and price together),
+  ``weights`` (the weights' likeliest op; the price sets depth and widths) or ``perturb`` (as ``weights``, with the
+  ops ranked by what a copy of the trained supernet loses without them, :mod:`.perturb`, at the last validation
+  only; ``perturbation.json``). The log and report give both networks' predicted latency and the price ``mu``.
   ``segdistill derive RUN --budget P=MS`` derives again from a finished search, for any budget.
 * **Outputs** in ``train.out_dir``: ``genotype.json``; ``arch_<iter>.png`` (alpha/beta/width heatmaps) per
   validation; ``search_log.jsonl`` (one record per band check and per validation: expected and predicted latency
