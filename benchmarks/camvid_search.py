@@ -44,7 +44,7 @@ teacher-output cache, with camvid_kd.py's teacher):
   op is its weights' likeliest non-skip op, so a searched row differs from a random one in its ops. The rule keeps
   every layer at full width and still lands under the band (13-15 ms for 20 ms): these rows compare with each other;
 * ops ranked by perturbation (``segdistill derive --ops perturb``, after DARTS-PT): ``p_torch<mid>``, ``p_cekd``,
-  ``p_archlr`` derive those finished supernets again with each op ranked by the cross entropy the trained supernet
+  ``p_archlr``, ``p_lgc<mid>`` (LGCNet: each edge and fusion level) derive those finished supernets again with each op ranked by the cross entropy the trained supernet
   loses when that op is taken out of its mixed op (``PERTURB_BATCHES`` batches of its architecture half; no new
   search; the price sets depth, inputs and widths). The architecture weights stayed near uniform, so this asks
   whether the supernet's trained weights know better, and gives the search a choice of its own to set beside the
@@ -208,13 +208,15 @@ def define_rows(torch_budgets: list[float], ort_budget: float, n_random: int) ->
             "dataset": "camvid", "platform": "torch-cpu", "budget": mid, "derive_ops": "weights"}
     # Ops ranked by perturbation (segdistill derive --ops perturb, after DARTS-PT): what the trained supernet loses
     # without each op on PERTURB_BATCHES batches of its architecture half; the price sets depth, inputs and widths
-    for name, src in (("p_torch", f"torch{mid:g}"), ("p_cekd", "abl_cekd"), ("p_archlr", "abl_archlr")):
-        rows[name.replace("_torch", f"_torch{mid:g}")] = {
+    for name, src in ((f"p_torch{mid:g}", f"torch{mid:g}"), ("p_cekd", "abl_cekd"), ("p_archlr", "abl_archlr"),
+                      (f"p_lgc{mid:g}", f"lgc{mid:g}")):
+        rows[name] = {
             "desc": f"{src}'s supernet derived again with each op ranked by the loss the trained supernet takes "
                     f"without it ({PERTURB_BATCHES} architecture batches; segdistill derive --ops perturb; the price "
                     "sets depth, inputs and widths), distilled", "kind": "rederived", "from": src,
             "dataset": "camvid", "platform": "torch-cpu", "budget": mid, "derive_ops": "perturb",
-            "derive_args": ["--batches", str(PERTURB_BATCHES), "--threads", "1"]}
+            "derive_args": ["--batches", str(PERTURB_BATCHES), "--threads", "1"],
+            **({"space": rows[src]["space"]} if "space" in rows[src] else {})}
     for i in range(n_random):
         rows[f"w_random{i}"] = {"desc": f"random{i}'s logits derived with the ops picked by them (search.derive_ops="
                                         f"weights), torch-cpu {mid:g} ms, distilled", "kind": "random",
@@ -797,7 +799,7 @@ def report(out_dir: Path, rows: dict[str, dict], seeds: list[int]) -> str:
                lambda n, r: n.startswith("w_")),
               ("CamVid ops ranked by perturbation (segdistill derive --ops perturb: the loss the trained supernet takes "
                "without each op; the price sets only depth, inputs and widths), beside the priced rows and random "
-               "ones", lambda n, r: n.startswith("p_") or n in ("abl_cekd", "abl_archlr", mid_row(rows))
+               "ones", lambda n, r: n.startswith("p_") or n in ("abl_cekd", "abl_archlr", mid_row(rows), mid_row(rows, "lgc"))
                or (n.startswith("random") and r["kind"] == "random")),
               ("Stanford Background (second dataset)", lambda n, r: r["dataset"] == "sb")]
     points = []
