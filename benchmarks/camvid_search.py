@@ -44,8 +44,8 @@ teacher-output cache, with camvid_kd.py's teacher):
   op is its weights' likeliest non-skip op, so a searched row differs from a random one in its ops. The rule keeps
   every layer at full width and still lands under the band (13-15 ms for 20 ms): these rows compare with each other;
 * ops ranked by perturbation (``segdistill derive --ops perturb``, after DARTS-PT): ``p_torch<mid>``, ``p_cekd``,
-  ``p_archlr``, ``p_lgc<mid>`` (LGCNet: each edge and fusion level) derive those finished supernets again with each op ranked by the cross entropy the trained supernet
-  loses when that op is taken out of its mixed op (``PERTURB_BATCHES`` batches of its architecture half; no new
+  ``p_archlr``, ``p_lgc<mid>`` (LGCNet: each edge and fusion level) derive those finished supernets again with each
+  op ranked by the cross entropy the trained supernet loses when that op is taken out of its mixed op (``PERTURB_BATCHES`` batches of its architecture half; no new
   search; the price sets depth, inputs and widths). The architecture weights stayed near uniform, so this asks
   whether the supernet's trained weights know better, and gives the search a choice of its own to set beside the
   random rows;

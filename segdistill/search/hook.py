@@ -283,6 +283,15 @@ class SearchHook(Hook):
         finally:
             self.arch_pos = pos
 
+    @staticmethod
+    def task_loss(trainer):
+        """``loss(output, masks)``: the trainer's task criterion, summed over its terms and averaged over ranks (a
+        detached scalar tensor, alike on every rank); what ``derive_ops=perturb`` scores ops by."""
+        def loss(out, masks):
+            v = sum(trainer.criterion(out, masks).values()).detach().float().reshape(1)
+            return dist.all_reduce_sum(v) / dist.world_size()
+        return loss
+
     def _kd(self, trainer, batch, images, masks, out) -> dict:
         saved = getattr(trainer, "batch", None)  # None outside train() (benchmarks/arch_gradient.py)
         trainer.batch = batch  # the distillation hook reads the batch's index/geom for its teacher cache
@@ -368,13 +377,9 @@ class SearchHook(Hook):
         from .perturb import rank, summary_lines
 
         net = copy.deepcopy(self.supernet)
-
-        def loss(out, masks):
-            v = sum(trainer.criterion(out, masks).values()).detach().float().reshape(1)
-            return dist.all_reduce_sum(v) / dist.world_size()
-
         batches = self.arch_batches(self.s.perturb_batches, trainer.device)
-        record, summary = rank(net, batches, loss, progress=self.cfg.train.progress and dist.is_main())
+        record, summary = rank(net, batches, self.task_loss(trainer),
+                               progress=self.cfg.train.progress and dist.is_main())
         if dist.is_main():
             write_json_atomic(record, self.out_dir / "perturbation.json")
             print("search: " + "\nsearch: ".join(summary_lines(summary, self.out_dir / "perturbation.json")))

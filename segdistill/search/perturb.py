@@ -225,8 +225,4 @@ def arch_batches(run_dir, n: int, threads: int = 1, overrides: Iterable[str] = (
         trainer = Trainer(cfg, hooks)
         hook = next(h for h in hooks if h.name == "search")
         batches = hook.arch_batches(n, trainer.device)
-
-    def loss(out, masks):
-        return sum(trainer.criterion(out, masks).values())
-
-    return hook.supernet, batches, loss
+    return hook.supernet, batches, hook.task_loss(trainer)
