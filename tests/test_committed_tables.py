@@ -13,17 +13,21 @@ from segdistill.latency.spaces import build_space
 
 REPO = Path(__file__).resolve().parents[1]
 CHAIN = REPO / "benchmarks" / "latency" / "chain"
+LGCNET = REPO / "benchmarks" / "latency" / "lgcnet"
 PLATFORMS = ["torch-cpu", "onnxruntime-cpu", "torch-cuda"]
 
 
-def camvid_space():
-    """The chain space of configs/search-camvid-cpu.yaml (the benchmark's), and of the defaults."""
+def camvid_space(space: str = "chain"):
+    """The ``space`` of configs/search-camvid-cpu.yaml (the benchmark's), and of the defaults."""
     from segdistill.config import load_config
     from segdistill.search.hook import space_options
 
-    opts = space_options(load_config(REPO / "segdistill" / "configs" / "search-camvid-cpu.yaml").search)
+    cfg = load_config(REPO / "segdistill" / "configs" / "search-camvid-cpu.yaml", [f"search.space={space}"])
+    opts = space_options(cfg.search)
     shape = opts.pop("input")
-    return [build_space("chain", shape, 11, **opts), build_space("chain", (1, 3, 180, 240), 11)]
+    for supernet_only in ("share_cells", "ggm_gamma"):  # the LGCNet supernet's, not its blocks'
+        opts.pop(supernet_only, None)
+    return [build_space(space, shape, 11, **opts), build_space(space, (1, 3, 180, 240), 11)]
 
 
 @pytest.mark.parametrize("platform", PLATFORMS)
@@ -40,6 +44,17 @@ def test_chain_table_covers_the_space(platform):
 def test_chain_table_has_a_fitted_correction(platform):
     table = LatencyTable.load(CHAIN / f"lut-{platform}.json")
     assert table.correction is not None and table.correction["fitted_on"] >= 30
+
+
+@pytest.mark.parametrize("platform", ["torch-cpu", "onnxruntime-cpu"])
+def test_lgcnet_tables_cover_the_space_with_a_correction_fitted_on_it(platform):
+    """benchmarks/latency/lgcnet: the chain tables' blocks, with a correction fitted on random LGCNet networks (the
+    chain one under-predicts them); the chain tables' correction is the chain space's."""
+    table = LatencyTable.load(LGCNET / f"lut-{platform}.json")
+    assert table.platform == platform and table.missing(camvid_space("lgcnet")[0].keys()) == []
+    assert table.correction["space"] == "lgcnet" and table.correction["fitted_on"] >= 30
+    assert table.space_note("lgcnet") is None and "'lgcnet' space" in table.space_note("chain")
+    assert LatencyTable.load(CHAIN / f"lut-{platform}.json").correction["space"] == "chain"
 
 
 def test_three_platforms_predict_one_derived_network_without_measuring():

@@ -308,6 +308,7 @@ def test_latency_fit_on_a_space_records_its_networks(tmp_path, capsys):
           "--num-classes", str(K), "--runs", "2", "--min-time", "0", "--warmup", "1"])
     corr = LatencyTable.load(lut).correction
     assert corr["fitted_on"] == 5 and corr["networks"].startswith("5 random networks of search space chain")
+    assert corr["space"] == "chain"  # a search in another space warns (tests/test_search_hook.py)
     assert len(LatencyTable.load(lut)) == n_keys  # a space's networks use only the space's blocks: nothing measured
     main(["lut", "show", str(lut)])
     assert "fitted on 5 random networks of search space chain" in capsys.readouterr().out

@@ -308,6 +308,22 @@ def test_two_gloo_processes_keep_alpha_identical(tmp_path):
     assert d0 == d1 and d0["perturb"]["choices"] > 0
 
 
+def test_the_search_warns_when_its_table_was_fitted_on_another_space(tmp_path, capsys):
+    """A correction fitted on one space's networks (``latency fit --space``) mispredicts another's: the search says
+    so, on screen and in report.md; one fitted on its own space, or on no space, is taken silently."""
+    lut = fake_lut(tmp_path / "lut.json")
+    table = json.loads(lut.read_text())
+    for fitted, warned in (("lgcnet", True), ("chain", False), (None, False)):
+        table["correction"] = {"model": "linear", "coef": {"raw": 1.0, "const": 0.0}, "space": fitted}
+        lut.write_text(json.dumps(table))
+        capsys.readouterr()
+        cfg = search_cfg(tmp_path, out=f"run-{fitted}", iters=1)
+        Trainer(cfg, build_hooks(cfg)).train()
+        note = "correction was fitted on random networks of the 'lgcnet' space, and this search is in 'chain'"
+        assert (note in capsys.readouterr().out) == warned
+        assert (note in (tmp_path / f"run-{fitted}" / "report.md").read_text()) == warned
+
+
 def test_the_search_says_which_device_its_latency_table_is_for(tmp_path, capsys):
     """Issue 13: a table built on another device is usable, but every latency figure says whose device it is for."""
     (tmp_path / "a").mkdir()

@@ -225,6 +225,7 @@ def cmd_latency_fit(args):
                 y.append(measured[net.name][0])
     table.correction = select_correction(feats, y)
     shown = "".join(f" {k}={v}" for k, v in opts.items())
+    table.correction["space"] = args.space  # None: the generic sampler; a search in another space warns
     table.correction["networks"] = (f"{args.nets} random networks of search space {args.space}{shown} (seed "
                                     f"{args.seed})" if args.space else f"{args.nets} random networks (seed {args.seed})")
     table.save()

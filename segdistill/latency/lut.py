@@ -150,6 +150,18 @@ class LatencyTable:
                 f"({here.get('cpu_count')} CPUs{', ' + here['gpu'] if here.get('gpu') else ''}). The figures below are "
                 "for the table's device, not this one (build a table here with `segdistill lut build`)")
 
+    def space_note(self, space: str) -> str | None:
+        """A warning when the table's correction was fitted on random networks of another search space
+        (``segdistill latency fit --space``) than ``space``, None when it fits or says nothing of a space. Spaces
+        differ in how their networks run against the sum of their blocks (RESULTS.md: on CamVid, the chain-fitted
+        torch-cpu correction predicted LGCNet networks about 30% too fast)."""
+        fitted = (self.correction or {}).get("space")
+        if not fitted or fitted == space:
+            return None
+        return (f"the {self.platform} table's correction was fitted on random networks of the {fitted!r} space, and "
+                f"this search is in {space!r}: its predictions may be off by tens of percent. Fit one on this space: "
+                f"copy the table and run `segdistill latency fit --lut COPY --space {space} --space-option ...`")
+
     def missing(self, keys: Iterable[str]) -> list[str]:
         return [k for k in dict.fromkeys(str(k) for k in keys) if k not in self]
 

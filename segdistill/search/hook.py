@@ -208,6 +208,8 @@ class SearchHook(Hook):
         for p, pred in self.predictors.items():
             if dist.is_main():  # a figure from a table built elsewhere is never taken for this machine's
                 print(f"search: {p} latency from {pred.table.path or 'a table measured here'}: {pred.table.device_note()}")
+                if pred.table.space_note(s.space):
+                    print(f"search: WARNING: {pred.table.space_note(s.space)}")
             smallest = net.smallest_latency(pred)
             if s.budget[p] < smallest:
                 raise ConfigError(f"search.budget.{p}={s.budget[p]:g} ms is below the smallest latency the space can "
@@ -508,6 +510,9 @@ class SearchHook(Hook):
                 lines.append(f"\n**{p}: the budget is out of reach**: the dearest network of the space is predicted at "
                              f"{largest:.3f} ms, under the band; the result is the space's answer without that "
                              "constraint binding.")
+        for p, pred in self.predictors.items():
+            if pred.table.space_note(s.space):
+                lines.append(f"\n**{p}: {pred.table.space_note(s.space)}**")
         if not self.predictors:
             lines.append("| (no budget) | | | | | | | |")
         else:
