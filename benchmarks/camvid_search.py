@@ -676,6 +676,7 @@ def run(name: str, row: dict, seed: int, out_dir: Path, lut_dir: Path, opts) -> 
     if "genotype" in extra:
         r["predicted_ms"] = predict_genotype(extra["genotype"], lut_dir, r["num_classes"])
         r["predicted_input"] = extra["genotype"]["input"]
+        r["predicted_tables"] = str(lut_dir)  # the LGCNet rows may have their own (--lgc-lut-dir)
     result = {"row": name, "seed": seed, "kind": row["kind"], "dataset": ds, "description": row["desc"],
               "platform": row.get("platform"), "budget_ms": row.get("budget"), "protocol": PROTOCOL, **r,
               "search": search, "recipe": opts.recipe, "budget_overrides": opts.budget, "date": time.strftime("%Y-%m-%d"),
@@ -838,6 +839,14 @@ def report(out_dir: Path, rows: dict[str, dict], seeds: list[int]) -> str:
                   "priced rule a negative price fills the budget with the dearest ops the weights allow)", "",
                   "| row | widths | layers per stage | ops (count) |", "|---|---|---|---|"]
         lines += [f"| {n} | {w} | {d} | {o} |" for n, (w, d, o) in nets] + [""]
+    tables: dict[str, list[str]] = {}
+    for n in rows:
+        if by_row.get(n) and by_row[n][0].get("predicted_tables"):
+            tables.setdefault(Path(by_row[n][0]["predicted_tables"]).name, []).append(n)
+    if tables:  # which rows which tables predicted (their corrections may be fitted on different spaces)
+        lines += ["Predicted latency from the tables in " + "; ".join(f"`{d}/`: {', '.join(ns)}" for d, ns in
+                                                                     tables.items())
+                  + " (rows not named: benchmarks/latency/chain/, or the search's own tables).", ""]
     if any(r.get("predicted_input") and tuple(r["predicted_input"]) != LAT_SHAPE for r in results):
         lines.append("Predicted latency is at the search input of each genotype, which differs from the measured "
                      f"{'x'.join(map(str, LAT_SHAPE))} for some rows (a smoke run's tiny search input).")
