@@ -902,7 +902,8 @@ def _plot(points, path: Path):
         ax.set_xlabel(f"{p} latency (ms, measured, batch 1, 180x240)")
         ax.set_ylabel("val mIoU % (seed mean)")
         ax.set_title(p, fontsize=9)
-        ax.legend(fontsize=6)
+        if ax.get_legend_handles_labels()[0]:  # a platform with no measured row yet stays an empty panel
+            ax.legend(fontsize=6)
     save_figure(fig, path)
 
 

@@ -1,0 +1,39 @@
+"""benchmarks/camvid_search.py's report: the table RESULTS.md quotes, made from per-row result files (no training)."""
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+import camvid_search as cs  # noqa: E402
+
+META = {"date": "2026-12-07T06:00:00", "threads": 2, "input": [1, 3, 180, 240], "min_runs": 50, "warmup": 10,
+        "repeats": 5, "command": "python benchmarks/camvid_search.py --latency"}
+
+
+def write_row(out: Path, row: str, seed: int, miou: float, ms: float | None = None, **extra):
+    r = {"row": row, "seed": seed, "miou": miou, "params": 2.5e6, "macs": 1.2e9, "num_classes": 11,
+         "command": f"python benchmarks/camvid_search.py --rows {row}", **extra}
+    if ms is not None:
+        r["latency"] = {"torch-cpu": {"median_ms": ms, "fastest_ms": ms - 1.0, "slowest_ms": ms + 1.0}}
+        r["latency_meta"] = META
+    (out / row / f"seed{seed}").mkdir(parents=True)
+    (out / row / f"seed{seed}" / "result.json").write_text(json.dumps(r))
+
+
+def test_report_gives_seed_means_latency_tables_and_the_plot(tmp_path):
+    rows = cs.define_rows([12.0, 16.0, 20.0], 8.0, 1)
+    write_row(tmp_path, "kd_lraspp_mbv2", 0, 0.43, 17.0)
+    write_row(tmp_path, "kd_lraspp_mbv2", 1, 0.44)
+    search = {"final": {"predicted_ms/torch-cpu": 15.04}, "wall_s": 4000.0, "peak_rss_mb": 2400.0}
+    write_row(tmp_path, "torch16", 0, 0.45, 16.3, search=search, predicted_ms={"torch-cpu": 15.0},
+              predicted_tables="/x/benchmarks/latency/chain")
+    write_row(tmp_path, "lgc12", 0, 0.40, 12.5, search=search, predicted_ms={"torch-cpu": 12.1},
+              predicted_tables="/x/benchmarks/latency/lgcnet")
+    text = cs.report(tmp_path, rows, [0, 1])
+    line = next(ln for ln in text.splitlines() if ln.startswith("| kd_lraspp_mbv2 |"))
+    assert "| 0,1 | 43.50 (43.00, 44.00) |" in line and "| 17.0 (16.0) |" in line
+    assert "Rows done (1): kd_lraspp_mbv2" in text and "Rows partly done (2): torch16, lgc12" in text
+    torch16 = next(ln for ln in text.splitlines() if ln.startswith("| torch16 |"))
+    assert "| 15.0 (torch) | 16.0 (torch) | 4000.0 | 2400.0 |" in torch16
+    assert "Predicted latency from the tables in `chain/`: torch16; `lgcnet/`: lgc12" in text
+    assert (tmp_path / "pareto.png").stat().st_size > 0 and (tmp_path / "report.md").read_text() == text + "\n"
