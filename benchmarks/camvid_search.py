@@ -18,6 +18,8 @@ teacher-output cache, with camvid_kd.py's teacher):
 * ``lgc<B>`` (issue 11, same budgets): the LGCNet space (``search.space=lgcnet``: cell-independent cells, the
   GCN-guided module, the dense fusion cell; same base widths), searched and retrained the same way; its ablation at the
   middle budget: ``lgc_share`` (cell-sharing, no GGM), ``lgc_noggm`` (gamma 0), ``lgc_nofusion`` (the chain head),
+  ``lgc_plain`` (none of the three: the package defaults, since none helped), the LGCNet rows' settings
+  (``share_cells``, ``ggm_gamma``, ``fusion``) being those of configs/search-camvid-cpu.yaml, LGCNet as published;
   ``lgc_supernet`` (``search.expectation=supernet``: the terms priced on all of the supernet's edges, each absent with
   its ``none`` probability, instead of the 2 kept inputs per node; the searches before 2026-12-07, where the cells
   collapsed onto ``none``);
@@ -193,6 +195,9 @@ def define_rows(torch_budgets: list[float], ort_budget: float, n_random: int) ->
                             ["search.share_cells=true", "search.ggm_gamma=0"]),
                            ("lgc_noggm", "cell-independent without the GGM (gamma 0)", ["search.ggm_gamma=0"]),
                            ("lgc_nofusion", "without the dense fusion cell (the chain head)", ["search.fusion=false"]),
+                           ("lgc_plain", "none of the three parts (cell-sharing, no GGM, the chain head: the package "
+                            "defaults since 2026-12-07)", ["search.share_cells=true", "search.ggm_gamma=0",
+                                                           "search.fusion=false"]),
                            ("lgc_supernet", "structural and latency terms over the supernet's own edges (every edge "
                             "absent with its none probability; search.expectation=supernet, the lgc20 run of "
                             "2026-12-06)", SUPERNET_EXP)):

@@ -290,9 +290,14 @@ class SearchConfig:
     stem_widths: list[int] = checked([16, 24], at_least(1), "fixed stem widths: conv3x3 s2 -> dwsep3x3 s2")
     head_channels: int = checked(64, at_least(1), "channels of the segmentation head")
     nodes: int = checked(3, at_least(1), "lgcnet: intermediate nodes per cell")
-    share_cells: bool = described(False, "lgcnet: one alpha for all cells (DARTS cell-sharing baseline; needs ggm_gamma=0)")
-    ggm_gamma: float = checked(0.5, at_least(0), "lgcnet: GCN-guided module weight (0: off, cell-independent)")
-    fusion: bool = described(True, "lgcnet: dense-connected fusion cell (false: the chain space's fixed head)")
+    # lgcnet's three parts default to off: none helped beyond the seed spread on CamVid (RESULTS.md, 2026-12-07);
+    # LGCNet as published is share_cells=false ggm_gamma=0.5 fusion=true
+    share_cells: bool = described(True, "lgcnet: one alpha for all cells (DARTS cell-sharing); false: "
+                                        "cell-independent, as LGCNet (needs it for ggm_gamma > 0)")
+    ggm_gamma: float = checked(0.0, at_least(0), "lgcnet: GCN-guided module weight (0: off; LGCNet: 0.5 with "
+                                                 "share_cells=false)")
+    fusion: bool = described(False, "lgcnet: dense-connected fusion cell (false: the chain space's fixed head, "
+                                    "stride 8 + 32)")
     budget: dict[str, float] = checked({}, above(0), "latency budget in ms per platform, e.g. search.budget.torch-cpu=20")
     lut: dict[str, str] = described({}, "latency table JSON per platform; none: measured here if local")
     lambda_kd: float = checked(1.0, at_least(0), "weight on the distill.* terms (their own weights apply), with a teacher")

@@ -15,6 +15,7 @@ import torch
 from test_search_hook import search_cfg
 from test_search_space import fake_predictor
 
+from segdistill.config import Config
 from segdistill.engine.checkpoint import build_from_checkpoint, load_checkpoint
 from segdistill.engine.hooks import build_hooks
 from segdistill.engine.trainer import Trainer
@@ -40,6 +41,7 @@ SHAPE = (1, 3, 48, 64)
 K = 8
 TINY = dict(stem_widths=(8, 8), base_widths=(16, 24, 32), nodes=2, head_channels=16)
 OPTS = dict(input=list(SHAPE), nodes=2, base_widths=[16, 24, 32], stem_widths=[8, 8], head_channels=16)
+PUBLISHED = dict(share_cells=False, ggm_gamma=0.5, fusion=True)  # LGCNet as published (the config defaults: off)
 
 
 @pytest.fixture(autouse=True)
@@ -325,7 +327,8 @@ def test_derived_genotype_builds_trains_round_trips_and_errors(tmp_path):
 def lgcnet_cfg(tmp_path, **kw):
     lut = tmp_path / "lut.json"
     if not lut.exists():
-        _, values = fake_predictor(LgcSpace(SHAPE, K, **TINY).keys())
+        keys = LgcSpace(SHAPE, K, **TINY).keys() + LgcSpace(SHAPE, K, fusion=False, **TINY).keys()
+        _, values = fake_predictor(list(dict.fromkeys(keys)))
         table = json.loads(json.dumps({"format": "segdistill-latency-table", "version": 1, "platform": "torch-cpu",
                                        "platform_info": {}, "threads": 1, "timing": {}, "device": core.machine_info(),
                                        "versions": {}, "date": "2026-12-01", "units": "ms", "built_for": [],
@@ -333,9 +336,19 @@ def lgcnet_cfg(tmp_path, **kw):
         lut.write_text(json.dumps(table))
     cfg = search_cfg(tmp_path, budget=60.0, **kw)
     cfg.search.space = "lgcnet"
-    for k, v in OPTS.items():
-        setattr(cfg.search, k, v)
+    for k, v in {**OPTS, **PUBLISHED}.items():
+        if k not in kw:
+            setattr(cfg.search, k, v)
     return cfg
+
+
+def test_the_config_defaults_switch_the_three_lgcnet_parts_off(tmp_path):
+    """The CamVid ablation kept none of them (RESULTS.md): by default one shared alpha, no GGM, the fixed head."""
+    cfg = lgcnet_cfg(tmp_path, **{k: getattr(Config().search, k) for k in PUBLISHED})
+    assert (cfg.search.share_cells, cfg.search.ggm_gamma, cfg.search.fusion) == (True, 0.0, False)
+    net = Trainer(cfg, build_hooks(cfg)).model
+    assert isinstance(net, LgcSupernet) and net.alpha_fusion is None
+    assert [n for n, _ in net.named_arch_parameters()] == ["alpha.0"]
 
 
 def test_two_iteration_lgcnet_search_moves_alpha_and_writes_a_genotype(tmp_path):
