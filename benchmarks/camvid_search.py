@@ -18,7 +18,8 @@ teacher-output cache, with camvid_kd.py's teacher):
 * ``lgc<B>`` (issue 11, same budgets): the LGCNet space (``search.space=lgcnet``: cell-independent cells, the
   GCN-guided module, the dense fusion cell; same base widths), searched and retrained the same way; its ablation at the
   middle budget: ``lgc_share`` (cell-sharing, no GGM), ``lgc_noggm`` (gamma 0), ``lgc_nofusion`` (the chain head),
-  ``lgc_plain`` (none of the three: the package defaults, since none helped), the LGCNet rows' settings
+  ``lgc_plain`` (none of the three: the package defaults, since none helped); ``lgcnf<B>``: the space without its
+  fusion cell (the ablation's best) at each budget; the LGCNet rows' settings
   (``share_cells``, ``ggm_gamma``, ``fusion``) being those of configs/search-camvid-cpu.yaml, LGCNet as published;
   ``lgc_supernet`` (``search.expectation=supernet``: the terms priced on all of the supernet's edges, each absent with
   its ``none`` probability, instead of the 2 kept inputs per node; the searches before 2026-12-07, where the cells
@@ -191,6 +192,11 @@ def define_rows(torch_budgets: list[float], ort_budget: float, n_random: int) ->
         rows[f"lgc{b:g}"] = {"desc": f"LGCNet space (cell-independent + GGM + dense fusion) searched for torch-cpu {b:g} "
                                      "ms (CE + KD + GED), distilled", "kind": "search", "space": "lgcnet",
                              "dataset": "camvid", "platform": "torch-cpu", "budget": b, "search_ov": []}
+    for b in torch_budgets:  # the LGCNet space without its fusion cell, the ablation's best (2026-12-07)
+        rows[f"lgcnf{b:g}"] = {"desc": f"LGCNet space without the dense fusion cell (the chain head) searched for "
+                                       f"torch-cpu {b:g} ms (CE + KD + GED), distilled", "kind": "search",
+                               "space": "lgcnet", "dataset": "camvid", "platform": "torch-cpu", "budget": b,
+                               "search_ov": ["search.fusion=false"]}
     for name, what, ov in (("lgc_share", "cell-sharing (one alpha for every cell, no GGM)",
                             ["search.share_cells=true", "search.ggm_gamma=0"]),
                            ("lgc_noggm", "cell-independent without the GGM (gamma 0)", ["search.ggm_gamma=0"]),
