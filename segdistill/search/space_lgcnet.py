@@ -1,5 +1,8 @@
 """The LGCNet space (``search.space=lgcnet``; seed 001, ``../shared/docs/methods.md`` "Local-to-global communication
 search"): cell-independent DARTS-style cells, the GCN-guided module between them, a dense-connected fusion cell.
+The classes here default to LGCNet as published; the ``search.*`` config defaults switch the three parts off
+(``share_cells=true``, ``ggm_gamma=0``, ``fusion=false``): none helped beyond the seed spread on CamVid, and the
+fusion cell, whose derived head kept stride 32 only, cost about 3 mIoU (benchmarks/RESULTS.md, 2026-12-07).
 
 Layout::
 
