@@ -346,9 +346,13 @@ def test_the_config_defaults_switch_the_three_lgcnet_parts_off(tmp_path):
     """The CamVid ablation kept none of them (RESULTS.md): by default one shared alpha, no GGM, the fixed head."""
     cfg = lgcnet_cfg(tmp_path, **{k: getattr(Config().search, k) for k in PUBLISHED})
     assert (cfg.search.share_cells, cfg.search.ggm_gamma, cfg.search.fusion) == (True, 0.0, False)
-    net = Trainer(cfg, build_hooks(cfg)).model
+    trainer = Trainer(cfg, build_hooks(cfg))
+    net = trainer.model
     assert isinstance(net, LgcSupernet) and net.alpha_fusion is None
     assert [n for n, _ in net.named_arch_parameters()] == ["alpha.0"]
+    trainer.train()
+    g = load_genotype(tmp_path / "run" / "genotype.json")
+    assert g["fusion"] is False and not g["fusion_edges"] and len(g["cells"]) == 3  # the price may differ per cell
 
 
 def test_two_iteration_lgcnet_search_moves_alpha_and_writes_a_genotype(tmp_path):
