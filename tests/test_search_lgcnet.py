@@ -30,11 +30,13 @@ from segdistill.search.objective import soft_graph
 from segdistill.search.space_lgcnet import (
     CELL_OPS,
     FUSION_OPS,
+    LEVEL_STRIDES,
     LEVELS,
     LgcSpace,
     LgcSupernet,
     cell_edges,
     kept_probs,
+    report_rows,
 )
 
 SHAPE = (1, 3, 48, 64)
@@ -433,3 +435,18 @@ def test_aux_skip_is_extra_skip_weight_on_the_edges_between_nodes():
         plain = cell(feats["stem"], feats["stage1"], w)
     torch.testing.assert_close(aux, same)
     assert not torch.allclose(aux, plain)
+
+
+def test_the_report_flags_a_fusion_cell_without_high_resolution_input():
+    """The CamVid searches' fusion cells kept stage 4 only, and lost about 3 mIoU to the fixed head: the report says
+    when the head reads nothing finer than stride 16."""
+    net = tiny(ggm_gamma=0)
+    set_one_hot(net, np.random.default_rng(5))
+    g = derive(net)
+    flag = "The head reads nothing finer than stride"
+    for levels, flagged in ((["stage4"], True), (["stage3", "stage4"], True), (["stage2", "stage4"], False),
+                            (["stage1"], False)):
+        text = "\n".join(report_rows(dict(g, fusion_edges=[{"level": lv, "op": "skip"} for lv in levels])))
+        assert (flag in text) == flagged, levels
+        assert not flagged or f"stride {LEVEL_STRIDES[LEVELS.index(levels[0])]}" in text
+    assert flag not in "\n".join(report_rows(dict(g, fusion=False, fusion_edges=[])))
