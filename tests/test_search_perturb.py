@@ -47,6 +47,7 @@ def batches_and_loss(net, n: int = 2, shape=SHAPE):
 
 
 def test_the_op_the_supernet_leans_on_scores_highest_and_becomes_the_pick():
+    torch.manual_seed(0)  # the supernet's initial weights: the same whatever ran before
     net = randomised(ChainSupernet(space(layers=2)), 0, scale=0.3)
     sp = net.space
     skip = sp.layer_ops.index("skip")
