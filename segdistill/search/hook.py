@@ -205,11 +205,12 @@ class SearchHook(Hook):
             if building:
                 dist.barrier()
         self.unreachable = {}
+        self.space_notes = {p: pred.table.space_note(s.space) for p, pred in self.predictors.items()}
         for p, pred in self.predictors.items():
             if dist.is_main():  # a figure from a table built elsewhere is never taken for this machine's
                 print(f"search: {p} latency from {pred.table.path or 'a table measured here'}: {pred.table.device_note()}")
-                if pred.table.space_note(s.space):
-                    print(f"search: WARNING: {pred.table.space_note(s.space)}")
+                if self.space_notes[p]:
+                    print(f"search: WARNING: {self.space_notes[p]}")
             smallest = net.smallest_latency(pred)
             if s.budget[p] < smallest:
                 raise ConfigError(f"search.budget.{p}={s.budget[p]:g} ms is below the smallest latency the space can "
@@ -510,9 +511,7 @@ class SearchHook(Hook):
                 lines.append(f"\n**{p}: the budget is out of reach**: the dearest network of the space is predicted at "
                              f"{largest:.3f} ms, under the band; the result is the space's answer without that "
                              "constraint binding.")
-        for p, pred in self.predictors.items():
-            if pred.table.space_note(s.space):
-                lines.append(f"\n**{p}: {pred.table.space_note(s.space)}**")
+        lines += [f"\n**{p}: {note}**" for p, note in self.space_notes.items() if note]
         if not self.predictors:
             lines.append("| (no budget) | | | | | | | |")
         else:
