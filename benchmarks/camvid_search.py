@@ -707,11 +707,27 @@ def result_paths(out_dir: Path) -> list[Path]:
     return [p for p in out_dir.glob("*/seed*/result.json") if "-before-" not in p.parent.name]
 
 
+def row_network(result: dict, out_dir: Path):
+    """A row's network built from its result file alone, freshly initialised: the retrain's recorded overrides on
+    camvid-cpu.yaml give the model (a searched row's genotype path is moved from the folder the row ran in to
+    OUT_DIR, where ``--archive`` restores it). Latency is a property of the architecture, not of the weights, so a
+    new machine measures restored rows in the same window as the rows it trained."""
+    from segdistill.config import load_config
+    from segdistill.models import build_model
+
+    ran_in = str(Path(result["checkpoint"]).parents[2])
+    cfg = load_config(CONFIG, [o.replace(ran_in, str(out_dir)) for o in result["overrides"]])
+    m = cfg.model
+    return build_model(m.name, int(result["num_classes"]), width_mult=m.width_mult, output_stride=m.output_stride,
+                       aux=m.aux, **m.arch).eval()
+
+
 def add_latency(out_dir: Path, threads: int, repeats: int = 5, opts=None):
     """Measured latency of every finished row on both CPU platforms, all rows in the same ``repeats`` round-robin
     passes (``standalone.measure_interleaved``: each pass times every row once, median of >= 50 runs after 10 warm-up;
     a row's figure is the median over passes), so that a machine whose speed drifts or flips between states shifts
-    every row alike and rows compare within one window. One seed per row (the architecture sets latency); the
+    every row alike and rows compare within one window. One seed per row (the architecture sets latency; a row whose
+    checkpoint is gone is measured as ``row_network``, fresh weights, and named in the meta); the
     deployed model (network + upsampling to the input), batch 1, eval, no grad, ``threads`` threads, the steady
     allocator as ``segdistill profile``. Run it with nothing else on the machine."""
     from segdistill.engine.checkpoint import build_from_checkpoint
@@ -720,17 +736,19 @@ def add_latency(out_dir: Path, threads: int, repeats: int = 5, opts=None):
 
     first: dict[str, Path] = {}
     for path in sorted(result_paths(out_dir), key=lambda q: (q.parent.parent.name, q.parent.name)):
-        row = json.loads(path.read_text())["row"]
-        if row in first:
-            continue
-        if (path.parent / "best.pt").exists():
-            first[row] = path
-        else:
-            print(f"latency {row}: not measured again, {path.parent / 'best.pt'} is gone (a result restored from "
-                  "--archive); retrain the row (--force) to measure it in this window", flush=True)
+        first.setdefault(json.loads(path.read_text())["row"], path)
     if not first:
         return
-    models = {row: deploy_copy(build_from_checkpoint(path.parent / "best.pt")[0]).eval() for row, path in first.items()}
+    models, fresh = {}, []
+    for row, path in first.items():
+        if (path.parent / "best.pt").exists():
+            models[row] = deploy_copy(build_from_checkpoint(path.parent / "best.pt")[0]).eval()
+        else:
+            models[row] = deploy_copy(row_network(json.loads(path.read_text()), out_dir)).eval()
+            fresh.append(row)
+    if fresh:
+        print(f"latency: {len(fresh)} rows' checkpoints are gone (results restored from --archive); their "
+              f"architectures are measured with fresh weights: {', '.join(fresh)}", flush=True)
     x = core.example_inputs([LAT_SHAPE])
     measured: dict[str, dict] = {row: {} for row in first}
     with core.malloc_mode(None) as malloc, core.torch_threads(threads):
@@ -743,7 +761,7 @@ def add_latency(out_dir: Path, threads: int, repeats: int = 5, opts=None):
             for row, v in res.items():
                 measured[row][platform] = v
     meta = {"threads": threads, "input": list(LAT_SHAPE), "min_runs": 50, "warmup": 10, "repeats": repeats,
-            "malloc": malloc, "rows_in_window": sorted(first), "machine": core.machine_info()["cpu"],
+            "malloc": malloc, "rows_in_window": sorted(first), "fresh_weights": sorted(fresh), "machine": core.machine_info()["cpu"],
             "date": core.now_iso(), "command": "python benchmarks/camvid_search.py " + shlex.join(sys.argv[1:])}
     for row, path in first.items():
         res = json.loads(path.read_text())
@@ -789,7 +807,10 @@ def report(out_dir: Path, rows: dict[str, dict], seeds: list[int]) -> str:
                 + (f", every row in the same {lat_meta['repeats']} round-robin passes (median over passes)"
                    if lat_meta.get('repeats') else "") + f", one seed per row, `--latency`, {lat_meta['date'][:10]}."
                 + (f" Rows marked * were measured in an earlier window ({', '.join(sorted(stale))}): compare them "
-                   "with care." if stale else "") if lat_meta else " Measured latency: not measured yet (`--latency`)."),
+                   "with care." if stale else "")
+                + (f" {len(lat_meta['fresh_weights'])} rows' checkpoints were gone on the window's machine, so their "
+                   "architectures were measured with fresh weights (`row_network`)." if lat_meta.get("fresh_weights")
+                   else "") if lat_meta else " Measured latency: not measured yet (`--latency`)."),
              "", f"Rows done ({len(done)}): {', '.join(done) or 'none'}",
              f"Rows partly done ({len(partial)}): {', '.join(partial) or 'none'}",
              f"Rows not done ({len(missing)}): {', '.join(missing) or 'none'}", ""]

@@ -3,6 +3,8 @@ import json
 import sys
 from pathlib import Path
 
+import torch
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import camvid_search as cs  # noqa: E402
 
@@ -37,3 +39,23 @@ def test_report_gives_seed_means_latency_tables_and_the_plot(tmp_path):
     assert "| 15.0 (torch) | 16.0 (torch) | 4000.0 | 2400.0 |" in torch16
     assert "Predicted latency from the tables in `chain/`: torch16; `lgcnet/`: lgc12" in text
     assert (tmp_path / "pareto.png").stat().st_size > 0 and (tmp_path / "report.md").read_text() == text + "\n"
+
+
+def test_row_network_rebuilds_a_restored_row_from_its_result_file(tmp_path):
+    """A row whose checkpoint is gone (a new machine): its architecture comes back from the recorded overrides, a
+    searched row's genotype path moved from the folder it ran in to the new out_dir."""
+    from segdistill.models import build_model
+
+    archive = Path(__file__).resolve().parents[1] / "benchmarks" / "results" / "camvid_search"
+    (tmp_path / "torch16" / "search").mkdir(parents=True)
+    (tmp_path / "torch16" / "search" / "genotype.json").write_text((archive / "torch16" / "search" / "genotype.json").read_text())
+    ran_in = "/elsewhere/runs/camvid_search"
+    searched = {"checkpoint": f"{ran_in}/torch16/seed0/best.pt", "num_classes": 11,
+                "overrides": [f"model.name=searched:{ran_in}/torch16/search/genotype.json", "model.output_stride=null"]}
+    net = cs.row_network(searched, tmp_path)
+    want = build_model(f"searched:{tmp_path / 'torch16' / 'search' / 'genotype.json'}", 11)
+    assert {k: v.shape for k, v in net.state_dict().items()} == {k: v.shape for k, v in want.state_dict().items()}
+    zoo = {"checkpoint": f"{ran_in}/kd_lraspp_mbv2/seed0/best.pt", "num_classes": 8,
+           "overrides": ["model.name=lraspp_mobilenetv2", "model.output_stride=16"]}
+    net = cs.row_network(zoo, tmp_path)
+    assert not net.training and net(torch.zeros(1, 3, 64, 64)).logits.shape[1] == 8
