@@ -707,6 +707,9 @@ def result_paths(out_dir: Path) -> list[Path]:
     return [p for p in out_dir.glob("*/seed*/result.json") if "-before-" not in p.parent.name]
 
 
+FRESH = "{} (fresh weights)"  # the control of a latency window that measures restored rows
+
+
 def row_network(result: dict, out_dir: Path):
     """A row's network built from its result file alone, freshly initialised: the retrain's recorded overrides on
     camvid-cpu.yaml give the model (a searched row's genotype path is moved from the folder the row ran in to
@@ -746,11 +749,14 @@ def add_latency(out_dir: Path, threads: int, repeats: int = 5, opts=None):
         else:
             models[row] = deploy_copy(row_network(json.loads(path.read_text()), out_dir)).eval()
             fresh.append(row)
+    control = next((row for row in first if row not in fresh), None) if fresh else None
     if fresh:
         print(f"latency: {len(fresh)} rows' checkpoints are gone (results restored from --archive); their "
               f"architectures are measured with fresh weights: {', '.join(fresh)}", flush=True)
+    if control:  # the check that weights do not matter: one trained row measured again with fresh weights
+        models[FRESH.format(control)] = deploy_copy(row_network(json.loads(first[control].read_text()), out_dir)).eval()
     x = core.example_inputs([LAT_SHAPE])
-    measured: dict[str, dict] = {row: {} for row in first}
+    measured: dict[str, dict] = {row: {} for row in models}
     with core.malloc_mode(None) as malloc, core.torch_threads(threads):
         for platform in PLATFORMS:
             plat = core.get_platform(platform)
@@ -763,6 +769,13 @@ def add_latency(out_dir: Path, threads: int, repeats: int = 5, opts=None):
     meta = {"threads": threads, "input": list(LAT_SHAPE), "min_runs": 50, "warmup": 10, "repeats": repeats,
             "malloc": malloc, "rows_in_window": sorted(first), "fresh_weights": sorted(fresh), "machine": core.machine_info()["cpu"],
             "date": core.now_iso(), "command": "python benchmarks/camvid_search.py " + shlex.join(sys.argv[1:])}
+    if control:
+        again = measured.pop(FRESH.format(control))
+        meta["fresh_control"] = {"row": control, "ms": {p: {"checkpoint": measured[control][p]["median_ms"],
+                                                            "fresh": again[p]["median_ms"]} for p in again}}
+        print(f"latency: {control} with its checkpoint against fresh weights: " + ", ".join(
+            f"{p} {v['checkpoint']:.2f} vs {v['fresh']:.2f} ms" for p, v in meta["fresh_control"]["ms"].items()),
+            flush=True)
     for row, path in first.items():
         res = json.loads(path.read_text())
         res["latency"], res["latency_meta"] = measured[row], meta
@@ -809,7 +822,11 @@ def report(out_dir: Path, rows: dict[str, dict], seeds: list[int]) -> str:
                 + (f" Rows marked * were measured in an earlier window ({', '.join(sorted(stale))}): compare them "
                    "with care." if stale else "")
                 + (f" {len(lat_meta['fresh_weights'])} rows' checkpoints were gone on the window's machine, so their "
-                   "architectures were measured with fresh weights (`row_network`)." if lat_meta.get("fresh_weights")
+                   "architectures were measured with fresh weights (`row_network`)"
+                   + "".join(f"; {lat_meta['fresh_control']['row']} on {p}: {v['checkpoint']:.2f} ms with its "
+                             f"checkpoint, {v['fresh']:.2f} ms fresh"
+                             for p, v in lat_meta.get("fresh_control", {}).get("ms", {}).items())
+                   + "." if lat_meta.get("fresh_weights")
                    else "") if lat_meta else " Measured latency: not measured yet (`--latency`)."),
              "", f"Rows done ({len(done)}): {', '.join(done) or 'none'}",
              f"Rows partly done ({len(partial)}): {', '.join(partial) or 'none'}",

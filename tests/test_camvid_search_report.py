@@ -59,3 +59,29 @@ def test_row_network_rebuilds_a_restored_row_from_its_result_file(tmp_path):
            "overrides": ["model.name=lraspp_mobilenetv2", "model.output_stride=16"]}
     net = cs.row_network(zoo, tmp_path)
     assert not net.training and net(torch.zeros(1, 3, 64, 64)).logits.shape[1] == 8
+
+
+def test_latency_window_measures_restored_rows_with_fresh_weights_beside_a_control(tmp_path):
+    """``--latency`` on a new machine: the row with a checkpoint is measured from it, the restored row (no
+    checkpoint) as its architecture, and the trained row once more with fresh weights, the window's control."""
+    from segdistill.engine.checkpoint import model_meta, save_checkpoint
+    from segdistill.models import build_model
+
+    ran_in = "/elsewhere/runs/camvid_search"
+    for row, name, trained in (("kd_lraspp_mbv2", "lraspp_mobilenetv2", True), ("kd_segformer_b0", "segformer_mitb0", False)):
+        write_row(tmp_path, row, 0, 0.4, checkpoint=f"{ran_in}/{row}/seed0/best.pt", overrides=[f"model.name={name}"])
+        if trained:
+            model = build_model(name, 11)
+            save_checkpoint({"meta": {"model": model_meta(model)}, "model": model.state_dict()},
+                            tmp_path / row / "seed0" / "best.pt")
+    cs.add_latency(tmp_path, threads=1, repeats=1)
+    meta = json.loads((tmp_path / "kd_segformer_b0" / "seed0" / "result.json").read_text())["latency_meta"]
+    assert meta["fresh_weights"] == ["kd_segformer_b0"] and meta["rows_in_window"] == ["kd_lraspp_mbv2", "kd_segformer_b0"]
+    assert meta["fresh_control"]["row"] == "kd_lraspp_mbv2"
+    assert set(meta["fresh_control"]["ms"]) == set(cs.PLATFORMS)
+    assert all(v["checkpoint"] > 0 and v["fresh"] > 0 for v in meta["fresh_control"]["ms"].values())
+    for row in ("kd_lraspp_mbv2", "kd_segformer_b0"):
+        lat = json.loads((tmp_path / row / "seed0" / "result.json").read_text())["latency"]
+        assert set(lat) == set(cs.PLATFORMS) and lat["torch-cpu"]["median_ms"] > 0
+    text = cs.report(tmp_path, cs.define_rows([12.0, 16.0, 20.0], 8.0, 1), [0])
+    assert "1 rows' checkpoints were gone" in text and "kd_lraspp_mbv2 on torch-cpu:" in text
