@@ -248,6 +248,18 @@ def teacher_for(dataset: str, out_dir: Path) -> Path:
     return CAMVID_TEACHER[0] if dataset == "camvid" else out_dir / "sb_teacher" / "seed0" / "best.pt"
 
 
+def teacher_record(path: Path) -> dict:
+    """Which teacher a row was distilled from: a new machine retrains the teacher, which lands within about a point
+    of the last one but is another network, so rows record it and the report says when rows had different ones."""
+    import hashlib
+
+    from segdistill.engine.checkpoint import load_checkpoint
+
+    metrics = load_checkpoint(path)["meta"].get("metrics", {})
+    return {"checkpoint": str(path), "val_miou": metrics.get("miou"),
+            "sha256": hashlib.sha256(path.read_bytes()).hexdigest()[:16]}
+
+
 def recipe_overrides(dataset: str, out_dir: Path, recipe: str) -> list[str]:
     """camvid_kd.py's distillation row ``recipe``: its terms, the teacher, and the teacher cache for logit terms."""
     cache = f"distill.cache={out_dir / 'teacher_cache'}" if recipe in kd.LOGIT_ONLY else "distill.cache=null"
@@ -692,6 +704,7 @@ def run(name: str, row: dict, seed: int, out_dir: Path, lut_dir: Path, opts) -> 
               "platform": row.get("platform"), "budget_ms": row.get("budget"), "protocol": PROTOCOL, **r,
               "search": search, "recipe": opts.recipe, "budget_overrides": opts.budget, "date": time.strftime("%Y-%m-%d"),
               "checkpoint": str(run_dir / "best.pt"),
+              **({"teacher": teacher_record(teacher)} if row["kind"] != "teacher" else {}),
               "command": "python benchmarks/camvid_search.py " + shlex.join(sys.argv[1:])}
     res_path.write_text(json.dumps(result, indent=2, default=float))
     to_archive(opts, out_dir, res_path)
@@ -896,6 +909,15 @@ def report(out_dir: Path, rows: dict[str, dict], seeds: list[int]) -> str:
         lines += ["Predicted latency from the tables in " + "; ".join(f"`{d}/`: {', '.join(ns)}" for d, ns in
                                                                      tables.items())
                   + " (rows not named: benchmarks/latency/chain/, or the search's own tables).", ""]
+    teachers: dict[str, list[str]] = {}  # which teacher each row's seeds were distilled from, where recorded
+    for r in results:
+        t = r.get("teacher")
+        key = f"{t['sha256']} (val mIoU {100 * t['val_miou']:.2f})" if t else "not recorded (rows before 2026-12-07)"
+        if r["row"] not in teachers.setdefault(key, []):
+            teachers[key].append(r["row"])
+    if len(teachers) > 1:
+        lines += ["Teachers differ between rows (each machine retrains its own; compare across them with care): "
+                  + "; ".join(f"{k}: {', '.join(ns)}" for k, ns in teachers.items()) + ".", ""]
     if any(r.get("predicted_input") and tuple(r["predicted_input"]) != LAT_SHAPE for r in results):
         lines.append("Predicted latency is at the search input of each genotype, which differs from the measured "
                      f"{'x'.join(map(str, LAT_SHAPE))} for some rows (a smoke run's tiny search input).")

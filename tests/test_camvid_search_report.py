@@ -39,6 +39,23 @@ def test_report_gives_seed_means_latency_tables_and_the_plot(tmp_path):
     assert "| 15.0 (torch) | 16.0 (torch) | 4000.0 | 2400.0 |" in torch16
     assert "Predicted latency from the tables in `chain/`: torch16; `lgcnet/`: lgc12" in text
     assert (tmp_path / "pareto.png").stat().st_size > 0 and (tmp_path / "report.md").read_text() == text + "\n"
+    assert "Teachers differ" not in text  # no row records its teacher: nothing to tell apart
+
+
+def test_report_names_rows_distilled_from_another_teacher(tmp_path):
+    from segdistill.engine.checkpoint import model_meta, save_checkpoint
+    from segdistill.models import build_model
+
+    model = build_model("lraspp_mobilenetv2", 11, width_mult=0.25)
+    save_checkpoint({"meta": {"model": model_meta(model), "metrics": {"miou": 0.4527}}, "model": model.state_dict()},
+                    tmp_path / "teacher.pt")
+    record = cs.teacher_record(tmp_path / "teacher.pt")
+    assert record["val_miou"] == 0.4527 and len(record["sha256"]) == 16
+    write_row(tmp_path, "kd_lraspp_mbv2", 0, 0.43, 17.0)
+    write_row(tmp_path, "lgcnf16", 0, 0.45, 16.0, teacher=record)
+    text = cs.report(tmp_path, cs.define_rows([12.0, 16.0, 20.0], 8.0, 1), [0])
+    assert (f"Teachers differ between rows (each machine retrains its own; compare across them with care): "
+            f"not recorded (rows before 2026-12-07): kd_lraspp_mbv2; {record['sha256']} (val mIoU 45.27): lgcnf16.") in text
 
 
 def test_row_network_rebuilds_a_restored_row_from_its_result_file(tmp_path):
