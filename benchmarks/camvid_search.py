@@ -64,8 +64,11 @@ exists (searched and random rows), budget; ``--latency`` measures torch-cpu and 
 finished row in one process and one window: ``--latency-repeats`` round-robin passes over all rows (each pass times
 every row once, median of >= 50 runs after warm-up; a row's figure is the median over passes), batch 1, ``--threads``.
 This machine's speed flips between two states about 25% apart (RESULTS.md), so rows measured at different times do not
-compare; rows measured in the same passes do. Run it with nothing else on the machine. Searched rows add the search's
-wall time and peak RSS (the search runs in a child process of its own).
+compare; rows measured in the same passes do. Run it with nothing else on the machine. A row restored from
+``--archive`` has no checkpoint on a new machine: its architecture is rebuilt from its result file and measured with
+fresh weights, beside one trained row measured both ways (the window's control). Searched rows add the search's
+wall time and peak RSS (the search runs in a child process of its own). Distilled rows record their teacher
+(checkpoint, val mIoU, sha256); a new machine retrains it, and the report names rows distilled from different ones.
 
     python benchmarks/camvid_search.py --rows all --seeds 0,1          # every row (resumable; see RESULTS.md)
     python benchmarks/camvid_search.py --latency --report               # measured latency, then table + Pareto plot
