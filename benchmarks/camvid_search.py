@@ -812,6 +812,25 @@ def _lat(m: dict) -> str:
     return _ms(m.get("median_ms")) + (f" ({m['fastest_ms']:.1f})" if "fastest_ms" in m else "")
 
 
+def latency_protocol(meta: dict | None, stale: set[str]) -> str:
+    """The report's sentence on how the latest latency window measured (``meta``: its ``latency_meta``)."""
+    if not meta:
+        return " Measured latency: not measured yet (`--latency`)."
+    text = (f" Measured latency: {meta['threads']} threads, batch 1, {'x'.join(map(str, meta['input']))}, median of >= "
+            f"{meta['min_runs']} runs after {meta['warmup']} warm-up"
+            + (f", every row in the same {meta['repeats']} round-robin passes (median over passes)" if meta.get("repeats")
+               else "") + f", one seed per row, `--latency`, {meta['date'][:10]}.")
+    if stale:
+        text += f" Rows marked * were measured in an earlier window ({', '.join(sorted(stale))}): compare them with care."
+    if meta.get("fresh_weights"):
+        control = meta.get("fresh_control", {})
+        text += (f" {len(meta['fresh_weights'])} rows' checkpoints were gone on the window's machine, so their "
+                 "architectures were measured with fresh weights (`row_network`)"
+                 + "".join(f"; {control['row']} on {p}: {v['checkpoint']:.2f} ms with its checkpoint, {v['fresh']:.2f} "
+                           "ms fresh" for p, v in control.get("ms", {}).items()) + ".")
+    return text
+
+
 def report(out_dir: Path, rows: dict[str, dict], seeds: list[int]) -> str:
     results = [json.loads(p.read_text()) for p in sorted(result_paths(out_dir))]
     by_row: dict[str, list] = {}
@@ -831,19 +850,7 @@ def report(out_dir: Path, rows: dict[str, dict], seeds: list[int]) -> str:
              f"{' '.join(r0.get('budget_overrides', []) or RETRAIN)} at batch 8; distillation: camvid_kd.py's "
              f"`{r0.get('recipe', 'best')}` row ({kd.ROWS[r0.get('recipe', 'best')][0]}). Search budget: "
              f"{' '.join(SEARCH)} (configs/search-camvid-cpu.yaml: 120x160 crops, latency keys at the search input)."
-             + (f" Measured latency: {lat_meta['threads']} threads, batch 1, {'x'.join(map(str, lat_meta['input']))}, "
-                f"median of >= {lat_meta['min_runs']} runs after {lat_meta['warmup']} warm-up"
-                + (f", every row in the same {lat_meta['repeats']} round-robin passes (median over passes)"
-                   if lat_meta.get('repeats') else "") + f", one seed per row, `--latency`, {lat_meta['date'][:10]}."
-                + (f" Rows marked * were measured in an earlier window ({', '.join(sorted(stale))}): compare them "
-                   "with care." if stale else "")
-                + (f" {len(lat_meta['fresh_weights'])} rows' checkpoints were gone on the window's machine, so their "
-                   "architectures were measured with fresh weights (`row_network`)"
-                   + "".join(f"; {lat_meta['fresh_control']['row']} on {p}: {v['checkpoint']:.2f} ms with its "
-                             f"checkpoint, {v['fresh']:.2f} ms fresh"
-                             for p, v in lat_meta.get("fresh_control", {}).get("ms", {}).items())
-                   + "." if lat_meta.get("fresh_weights")
-                   else "") if lat_meta else " Measured latency: not measured yet (`--latency`)."),
+             + latency_protocol(lat_meta, stale),
              "", f"Rows done ({len(done)}): {', '.join(done) or 'none'}",
              f"Rows partly done ({len(partial)}): {', '.join(partial) or 'none'}",
              f"Rows not done ({len(missing)}): {', '.join(missing) or 'none'}", ""]
