@@ -922,7 +922,7 @@ def report(out_dir: Path, rows: dict[str, dict], seeds: list[int]) -> str:
     teachers: dict[str, list[str]] = {}  # which teacher each row's seeds were distilled from, where recorded
     for r in results:
         t = r.get("teacher")
-        key = f"{t['sha256']} (val mIoU {100 * t['val_miou']:.2f})" if t else "not recorded (rows before 2026-12-07)"
+        key = f"{t['sha256']} (val mIoU {100 * t['val_miou']:.2f})" if t else "not recorded (older rows)"
         if r["row"] not in teachers.setdefault(key, []):
             teachers[key].append(r["row"])
     if len(teachers) > 1:

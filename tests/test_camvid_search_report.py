@@ -55,7 +55,7 @@ def test_report_names_rows_distilled_from_another_teacher(tmp_path):
     write_row(tmp_path, "lgcnf16", 0, 0.45, 16.0, teacher=record)
     text = cs.report(tmp_path, cs.define_rows([12.0, 16.0, 20.0], 8.0, 1), [0])
     assert (f"Teachers differ between rows (each machine retrains its own; compare across them with care): "
-            f"not recorded (rows before 2026-12-07): kd_lraspp_mbv2; {record['sha256']} (val mIoU 45.27): lgcnf16.") in text
+            f"not recorded (older rows): kd_lraspp_mbv2; {record['sha256']} (val mIoU 45.27): lgcnf16.") in text
 
 
 def test_row_network_rebuilds_a_restored_row_from_its_result_file(tmp_path):
