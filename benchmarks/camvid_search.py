@@ -831,7 +831,18 @@ def latency_protocol(meta: dict | None, stale: set[str]) -> str:
     return text
 
 
-def report(out_dir: Path, rows: dict[str, dict], seeds: list[int]) -> str:
+def latest_window(results: list[dict]) -> dict[str, dict]:
+    """row -> its result of the latest latency window it was measured in."""
+    latest: dict[str, dict] = {}
+    for r in results:
+        if "latency_meta" in r and r["latency_meta"]["date"] >= latest.get(r["row"], {}).get("latency_meta", {}).get("date", ""):
+            latest[r["row"]] = r
+    return latest
+
+
+def report(out_dir: Path, rows: dict[str, dict], seeds: list[int], check_tables: list[Path] = ()) -> str:
+    """OUT_DIR/report.md (returned) and OUT_DIR/pareto.png; ``check_tables``: folders of tables to predict every
+    measured searched row with again, beside its measured latency (``prediction_check``)."""
     results = [json.loads(p.read_text()) for p in sorted(result_paths(out_dir))]
     by_row: dict[str, list] = {}
     for r in results:
@@ -840,10 +851,7 @@ def report(out_dir: Path, rows: dict[str, dict], seeds: list[int]) -> str:
     partial = [n for n in rows if n in by_row and n not in done]
     missing = [n for n in rows if n not in by_row]
     r0 = results[0] if results else {}
-    latest: dict[str, dict] = {}  # row -> its result of the latest latency window it was measured in
-    for r in results:
-        if "latency_meta" in r and r["latency_meta"]["date"] >= latest.get(r["row"], {}).get("latency_meta", {}).get("date", ""):
-            latest[r["row"]] = r
+    latest = latest_window(results)
     lat_meta = max((r["latency_meta"] for r in latest.values()), key=lambda m: m["date"], default=None)
     stale = {n for n, r in latest.items() if r["latency_meta"]["date"] != lat_meta["date"]}
     lines = [f"Protocol: {PROTOCOL}. Retrain budget (every distilled row, the same): "
@@ -904,7 +912,9 @@ def report(out_dir: Path, rows: dict[str, dict], seeds: list[int]) -> str:
                     kind = "lgcnet" if row.get("space") == "lgcnet" else row["kind"]
                     points.append((p, row["dataset"], kind, n, lat[p]["median_ms"], statistics.mean(m)))
         lines.append("")
-    nets = [(n, describe_network(by_row[n][0])) for n in rows if n in by_row]
+    for lut_dir in check_tables:
+        lines += prediction_check(out_dir, rows, lut_dir) + [""]
+    nets = [(n, describe_network(by_row[n][0], out_dir)) for n in rows if n in by_row]
     nets = [(n, d) for n, d in nets if d]
     if nets:
         lines += ["**The networks** (searched and random rows: widths and kept layers per stage, and their ops; under the "
@@ -942,13 +952,21 @@ def report(out_dir: Path, rows: dict[str, dict], seeds: list[int]) -> str:
     return text
 
 
-def describe_network(result: dict) -> tuple[str, str, str] | None:
-    """(widths, layers per stage, ops by count) of a retrained row's genotype (None for a zoo student, or a genotype
-    file no longer there)."""
+def row_genotype(result: dict, out_dir: Path) -> dict | None:
+    """A searched or random row's genotype (None for a zoo student, or a genotype file no longer there); its path is
+    moved from the folder the row ran in to OUT_DIR, where ``--archive`` restores it."""
     path = next((o.split(":", 1)[1] for o in result.get("overrides", []) if o.startswith("model.name=searched:")), None)
-    if path is None or not Path(path).is_file():
+    if path is None:
         return None
-    g = json.loads(Path(path).read_text())
+    path = Path(path.replace(str(Path(result["checkpoint"]).parents[2]), str(out_dir)))
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def describe_network(result: dict, out_dir: Path) -> tuple[str, str, str] | None:
+    """(widths, layers per stage, ops by count) of a retrained row's genotype (None for a zoo student)."""
+    g = row_genotype(result, out_dir)
+    if g is None:
+        return None
     if g.get("space") == "lgcnet":
         ops = [o for c in g["cells"] for nd in c["nodes"] for o in nd["ops"]] + [e["op"] for e in g["fusion_edges"]]
         widths, depth = g["widths"], [len(c["nodes"]) for c in g["cells"]]
@@ -958,6 +976,56 @@ def describe_network(result: dict) -> tuple[str, str, str] | None:
     counts = sorted({o: ops.count(o) for o in ops}.items(), key=lambda kv: (-kv[1], kv[0]))
     per = "/".join(map(str, depth)) + (" nodes per cell" if g.get("space") == "lgcnet" else "")
     return "/".join(map(str, widths)), per, ", ".join(f"{o} {c}" for o, c in counts)
+
+
+def prediction_check(out_dir: Path, rows: dict[str, dict], lut_dir: Path) -> list[str]:
+    """Report lines: every row with a genotype and a measured latency, predicted again with the tables in ``lut_dir``
+    (e.g. tables measured on the machine of the latency window, where the search used another machine's), beside
+    its measured median and fastest pass of the latest window. The issue's goal is the measured latency within
+    +-10% of the prediction."""
+    from segdistill.errors import LatencyError
+    from segdistill.latency.lut import LatencyTable
+    from segdistill.search.genotype import genotype_netspec
+
+    results = [json.loads(p.read_text()) for p in sorted(result_paths(out_dir))]
+    latest, firsts = latest_window(results), {}
+    for r in sorted(results, key=lambda r: r["seed"]):
+        firsts.setdefault(r["row"], r)
+    tables = {p: LatencyTable.load(lut_path(lut_dir, p)) for p in PLATFORMS if lut_path(lut_dir, p).is_file()}
+    if not tables:
+        return [f"Prediction check: no tables in {lut_dir}."]
+    lines = [f"**Predicted again with the tables in `{lut_dir.name}/`** ("
+             + "; ".join(f"{p}: {t.data['device'].get('cpu')!r}, {t.data['date'][:10]}" for p, t in tables.items())
+             + "), against the latest window (measured on "
+             + ", ".join(sorted({repr(r["latency_meta"].get("machine", "?")) for r in latest.values()})) + ")", "",
+             "| row | platform | predicted ms | measured median ms (error) | fastest pass ms (error) | budget ms |",
+             "|---|---|---|---|---|---|"]
+    within, total, uncovered = 0, 0, []
+    for n in rows:
+        r = firsts.get(n)
+        g = row_genotype(r, out_dir) if r and n in latest else None
+        if g is None:
+            continue
+        for p, table in tables.items():
+            m = latest[n]["latency"].get(p, {})
+            if not isinstance(m.get("median_ms"), (int, float)):
+                continue
+            try:
+                spec = genotype_netspec(g, tuple(g["input"]), int(r["num_classes"]))
+                pred = float(predictor(lut_dir, p).predict(spec)["predicted_ms"])
+            except LatencyError:
+                uncovered.append(f"{n} ({SHORT[p]})")
+                continue
+            err = {k: 100 * (m[k] - pred) / pred for k in ("median_ms", "fastest_ms") if k in m}
+            total += 1
+            within += abs(err["median_ms"]) <= 10
+            budget = rows[n].get("budget") if rows[n].get("platform") == p else None
+            lines.append(f"| {n} | {p} | {pred:.2f} | {m['median_ms']:.2f} ({err['median_ms']:+.0f}%) | "
+                         + (f"{m['fastest_ms']:.2f} ({err['fastest_ms']:+.0f}%)" if "fastest_ms" in err else "-")
+                         + f" | {_ms(budget)} |")
+    lines += ["", f"{within} of {total} measured medians within +-10% of these tables' prediction."
+              + (f" Not covered by these tables: {', '.join(uncovered)}." if uncovered else "")]
+    return lines
 
 
 def mid_row(rows: dict[str, dict], prefix: str = "torch") -> str | None:
@@ -1020,6 +1088,9 @@ def main():
                                                            "round-robin passes (quiet machine)")
     p.add_argument("--latency-repeats", type=int, default=5, help="round-robin passes of --latency")
     p.add_argument("--report", action="store_true", help="Markdown table (OUT_DIR/report.md) and OUT_DIR/pareto.png")
+    p.add_argument("--check-tables", action="append", default=[], metavar="DIR",
+                   help="with --report: predict every measured searched row again with the tables in DIR (e.g. "
+                        "tables measured on this machine) beside its measured latency; repeatable")
     p.add_argument("--archive", help="folder that keeps a copy of every small result file (search.json, genotype.json, "
                                      "search_log.jsonl, report.md, result.json; no checkpoints) and restores what "
                                      "OUT_DIR lacks at start, e.g. benchmarks/results/camvid_search (committed)")
@@ -1077,7 +1148,7 @@ def main():
     if args.latency:
         add_latency(out_dir, args.threads, args.latency_repeats, args)
     if args.report:
-        print(report(out_dir, rows, [int(s) for s in args.seeds.split(",")]))
+        print(report(out_dir, rows, [int(s) for s in args.seeds.split(",")], [Path(d) for d in args.check_tables]))
 
 
 if __name__ == "__main__":

@@ -103,3 +103,30 @@ def test_latency_window_measures_restored_rows_with_fresh_weights_beside_a_contr
         assert set(lat) == set(cs.PLATFORMS) and lat["torch-cpu"]["median_ms"] > 0
     text = cs.report(tmp_path, cs.define_rows([12.0, 16.0, 20.0], 8.0, 1), [0])
     assert "1 rows' checkpoints were gone" in text and "kd_lraspp_mbv2 on torch-cpu:" in text
+
+
+def test_prediction_check_predicts_measured_rows_again_with_other_tables(tmp_path):
+    """``--report --check-tables DIR``: a searched row restored from the archive is predicted with DIR's tables and
+    set beside its measured latency; a zoo student (no genotype) is not in the check."""
+    repo = Path(__file__).resolve().parents[1]
+    archive = repo / "benchmarks" / "results" / "camvid_search"
+    lut_dir = repo / "benchmarks" / "latency" / "chain"
+    (tmp_path / "torch16" / "search").mkdir(parents=True)
+    geno = (archive / "torch16" / "search" / "genotype.json").read_text()
+    (tmp_path / "torch16" / "search" / "genotype.json").write_text(geno)
+    ran_in = "/elsewhere/runs/camvid_search"
+    write_row(tmp_path, "torch16", 0, 0.45, 20.0, checkpoint=f"{ran_in}/torch16/seed0/best.pt",
+              overrides=[f"model.name=searched:{ran_in}/torch16/search/genotype.json"])
+    write_row(tmp_path, "kd_lraspp_mbv2", 0, 0.43, 17.0, checkpoint=f"{ran_in}/kd_lraspp_mbv2/seed0/best.pt",
+              overrides=["model.name=lraspp_mobilenetv2"])
+    rows = cs.define_rows([12.0, 16.0, 20.0], 8.0, 1)
+    want = cs.predict_genotype(json.loads(geno), lut_dir, 11)["torch-cpu"]
+    lines = cs.prediction_check(tmp_path, rows, lut_dir)
+    line = next(ln for ln in lines if ln.startswith("| torch16 | torch-cpu |"))
+    err = 100 * (20.0 - want) / want
+    assert line == f"| torch16 | torch-cpu | {want:.2f} | 20.00 ({err:+.0f}%) | 19.00 ({100 * (19.0 - want) / want:+.0f}%) | 16.0 |"
+    assert not any(ln.startswith("| kd_lraspp_mbv2") for ln in lines)
+    assert lines[-1] == f"{int(abs(err) <= 10)} of 1 measured medians within +-10% of these tables' prediction."
+    assert "'AMD EPYC'" in lines[0]
+    assert "**Predicted again with the tables in `chain/`**" in cs.report(tmp_path, rows, [0], [lut_dir])
+    assert cs.prediction_check(tmp_path, rows, tmp_path / "none") == [f"Prediction check: no tables in {tmp_path / 'none'}."]
