@@ -165,10 +165,10 @@ def define_rows(torch_budgets: list[float], ort_budget: float, n_random: int) ->
                                   "budget": ort_budget, "search_ov": list(SUPERNET_EXP)}
     rows["abl_ce"] = {"desc": f"ablation: searched for torch-cpu {mid:g} ms, CE only (no teacher in the search), "
                               "distilled", "kind": "search", "dataset": "camvid", "platform": "torch-cpu", "budget": mid,
-                      "search_ov": ["distill.teacher=null", "search.lambda_kd=0", "search.lambda_ged=0"]}
+                      "search_ov": ["distill.teacher=null", "search.lambda_kd=0", "search.lambda_ged=0", *SUPERNET_EXP]}
     rows["abl_cekd"] = {"desc": f"ablation: searched for torch-cpu {mid:g} ms, CE + KD (lambda_ged 0), distilled",
                         "kind": "search", "dataset": "camvid", "platform": "torch-cpu", "budget": mid,
-                        "search_ov": ["search.lambda_ged=0"]}
+                        "search_ov": ["search.lambda_ged=0", *SUPERNET_EXP]}  # as torch<mid> (the default then)
     rows["abl_nominal"] = {"desc": f"ablation: searched for torch-cpu {mid:g} ms, CE + KD + GED with the teacher's nodes "
                                    "staged by nominal stride (search.ged_stages=nominal), distilled", "kind": "search",
                            "dataset": "camvid", "platform": "torch-cpu", "budget": mid,
