@@ -1001,18 +1001,19 @@ def prediction_check(out_dir: Path, rows: dict[str, dict], lut_dir: Path) -> lis
              "| row | platform | predicted ms | measured median ms (error) | fastest pass ms (error) | budget ms |",
              "|---|---|---|---|---|---|"]
     within, total, uncovered = 0, 0, []
+    predictors = {p: predictor(lut_dir, p) for p in tables}
     for n in rows:
         r = firsts.get(n)
         g = row_genotype(r, out_dir) if r and n in latest else None
         if g is None:
             continue
-        for p, table in tables.items():
+        for p in tables:
             m = latest[n]["latency"].get(p, {})
             if not isinstance(m.get("median_ms"), (int, float)):
                 continue
             try:
                 spec = genotype_netspec(g, tuple(g["input"]), int(r["num_classes"]))
-                pred = float(predictor(lut_dir, p).predict(spec)["predicted_ms"])
+                pred = float(predictors[p].predict(spec)["predicted_ms"])
             except LatencyError:
                 uncovered.append(f"{n} ({SHORT[p]})")
                 continue
