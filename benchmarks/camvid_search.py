@@ -741,6 +741,25 @@ def row_network(result: dict, out_dir: Path):
                        aux=m.aux, **m.arch).eval()
 
 
+def state_references(lut_dir: Path, threads: int) -> dict[str, tuple]:
+    """platform -> (table, its reference networks) for the state control, from the tables in ``lut_dir``."""
+    from segdistill.errors import LatencyError
+    from segdistill.latency import state
+    from segdistill.latency.lut import LatencyTable
+
+    refs = {}
+    for platform in PLATFORMS:
+        if lut_path(lut_dir, platform).is_file():
+            table = LatencyTable.load(lut_path(lut_dir, platform))
+            if table.threads != threads:
+                raise LatencyError(f"{table.path} was measured with {table.threads} threads and the window uses "
+                                   f"{threads}: its state ratio would mix two things; pass --threads {table.threads}")
+            refs[platform] = (table, state.references(table))
+    if not refs:
+        raise LatencyError(f"--state-tables {lut_dir}: no lut-<platform>.json there for {', '.join(PLATFORMS)}")
+    return refs
+
+
 def add_latency(out_dir: Path, threads: int, repeats: int = 5, opts=None):
     """Measured latency of every finished row on both CPU platforms, all rows in the same ``repeats`` round-robin
     passes (``standalone.measure_interleaved``: each pass times every row once, median of >= 50 runs after 10 warm-up;
@@ -748,9 +767,15 @@ def add_latency(out_dir: Path, threads: int, repeats: int = 5, opts=None):
     every row alike and rows compare within one window. One seed per row (the architecture sets latency; a row whose
     checkpoint is gone is measured as ``row_network``, fresh weights, and named in the meta); the
     deployed model (network + upsampling to the input), batch 1, eval, no grad, ``threads`` threads, the steady
-    allocator as ``segdistill profile``. Run it with nothing else on the machine."""
+    allocator as ``segdistill profile``. Run it with nothing else on the machine.
+
+    ``opts.state_tables`` (a folder of tables whose corrections kept their timed networks): the state control
+    (``segdistill/latency/state.py``). Three of each table's fit networks are timed in the same passes as the rows,
+    and the ratio of their times now to their times at the fit is recorded in the window's meta (``state``), so
+    that the report can scale that table's predictions to the machine's state during the window."""
     from segdistill.engine.checkpoint import build_from_checkpoint
     from segdistill.latency import standalone as core
+    from segdistill.latency import state
     from segdistill.models.output import deploy_copy
 
     first: dict[str, Path] = {}
@@ -771,20 +796,31 @@ def add_latency(out_dir: Path, threads: int, repeats: int = 5, opts=None):
               f"architectures are measured with fresh weights: {', '.join(fresh)}", flush=True)
     if control:  # the check that weights do not matter: one trained row measured again with fresh weights
         models[FRESH.format(control)] = deploy_copy(row_network(json.loads(first[control].read_text()), out_dir)).eval()
+    refs = state_references(Path(opts.state_tables), threads) if getattr(opts, "state_tables", None) else {}
     x = core.example_inputs([LAT_SHAPE])
     measured: dict[str, dict] = {row: {} for row in models}
+    states: dict[str, dict] = {}
     with core.malloc_mode(None) as malloc, core.torch_threads(threads):
         for platform in PLATFORMS:
             plat = core.get_platform(platform)
             fns = {row: plat.prepare(m, x, threads).fn for row, m in models.items()}
+            if platform in refs:  # the state control: the table's fit networks, in the same passes as the rows
+                fns.update(state.reference_fns(refs[platform][1], platform, threads))
             res = core.measure_interleaved(fns, repeats, warmup=10, min_runs=50, min_time=0.5,
                                            progress=lambda r: print(f"latency {platform}: pass {r + 1}/{repeats} of "
                                                                     f"{len(fns)} rows done", flush=True))
-            for row, v in res.items():
-                measured[row][platform] = v
+            for row in models:
+                measured[row][platform] = res[row]
+            if platform in refs:
+                table, nets = refs[platform]
+                states[platform] = {**state.state_ratio(nets, {k: v["median_ms"] for k, v in res.items()}),
+                                    "table": state.table_stamp(table)}
+                print(f"latency {platform}: {state.describe(states[platform])}", flush=True)
     meta = {"threads": threads, "input": list(LAT_SHAPE), "min_runs": 50, "warmup": 10, "repeats": repeats,
             "malloc": malloc, "rows_in_window": sorted(first), "fresh_weights": sorted(fresh), "machine": core.machine_info()["cpu"],
             "date": core.now_iso(), "command": "python benchmarks/camvid_search.py " + shlex.join(sys.argv[1:])}
+    if states:
+        meta["state"] = states
     if control:
         again = measured.pop(FRESH.format(control))
         meta["fresh_control"] = {"row": control, "ms": {p: {"checkpoint": measured[control][p]["median_ms"],
@@ -820,6 +856,10 @@ def latency_protocol(meta: dict | None, stale: set[str]) -> str:
             f"{meta['min_runs']} runs after {meta['warmup']} warm-up"
             + (f", every row in the same {meta['repeats']} round-robin passes (median over passes)" if meta.get("repeats")
                else "") + f", one seed per row, `--latency`, {meta['date'][:10]}.")
+    for p, st in (meta.get("state") or {}).items():
+        text += (f" State control on {p}: {len(st['nets'])} of the networks the table `{st['table']['path']}` was "
+                 f"fitted on ({st['table']['fit_date'][:16]}) timed in the same passes run {st['ratio']:.2f} x their "
+                 f"fit times (spread {st['spread']:.2f}).")
     if stale:
         text += f" Rows marked * were measured in an earlier window ({', '.join(sorted(stale))}): compare them with care."
     if meta.get("fresh_weights"):
@@ -982,7 +1022,8 @@ def prediction_check(out_dir: Path, rows: dict[str, dict], lut_dir: Path) -> lis
     """Report lines: every row with a genotype and a measured latency, predicted again with the tables in ``lut_dir``
     (e.g. tables measured on the machine of the latency window, where the search used another machine's), beside
     its measured median and fastest pass of the latest window. The issue's goal is the measured latency within
-    +-10% of the prediction."""
+    +-10% of the prediction. Where that window ran the state control against these very tables (``--latency
+    --state-tables``), each prediction also appears scaled by the window's state ratio, with its own count."""
     from segdistill.errors import LatencyError
     from segdistill.latency.lut import LatencyTable
     from segdistill.search.genotype import genotype_netspec
@@ -998,10 +1039,17 @@ def prediction_check(out_dir: Path, rows: dict[str, dict], lut_dir: Path) -> lis
              + "; ".join(f"{p}: {t.data['device'].get('cpu')!r}, {t.data['date'][:10]}" for p, t in tables.items())
              + "), against the latest window (measured on "
              + ", ".join(sorted({repr(r["latency_meta"].get("machine", "?")) for r in latest.values()})) + ")", "",
-             "| row | platform | predicted ms | measured median ms (error) | fastest pass ms (error) | budget ms |",
-             "|---|---|---|---|---|---|"]
-    within, total, uncovered = 0, 0, []
+             "| row | platform | predicted ms | measured median ms (error) | fastest pass ms (error) | predicted x "
+             "state ratio ms (median's error) | budget ms |", "|---|---|---|---|---|---|---|"]
+    within, within_scaled, total, uncovered = 0, 0, 0, []
     predictors = {p: predictor(lut_dir, p) for p in tables}
+    ratios = {}  # platform -> the latest window's state ratio against these tables (same table build and fit)
+    meta = max((r["latency_meta"] for r in latest.values()), key=lambda m: m["date"], default={})
+    for p, t in tables.items():
+        st = (meta.get("state") or {}).get(p)
+        if st and st["table"]["date"] == t.data["date"] and st["table"]["fit_date"] == \
+                ((t.correction or {}).get("measured") or {}).get("date"):
+            ratios[p] = st["ratio"]
     for n in rows:
         r = firsts.get(n)
         g = row_genotype(r, out_dir) if r and n in latest else None
@@ -1020,11 +1068,19 @@ def prediction_check(out_dir: Path, rows: dict[str, dict], lut_dir: Path) -> lis
             err = {k: 100 * (m[k] - pred) / pred for k in ("median_ms", "fastest_ms") if k in m}
             total += 1
             within += abs(err["median_ms"]) <= 10
+            scaled = "-"
+            if p in ratios and latest[n]["latency_meta"]["date"] == meta["date"]:
+                s_err = 100 * (m["median_ms"] - pred * ratios[p]) / (pred * ratios[p])
+                within_scaled += abs(s_err) <= 10
+                scaled = f"{pred * ratios[p]:.2f} ({s_err:+.0f}%)"
             budget = rows[n].get("budget") if rows[n].get("platform") == p else None
             lines.append(f"| {n} | {p} | {pred:.2f} | {m['median_ms']:.2f} ({err['median_ms']:+.0f}%) | "
                          + (f"{m['fastest_ms']:.2f} ({err['fastest_ms']:+.0f}%)" if "fastest_ms" in err else "-")
-                         + f" | {_ms(budget)} |")
+                         + f" | {scaled} | {_ms(budget)} |")
     lines += ["", f"{within} of {total} measured medians within +-10% of these tables' prediction."
+              + (f" Scaled by the latest window's state ratio ({', '.join(f'{p} {r:.3f}' for p, r in ratios.items())}"
+                 f"): {within_scaled} within +-10%." if ratios else
+                 " (No state ratio against these tables in the latest window: `--latency --state-tables`.)")
               + (f" Not covered by these tables: {', '.join(uncovered)}." if uncovered else "")]
     return lines
 
@@ -1088,6 +1144,10 @@ def main():
     p.add_argument("--latency", action="store_true", help="measure latency of every finished row, all in the same "
                                                            "round-robin passes (quiet machine)")
     p.add_argument("--latency-repeats", type=int, default=5, help="round-robin passes of --latency")
+    p.add_argument("--state-tables", metavar="DIR",
+                   help="with --latency: time 3 of the networks each table in DIR was fitted on in the same passes, "
+                        "and record how much slower or faster the machine runs than at the fit (the state control; "
+                        "the report scales that table's predictions by it)")
     p.add_argument("--report", action="store_true", help="Markdown table (OUT_DIR/report.md) and OUT_DIR/pareto.png")
     p.add_argument("--check-tables", action="append", default=[], metavar="DIR",
                    help="with --report: predict every measured searched row again with the tables in DIR (e.g. "

@@ -3,10 +3,13 @@ import json
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import camvid_search as cs  # noqa: E402
+
+from segdistill.errors import LatencyError  # noqa: E402
 
 META = {"date": "2026-12-07T06:00:00", "threads": 2, "input": [1, 3, 180, 240], "min_runs": 50, "warmup": 10,
         "repeats": 5, "command": "python benchmarks/camvid_search.py --latency"}
@@ -124,9 +127,89 @@ def test_prediction_check_predicts_measured_rows_again_with_other_tables(tmp_pat
     lines = cs.prediction_check(tmp_path, rows, lut_dir)
     line = next(ln for ln in lines if ln.startswith("| torch16 | torch-cpu |"))
     err = 100 * (20.0 - want) / want
-    assert line == f"| torch16 | torch-cpu | {want:.2f} | 20.00 ({err:+.0f}%) | 19.00 ({100 * (19.0 - want) / want:+.0f}%) | 16.0 |"
+    assert line == (f"| torch16 | torch-cpu | {want:.2f} | 20.00 ({err:+.0f}%) | 19.00 ({100 * (19.0 - want) / want:+.0f}%)"
+                    " | - | 16.0 |")
     assert not any(ln.startswith("| kd_lraspp_mbv2") for ln in lines)
-    assert lines[-1] == f"{int(abs(err) <= 10)} of 1 measured medians within +-10% of these tables' prediction."
+    assert lines[-1].startswith(f"{int(abs(err) <= 10)} of 1 measured medians within +-10% of these tables' prediction."
+                                " (No state ratio against these tables")
     assert "'AMD EPYC'" in lines[0]
     assert "**Predicted again with the tables in `chain/`**" in cs.report(tmp_path, rows, [0], [lut_dir])
     assert cs.prediction_check(tmp_path, rows, tmp_path / "none") == [f"Prediction check: no tables in {tmp_path / 'none'}."]
+
+
+def _state_tables(folder: Path, ms: list[float], threads: int = 1):
+    """A folder with a torch-cpu table whose correction kept ``len(ms)`` timed networks (their times: ``ms``)."""
+    from segdistill.latency import standalone as core
+    from segdistill.latency import state
+    from segdistill.latency.lut import LatencyTable
+    from segdistill.latency.network import sample_networks
+
+    table = LatencyTable(core.new_table("torch-cpu", threads))
+    nets = sample_networks(len(ms), (1, 3, 16, 16), seed=3, num_classes=3)
+    table.correction = {"model": "none", "coef": {}, "measured": state.fit_record(nets, ms, {}, "2026-12-07T10:00:00")}
+    return table.save(folder / "lut-torch-cpu.json")
+
+
+def test_latency_window_times_the_tables_fit_networks_beside_the_rows(tmp_path):
+    """``--latency --state-tables DIR``: three of the table's fit networks run in the same passes as the rows, and
+    the window's meta keeps each one's time now against its time at the fit, and their median ratio."""
+    from argparse import Namespace
+
+    from segdistill.engine.checkpoint import model_meta, save_checkpoint
+    from segdistill.models import build_model
+
+    write_row(tmp_path / "runs", "kd_lraspp_mbv2", 0, 0.4, checkpoint="x", overrides=[])
+    model = build_model("lraspp_mobilenetv2", 11, width_mult=0.25)
+    save_checkpoint({"meta": {"model": model_meta(model, width_mult=0.25)}, "model": model.state_dict()},
+                    tmp_path / "runs" / "kd_lraspp_mbv2" / "seed0" / "best.pt")
+    _state_tables(tmp_path / "luts", [1e-3, 2e-3, 3e-3, 4e-3])
+    cs.add_latency(tmp_path / "runs", threads=1, repeats=2, opts=Namespace(state_tables=str(tmp_path / "luts"),
+                                                                             archive=None))
+    meta = json.loads((tmp_path / "runs" / "kd_lraspp_mbv2" / "seed0" / "result.json").read_text())["latency_meta"]
+    st = meta["state"]["torch-cpu"]
+    assert set(meta["state"]) == {"torch-cpu"}  # no ORT table in the folder: no ORT control
+    assert [v["fit_ms"] for v in st["nets"].values()] == [1e-3, 3e-3, 4e-3]  # fastest, middle (round(1.5)), slowest
+    assert all(v["now_ms"] > 0 and v["ratio"] == v["now_ms"] / v["fit_ms"] for v in st["nets"].values())
+    assert st["ratio"] == sorted(v["ratio"] for v in st["nets"].values())[1]
+    assert st["table"]["fit_date"] == "2026-12-07T10:00:00"
+    assert "State control on torch-cpu: 3 of the networks" in cs.latency_protocol(meta, set())
+    _state_tables(tmp_path / "bad", [1.0], threads=2)
+    with pytest.raises(LatencyError, match="measured with 2 threads and the window uses 1"):
+        cs.add_latency(tmp_path / "runs", threads=1, repeats=1, opts=Namespace(state_tables=str(tmp_path / "bad")))
+    with pytest.raises(LatencyError, match="no lut-<platform>.json there"):
+        cs.add_latency(tmp_path / "runs", threads=1, repeats=1, opts=Namespace(state_tables=str(tmp_path / "none")))
+
+
+def test_prediction_check_scales_by_the_windows_state_ratio_against_the_same_tables(tmp_path):
+    """A window that ran the state control against the checked tables: each prediction x its ratio, with a count of
+    its own; a ratio against another fit of the table is not used."""
+    from segdistill.latency import state
+    from segdistill.latency.lut import LatencyTable
+
+    repo = Path(__file__).resolve().parents[1]
+    archive = repo / "benchmarks" / "results" / "camvid_search"
+    lut_dir = tmp_path / "luts"
+    table = LatencyTable.load(repo / "benchmarks" / "latency" / "chain" / "lut-torch-cpu.json")
+    table.correction = {**table.correction, "measured": {"date": "2026-12-07T10:00:00", "networks": []}}
+    table.save(lut_dir / "lut-torch-cpu.json")
+    (tmp_path / "torch16" / "search").mkdir(parents=True)
+    geno = (archive / "torch16" / "search" / "genotype.json").read_text()
+    (tmp_path / "torch16" / "search" / "genotype.json").write_text(geno)
+    want = cs.predict_genotype(json.loads(geno), lut_dir, 11)["torch-cpu"]
+    ran_in = "/elsewhere/runs/camvid_search"
+    ms = 1.5 * want * 1.04  # the machine runs 1.5x slower than at the fit; the row 4% over the scaled prediction
+    write_row(tmp_path, "torch16", 0, 0.45, ms, checkpoint=f"{ran_in}/torch16/seed0/best.pt",
+              overrides=[f"model.name=searched:{ran_in}/torch16/search/genotype.json"])
+    res = json.loads((tmp_path / "torch16" / "seed0" / "result.json").read_text())
+    res["latency_meta"] = {**META, "state": {"torch-cpu": {"ratio": 1.5, "spread": 1.02, "nets": {},
+                                                           "table": state.table_stamp(table)}}}
+    (tmp_path / "torch16" / "seed0" / "result.json").write_text(json.dumps(res))
+    rows = cs.define_rows([12.0, 16.0, 20.0], 8.0, 1)
+    lines = cs.prediction_check(tmp_path, rows, lut_dir)
+    line = next(ln for ln in lines if ln.startswith("| torch16 | torch-cpu |"))
+    assert f"| {1.5 * want:.2f} (+4%) | 16.0 |" in line and "(+56%)" in line
+    assert lines[-1] == ("0 of 1 measured medians within +-10% of these tables' prediction. Scaled by the latest "
+                         "window's state ratio (torch-cpu 1.500): 1 within +-10%.")
+    table.correction["measured"]["date"] = "2026-12-07T11:00:00"  # refitted since the window: its ratio is stale
+    table.save()
+    assert "No state ratio against these tables" in cs.prediction_check(tmp_path, rows, lut_dir)[-1]

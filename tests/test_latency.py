@@ -15,6 +15,7 @@ import torch
 from segdistill.cli import main
 from segdistill.errors import LatencyError, SegDistillError
 from segdistill.latency import standalone as core
+from segdistill.latency import state
 from segdistill.latency.lut import LatencyTable, MissingBlocksError
 from segdistill.latency.network import ChainNet, NetSpec, Node, sample_networks
 from segdistill.latency.predictor import LatencyPredictor, apply_correction, cross_val_predictions, select_correction
@@ -429,3 +430,59 @@ def test_onnxruntime_platform_measures_a_block_as_a_session():
         assert "CUDA" in cuda.available()
         with pytest.raises(LatencyError, match="not available"):
             core.measure_key("skip:4-4:8x8:k1s1d1e1:none", "torch-cuda", **TINY)
+
+
+# ---------------------------------------------------------------------------- state control
+def _fitted_table(ms: list[float]) -> LatencyTable:
+    table = LatencyTable(core.new_table("torch-cpu", 1))
+    nets = sample_networks(len(ms), (1, 3, 16, 16), seed=3, num_classes=3)
+    table.correction = {"model": "none", "coef": {},
+                        "measured": state.fit_record(nets, ms, {"min_runs": 3}, "2026-12-07T10:00:00+00:00")}
+    return table
+
+
+def test_state_references_span_the_fit_and_the_ratio_is_the_median():
+    table = _fitted_table([5.0, 1.0, 3.0, 4.0, 2.0])
+    refs = state.references(table, 3)
+    assert [ms for _, _, ms in refs] == [1.0, 3.0, 5.0]  # fastest, middle, slowest of the fit
+    assert [label.split(":")[0] for label, _, _ in refs] == ["ref1", "ref2", "ref0"]  # index in the fit record
+    assert all(isinstance(net, NetSpec) and net.nodes for _, net, _ in refs)
+    assert [ms for _, _, ms in state.references(table, 1)] == [3.0]
+    assert len(state.references(table, 99)) == 5
+    now = {refs[0][0]: 1.5, refs[1][0]: 4.2, refs[2][0]: 9.0}  # ratios 1.5, 1.4, 1.8
+    s = state.state_ratio(refs, now)
+    assert s["ratio"] == pytest.approx(1.5) and s["spread"] == pytest.approx(1.8 / 1.4)
+    assert s["nets"][refs[2][0]] == {"fit_ms": 5.0, "now_ms": 9.0, "ratio": pytest.approx(1.8)}
+    with pytest.raises(LatencyError, match="no time now for ref2:.*, ref0:"):
+        state.state_ratio(refs, {refs[0][0]: 1.0})
+    bare = LatencyTable(core.new_table("torch-cpu", 1), "old.json")
+    with pytest.raises(LatencyError, match="old.json: its correction keeps no timed networks.*latency fit --lut old.json"):
+        state.references(bare)
+
+
+def test_latency_fit_keeps_its_networks_and_state_times_them_again(tmp_path, capsys):
+    lut = tmp_path / "lut.json"
+    timing = ["--runs", "3", "--min-time", "0", "--warmup", "1"]
+    main(["lut", "build", "--platform", "torch-cpu", "--threads", "1", "--model", "lraspp_mobilenetv2", "--input",
+          "3x32x32", "--width-mult", "0.25", "--num-classes", "3", *timing, "--quiet", "--out", str(lut)])
+    main(["latency", "fit", "--lut", str(lut), "--nets", "4", "--input", "3x32x32", "--num-classes", "3", *timing])
+    record = LatencyTable.load(lut).correction["measured"]
+    assert len(record["networks"]) == 4 and all(n["ms"] > 0 for n in record["networks"])
+    assert record["timing"]["min_runs"] == 3
+    # the kept networks are the ones timed: the same blocks as the fit's seed draws
+    assert [n["net"]["nodes"] for n in record["networks"]] == [
+        n.to_dict()["nodes"] for n in sample_networks(4, (1, 3, 32, 32), seed=1, num_classes=3)]
+    out = tmp_path / "state.json"
+    main(["latency", "state", "--lut", str(lut), "--nets", "2", "--repeats", "2", *timing, "--out", str(out)])
+    printed = capsys.readouterr().out
+    got = json.loads(out.read_text())
+    assert "state ratio" in printed and len(got["nets"]) == 2 and got["ratio"] > 0
+    assert got["table"]["fit_date"] == record["date"] and got["repeats"] == 2
+    # a table whose fit kept nothing: one clear line that says what to run
+    table = LatencyTable.load(lut)
+    table.correction = {k: v for k, v in table.correction.items() if k != "measured"}
+    table.save()
+    with pytest.raises(SystemExit) as e:
+        main(["latency", "state", "--lut", str(lut)])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "keeps no timed networks" in err and "Traceback" not in err

@@ -6,6 +6,7 @@
     segdistill lut show lut.json
     segdistill latency predict --lut lut.json --model lraspp_mobilenetv2
     segdistill latency fit --lut lut.json --nets 30
+    segdistill latency state --lut lut.json        # how much slower or faster this machine runs than at the fit
     segdistill latency report --platforms torch-cpu onnxruntime-cpu --inputs 3x180x240 3x360x480 --out-dir DIR
 """
 from __future__ import annotations
@@ -202,6 +203,7 @@ def cmd_latency_fit(args):
     from .network import sample_networks
     from .predictor import LatencyPredictor, select_correction
     from .report import NetTimer, ReportConfig
+    from .state import fit_record
 
     table = LatencyTable.load(args.lut)
     why = table.local_problem()
@@ -214,7 +216,7 @@ def cmd_latency_fit(args):
     opts = space_options(args.space_option)
     if opts and not args.space:
         raise LatencyError("--space-option needs --space (the search space whose networks the fit measures)")
-    feats, y = [], []
+    feats, y, timed = [], [], []
     with _exporter(args.exporter), core.malloc_mode(malloc):
         for text in args.input or ["3x180x240"]:
             nets = (space_networks(args.space, args.nets, parse_shape(text), args.seed, args.num_classes, **opts)
@@ -223,7 +225,9 @@ def cmd_latency_fit(args):
             for net in nets:
                 feats.append(predictor.breakdown(net)["features"])
                 y.append(measured[net.name][0])
+                timed.append(net)
     table.correction = select_correction(feats, y)
+    table.correction["measured"] = fit_record(timed, y, cfg.net_timing, core.now_iso())  # the state control's reference
     shown = "".join(f" {k}={v}" for k, v in opts.items())
     table.correction["space"] = args.space  # None: the generic sampler; a search in another space warns
     table.correction["networks"] = (f"{args.nets} random networks of search space {args.space}{shown} (seed "
@@ -232,6 +236,30 @@ def cmd_latency_fit(args):
     c = table.correction
     print(f"correction {c['model']} {c['coef']} fitted on {len(y)} networks ({c['networks']}); CV MAPE: "
           + ", ".join(f"{m} {v:.2f}%" for m, v in c["cv_mape"].items()) + f"; saved in {args.lut}")
+
+
+def cmd_latency_state(args):
+    from . import standalone as core
+    from .lut import LatencyTable
+    from .state import describe, reference_fns, references, state_ratio, table_stamp
+
+    table = LatencyTable.load(args.lut)
+    why = table.local_problem()
+    if why:
+        raise LatencyError(f"the state control times networks on the table's device, but {why}; run it there")
+    refs = references(table, args.nets)
+    malloc = core.table_malloc_mode(table.data) or "steady"
+    with _exporter(args.exporter), core.malloc_mode(malloc), core.torch_threads(table.threads):
+        fns = reference_fns(refs, table.platform, table.threads)
+        res = core.measure_interleaved(fns, args.repeats, warmup=args.warmup, min_runs=args.runs,
+                                       min_time=args.min_time)
+    state = state_ratio(refs, {k: v["median_ms"] for k, v in res.items()})
+    state.update(table=table_stamp(table), date=core.now_iso(), repeats=args.repeats)
+    print(f"{table.platform} ({args.lut}, fitted {state['table']['fit_date']}): {describe(state)}")
+    print(f"predictions from this table x {state['ratio']:.3f} are for this machine as it runs now")
+    if args.out:
+        core.write_json_atomic(state, Path(args.out))
+        print(f"wrote {args.out}")
 
 
 def cmd_latency_report(args):
@@ -342,6 +370,14 @@ def add_commands(sub) -> None:
                    help="an option of that space as search.* sets it, repeatable, e.g. base_widths=[96,192,320]")
     _measure_options(s, runs=20, min_time=1.0, warmup=5)
     s.set_defaults(fn=cmd_latency_fit)
+    s = lsub.add_parser("state", help="time a few of the networks the table's correction was fitted on again: how "
+                                      "much slower or faster this machine runs now (segdistill/latency/state.py)")
+    s.add_argument("--lut", required=True)
+    s.add_argument("--nets", type=int, default=3, help="reference networks (fastest, slowest, evenly between)")
+    s.add_argument("--repeats", type=int, default=3, help="round-robin passes over the reference networks")
+    s.add_argument("--out", help="write the ratio and the networks' times as JSON")
+    _measure_options(s, runs=20, min_time=1.0, warmup=5)
+    s.set_defaults(fn=cmd_latency_state)
     s = lsub.add_parser("report", help="accuracy of the predictor on random networks and the zoo, per platform")
     s.add_argument("--platforms", "--platform", nargs="+", dest="platforms", help="default: torch-cpu onnxruntime-cpu")
     s.add_argument("--inputs", nargs="+", help="C x H x W (default: 3x180x240 3x360x480)")
