@@ -64,7 +64,9 @@ exists (searched and random rows), budget; ``--latency`` measures torch-cpu and 
 finished row in one process and one window: ``--latency-repeats`` round-robin passes over all rows (each pass times
 every row once, median of >= 50 runs after warm-up; a row's figure is the median over passes), batch 1, ``--threads``.
 This machine's speed flips between two states about 25% apart (RESULTS.md), so rows measured at different times do not
-compare; rows measured in the same passes do. Run it with nothing else on the machine. A row restored from
+compare; rows measured in the same passes do. Run it with nothing else on the machine. ``--state-tables DIR`` adds the
+state control: three of the networks each table in DIR was fitted on run in the same passes, and ``--report
+--check-tables DIR`` scales DIR's predictions by their ratio now/at the fit (``segdistill/latency/state.py``). A row restored from
 ``--archive`` has no checkpoint on a new machine: its architecture is rebuilt from its result file and measured with
 fresh weights, beside one trained row measured both ways (the window's control). Searched rows add the search's
 wall time and peak RSS (the search runs in a child process of its own). Distilled rows record their teacher
@@ -72,6 +74,7 @@ wall time and peak RSS (the search runs in a child process of its own). Distille
 
     python benchmarks/camvid_search.py --rows all --seeds 0,1          # every row (resumable; see RESULTS.md)
     python benchmarks/camvid_search.py --latency --report               # measured latency, then table + Pareto plot
+    python benchmarks/camvid_search.py --latency --state-tables DIR --report --check-tables DIR   # with the state control
 
 Latency tables: ``--lut-dir`` holds ``lut-<platform>.json``; a missing one, or one lacking blocks of the config's
 space, is built or extended first (``segdistill lut build --space chain --space-option base_widths=[...] --platform P
