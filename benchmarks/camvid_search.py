@@ -729,6 +729,12 @@ def result_paths(out_dir: Path) -> list[Path]:
 FRESH = "{} (fresh weights)"  # the control of a latency window that measures restored rows
 
 
+def moved(text: str, result: dict, out_dir: Path) -> str:
+    """``text`` (an override or a path) with the folder the row ran in (``<that>/<row>/seed<k>/best.pt``) moved to
+    OUT_DIR, where ``--archive`` restores a row's files on another machine."""
+    return text.replace(str(Path(result["checkpoint"]).parents[2]), str(out_dir))
+
+
 def row_network(result: dict, out_dir: Path):
     """A row's network built from its result file alone, freshly initialised: the retrain's recorded overrides on
     camvid-cpu.yaml give the model (a searched row's genotype path is moved from the folder the row ran in to
@@ -737,8 +743,7 @@ def row_network(result: dict, out_dir: Path):
     from segdistill.config import load_config
     from segdistill.models import build_model
 
-    ran_in = str(Path(result["checkpoint"]).parents[2])
-    cfg = load_config(CONFIG, [o.replace(ran_in, str(out_dir)) for o in result["overrides"]])
+    cfg = load_config(CONFIG, [moved(o, result, out_dir) for o in result["overrides"]])
     m = cfg.model
     return build_model(m.name, int(result["num_classes"]), width_mult=m.width_mult, output_stride=m.output_stride,
                        aux=m.aux, **m.arch).eval()
@@ -1001,7 +1006,7 @@ def row_genotype(result: dict, out_dir: Path) -> dict | None:
     path = next((o.split(":", 1)[1] for o in result.get("overrides", []) if o.startswith("model.name=searched:")), None)
     if path is None:
         return None
-    path = Path(path.replace(str(Path(result["checkpoint"]).parents[2]), str(out_dir)))
+    path = Path(moved(path, result, out_dir))
     return json.loads(path.read_text()) if path.is_file() else None
 
 

@@ -166,3 +166,34 @@ def test_shipped_pipeline_config_loads_and_is_checked():
     assert cfg.search.space == "chain" and cfg.search.budget and cfg.pipeline.retrain_iters
     with pytest.raises(ConfigError, match="no such teacher checkpoint file"):
         pl.check_pipeline(load_config("pipeline-camvid-cpu", ["distill.teacher=/nowhere/best.pt"]))
+
+
+def test_profile_scales_the_prediction_by_the_state_control_when_the_table_keeps_its_fit(finished, tmp_path):
+    """A table whose correction kept its timed networks: the profile stage times three of them again and gives the
+    prediction scaled by their ratio now/then beside the plain one; the report says so."""
+    from test_search_hook import fake_lut
+
+    from segdistill.latency.lut import LatencyTable
+    from segdistill.latency.network import sample_networks
+    from segdistill.latency.state import fit_record
+
+    tmp, _ = finished
+    cfg = load_config(tmp / "pipe.yaml")
+    table = LatencyTable.load(fake_lut(tmp_path / "lut_torch-cpu.json"))
+    nets = sample_networks(3, (1, 3, 16, 16), seed=3, num_classes=3)
+    table.correction = {"model": "none", "coef": {}, "measured": fit_record(nets, [1e-3, 2e-3, 3e-3], {}, "then")}
+    table.save()
+    student, _ = build_from_checkpoint(tmp / "pipe" / "retrain" / "best.pt")
+    teacher, _ = build_from_checkpoint(tmp / "pipe" / "teacher" / "best.pt")
+    row = pl.measure(cfg, student, teacher, tmp_path)["platforms"]["torch-cpu"]
+    st = row["state"]
+    assert len(st["nets"]) == 3 and st["table"]["fit_date"] == "then" and st["ratio"] > 1  # µs-scale "fit times"
+    assert row["predicted_now_ms"] == pytest.approx(row["predicted_ms"] * st["ratio"])
+    assert row["measured_over_predicted_now"] == pytest.approx(row["student_ms"] / row["predicted_now_ms"])
+    plain = pl.measure(cfg, student, teacher, tmp / "pipe" / "search")["platforms"]["torch-cpu"]
+    assert "state" not in plain and "predicted_now_ms" not in plain  # the fake table kept no networks
+    summary = json.loads((tmp / "pipe" / "summary.json").read_text())
+    summary["profile"]["platforms"]["torch-cpu"] = row
+    text = pl.write_report(cfg, summary, tmp_path / "report.md").read_text()
+    assert f"State control on torch-cpu: 3 of the networks the table was fitted on run {st['ratio']:.2f} x" in text
+    assert f"the table predicts {row['predicted_now_ms']:.3f} ms for the machine as it runs now" in text

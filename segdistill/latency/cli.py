@@ -241,20 +241,11 @@ def cmd_latency_fit(args):
 def cmd_latency_state(args):
     from . import standalone as core
     from .lut import LatencyTable
-    from .state import describe, reference_fns, references, state_ratio, table_stamp
+    from .state import describe, measure_state
 
     table = LatencyTable.load(args.lut)
-    why = table.local_problem()
-    if why:
-        raise LatencyError(f"the state control times networks on the table's device, but {why}; run it there")
-    refs = references(table, args.nets)
-    malloc = core.table_malloc_mode(table.data) or "steady"
-    with _exporter(args.exporter), core.malloc_mode(malloc), core.torch_threads(table.threads):
-        fns = reference_fns(refs, table.platform, table.threads)
-        res = core.measure_interleaved(fns, args.repeats, warmup=args.warmup, min_runs=args.runs,
-                                       min_time=args.min_time)
-    state = state_ratio(refs, {k: v["median_ms"] for k, v in res.items()})
-    state.update(table=table_stamp(table), date=core.now_iso(), repeats=args.repeats)
+    with _exporter(args.exporter):
+        state = measure_state(table, args.nets, args.repeats, args.warmup, args.runs, args.min_time)
     print(f"{table.platform} ({args.lut}, fitted {state['table']['fit_date']}): {describe(state)}")
     print(f"predictions from this table x {state['ratio']:.3f} are for this machine as it runs now")
     if args.out:

@@ -71,6 +71,26 @@ def reference_fns(refs: list[tuple[str, NetSpec, float]], platform: str, threads
             for label, net, _ in refs}
 
 
+def measure_state(table, nets: int = 3, repeats: int = 3, warmup: int = 5, min_runs: int = 20,
+                  min_time: float = 1.0) -> dict:
+    """Time ``nets`` of the table's reference networks now, in ``repeats`` round-robin passes on the table's platform
+    with its threads and malloc mode (it must be the table's device), and return :func:`state_ratio` with the
+    table's stamp, the date and the passes."""
+    from . import standalone as core
+
+    why = table.local_problem()
+    if why:
+        raise LatencyError(f"the state control times networks on the table's device, but {why}; run it there")
+    refs = references(table, nets)
+    malloc = core.table_malloc_mode(table.data) or "steady"
+    with core.malloc_mode(malloc), core.torch_threads(table.threads):
+        res = core.measure_interleaved(reference_fns(refs, table.platform, table.threads), repeats, warmup=warmup,
+                                       min_runs=min_runs, min_time=min_time)
+    out = state_ratio(refs, {k: v["median_ms"] for k, v in res.items()})
+    out.update(table=table_stamp(table), date=core.now_iso(), repeats=repeats)
+    return out
+
+
 def describe(state: dict) -> str:
     """One line: the ratio, its spread and each reference network's times."""
     return (f"state ratio {state['ratio']:.3f} (spread {state['spread']:.3f}; "

@@ -15,7 +15,9 @@ stage writes into its own subfolder of ``train.out_dir``::
     eval/      ``metrics.json``: val mIoU (one confusion matrix over the split, ``eval.*``) of the student and teacher
     profile/   ``profile.json``: per budgeted platform (``search.budget``; torch-cpu when none) the student's
                measured latency (the benchmark protocol, ``pipeline.profile_runs`` runs, ``train.threads``) beside
-               its predicted latency (the search's table) and the budget; the teacher measured the same way
+               its predicted latency (the search's table) and the budget; the teacher measured the same way; where
+               the table keeps the networks its correction was fitted on, the state control's ratio (three of them
+               timed again, ``segdistill/latency/state.py``) and the prediction scaled by it
     export/    ``student.onnx`` (checked against PyTorch; a mismatch stops the pipeline) and ``export.json``
     report.md, pareto.png   the one report (always rewritten; cheap): stages, accuracy, latency, the Pareto plot of
                mIoU against measured latency (searched student, teacher, and any ``extra_points``)
@@ -256,8 +258,16 @@ def measure(cfg: Config, student, teacher, search_dir: Path) -> dict:
                 row[f"{who}_ms"], row[f"{who}_p90_ms"] = lat["median_ms"], lat["p90_ms"]
             else:
                 row[f"{who}_note"] = lat.get("skipped") or lat.get("error") or "not measured"
+        if "predicted_ms" in row and ((pred.table.correction or {}).get("measured") or {}).get("networks") \
+                and not pred.table.local_problem():  # the state control (segdistill/latency/state.py)
+            from ..latency.state import measure_state
+
+            row["state"] = measure_state(pred.table, repeats=3)
+            row["predicted_now_ms"] = row["predicted_ms"] * row["state"]["ratio"]
         if "student_ms" in row and "predicted_ms" in row:
             row["measured_over_predicted"] = row["student_ms"] / row["predicted_ms"]
+            if "predicted_now_ms" in row:
+                row["measured_over_predicted_now"] = row["student_ms"] / row["predicted_now_ms"]
         if "student_ms" in row and row["budget_ms"]:
             row["within_budget"] = row["student_ms"] <= row["budget_ms"]
         rows[p] = row
@@ -505,7 +515,15 @@ def write_report(cfg: Config, summary: dict, path: Path, title: str = "segdistil
                      f"{ {True: 'yes', False: 'no'}.get(r.get('within_budget'), '-') } | {_num(r.get('teacher_ms'))} |")
     lines += ["", "Predicted: the search's latency table summed over the network's blocks (with the table's "
               "correction, if fitted); measured: the whole network (`segdistill profile`'s protocol, median). "
-              "A gap between them is the table's error on this machine, not hidden.", ""]
+              "A gap between them is the table's error on this machine, not hidden."]
+    for p, r in prof["platforms"].items():
+        if "state" in r:
+            lines.append(f"State control on {p}: {len(r['state']['nets'])} of the networks the table was fitted on "
+                         f"run {r['state']['ratio']:.2f} x their fit times now (spread {r['state']['spread']:.2f}), so "
+                         f"the table predicts {r['predicted_now_ms']:.3f} ms for the machine as it runs now"
+                         + (f"; measured / that: {r['measured_over_predicted_now']:.2f}"
+                            if "measured_over_predicted_now" in r else "") + ".")
+    lines.append("")
     if summary.get("pareto_png"):
         lines += ["## Pareto plot", "", f"![mIoU vs measured latency]({rel(summary['pareto_png'])})", ""]
     g = load_genotype(summary["genotype"])
