@@ -472,6 +472,8 @@ def test_latency_fit_keeps_its_networks_and_state_times_them_again(tmp_path, cap
     # the kept networks are the ones timed: the same blocks as the fit's seed draws
     assert [n["net"]["nodes"] for n in record["networks"]] == [
         n.to_dict()["nodes"] for n in sample_networks(4, (1, 3, 32, 32), seed=1, num_classes=3)]
+    main(["lut", "show", str(lut)])
+    assert f"state control: 4 timed networks kept ({record['date']})" in capsys.readouterr().out
     out = tmp_path / "state.json"
     main(["latency", "state", "--lut", str(lut), "--nets", "2", "--repeats", "2", *timing, "--out", str(out)])
     printed = capsys.readouterr().out
