@@ -786,6 +786,7 @@ def add_latency(out_dir: Path, threads: int, repeats: int = 5, opts=None):
     from segdistill.latency import state
     from segdistill.models.output import deploy_copy
 
+    refs = state_references(Path(opts.state_tables), threads) if getattr(opts, "state_tables", None) else {}
     first: dict[str, Path] = {}
     for path in sorted(result_paths(out_dir), key=lambda q: (q.parent.parent.name, q.parent.name)):
         first.setdefault(json.loads(path.read_text())["row"], path)
@@ -804,7 +805,6 @@ def add_latency(out_dir: Path, threads: int, repeats: int = 5, opts=None):
               f"architectures are measured with fresh weights: {', '.join(fresh)}", flush=True)
     if control:  # the check that weights do not matter: one trained row measured again with fresh weights
         models[FRESH.format(control)] = deploy_copy(row_network(json.loads(first[control].read_text()), out_dir)).eval()
-    refs = state_references(Path(opts.state_tables), threads) if getattr(opts, "state_tables", None) else {}
     x = core.example_inputs([LAT_SHAPE])
     measured: dict[str, dict] = {row: {} for row in models}
     states: dict[str, dict] = {}
