@@ -749,22 +749,24 @@ def row_network(result: dict, out_dir: Path):
                        aux=m.aux, **m.arch).eval()
 
 
-def state_references(lut_dir: Path, threads: int) -> dict[str, tuple]:
-    """platform -> (table, its reference networks) for the state control, from the tables in ``lut_dir``."""
+def state_references(lut_dirs: list[Path], threads: int) -> list[tuple[str, str, object, list]]:
+    """``(folder name, platform, table, its reference networks)`` for the state control, from the tables in each of
+    ``lut_dirs``."""
     from segdistill.errors import LatencyError
     from segdistill.latency import state
     from segdistill.latency.lut import LatencyTable
 
-    refs = {}
-    for platform in PLATFORMS:
-        if lut_path(lut_dir, platform).is_file():
+    refs = []
+    for lut_dir in lut_dirs:
+        found = [p for p in PLATFORMS if lut_path(lut_dir, p).is_file()]
+        if not found:
+            raise LatencyError(f"--state-tables {lut_dir}: no lut-<platform>.json there for {', '.join(PLATFORMS)}")
+        for platform in found:
             table = LatencyTable.load(lut_path(lut_dir, platform))
             if table.threads != threads:
                 raise LatencyError(f"{table.path} was measured with {table.threads} threads and the window uses "
                                    f"{threads}: its state ratio would mix two things; pass --threads {table.threads}")
-            refs[platform] = (table, state.references(table))
-    if not refs:
-        raise LatencyError(f"--state-tables {lut_dir}: no lut-<platform>.json there for {', '.join(PLATFORMS)}")
+            refs.append((lut_dir.name, platform, table, state.references(table)))
     return refs
 
 
@@ -777,7 +779,7 @@ def add_latency(out_dir: Path, threads: int, repeats: int = 5, opts=None):
     deployed model (network + upsampling to the input), batch 1, eval, no grad, ``threads`` threads, the steady
     allocator as ``segdistill profile``. Run it with nothing else on the machine.
 
-    ``opts.state_tables`` (a folder of tables whose corrections kept their timed networks): the state control
+    ``opts.state_tables`` (folders of tables whose corrections kept their timed networks): the state control
     (``segdistill/latency/state.py``). Three of each table's fit networks are timed in the same passes as the rows,
     and the ratio of their times now to their times at the fit is recorded in the window's meta (``state``), so
     that the report can scale that table's predictions to the machine's state during the window."""
@@ -786,7 +788,7 @@ def add_latency(out_dir: Path, threads: int, repeats: int = 5, opts=None):
     from segdistill.latency import state
     from segdistill.models.output import deploy_copy
 
-    refs = state_references(Path(opts.state_tables), threads) if getattr(opts, "state_tables", None) else {}
+    refs = state_references([Path(d) for d in getattr(opts, "state_tables", None) or []], threads)
     first: dict[str, Path] = {}
     for path in sorted(result_paths(out_dir), key=lambda q: (q.parent.parent.name, q.parent.name)):
         first.setdefault(json.loads(path.read_text())["row"], path)
@@ -807,23 +809,23 @@ def add_latency(out_dir: Path, threads: int, repeats: int = 5, opts=None):
         models[FRESH.format(control)] = deploy_copy(row_network(json.loads(first[control].read_text()), out_dir)).eval()
     x = core.example_inputs([LAT_SHAPE])
     measured: dict[str, dict] = {row: {} for row in models}
-    states: dict[str, dict] = {}
+    states: list[dict] = []
     with core.malloc_mode(None) as malloc, core.torch_threads(threads):
         for platform in PLATFORMS:
             plat = core.get_platform(platform)
             fns = {row: plat.prepare(m, x, threads).fn for row, m in models.items()}
-            if platform in refs:  # the state control: the table's fit networks, in the same passes as the rows
-                fns.update(state.reference_fns(refs[platform][1], platform, threads))
+            mine = [(d, table, nets) for d, p, table, nets in refs if p == platform]
+            for d, _, nets in mine:  # the state control: the tables' fit networks, in the same passes as the rows
+                fns.update({f"{d}/{k}": fn for k, fn in state.reference_fns(nets, platform, threads).items()})
             res = core.measure_interleaved(fns, repeats, warmup=10, min_runs=50, min_time=0.5,
                                            progress=lambda r: print(f"latency {platform}: pass {r + 1}/{repeats} of "
                                                                     f"{len(fns)} rows done", flush=True))
             for row in models:
                 measured[row][platform] = res[row]
-            if platform in refs:
-                table, nets = refs[platform]
-                states[platform] = {**state.state_ratio(nets, {k: v["median_ms"] for k, v in res.items()}),
-                                    "table": state.table_stamp(table)}
-                print(f"latency {platform}: {state.describe(states[platform])}", flush=True)
+            for d, table, nets in mine:
+                now = {k: res[f"{d}/{k}"]["median_ms"] for k, _, _ in nets}
+                states.append({"platform": platform, **state.state_ratio(nets, now), "table": state.table_stamp(table)})
+                print(f"latency {platform} ({d}/): {state.describe(states[-1])}", flush=True)
     meta = {"threads": threads, "input": list(LAT_SHAPE), "min_runs": 50, "warmup": 10, "repeats": repeats,
             "malloc": malloc, "rows_in_window": sorted(first), "fresh_weights": sorted(fresh), "machine": core.machine_info()["cpu"],
             "date": core.now_iso(), "command": "python benchmarks/camvid_search.py " + shlex.join(sys.argv[1:])}
@@ -864,8 +866,8 @@ def latency_protocol(meta: dict | None, stale: set[str]) -> str:
             f"{meta['min_runs']} runs after {meta['warmup']} warm-up"
             + (f", every row in the same {meta['repeats']} round-robin passes (median over passes)" if meta.get("repeats")
                else "") + f", one seed per row, `--latency`, {meta['date'][:10]}.")
-    for p, st in (meta.get("state") or {}).items():
-        text += (f" State control on {p}: {len(st['nets'])} of the networks the table `{st['table']['path']}` was "
+    for st in meta.get("state") or []:
+        text += (f" State control on {st['platform']}: {len(st['nets'])} of the networks the table `{st['table']['path']}` was "
                  f"fitted on ({st['table']['fit_date'][:16]}) timed in the same passes run {st['ratio']:.2f} x their "
                  f"fit times (spread {st['spread']:.2f}).")
     if stale:
@@ -1053,11 +1055,11 @@ def prediction_check(out_dir: Path, rows: dict[str, dict], lut_dir: Path) -> lis
     predictors = {p: predictor(lut_dir, p) for p in tables}
     ratios = {}  # platform -> the latest window's state ratio against these tables (same table build and fit)
     meta = max((r["latency_meta"] for r in latest.values()), key=lambda m: m["date"], default={})
-    for p, t in tables.items():
-        st = (meta.get("state") or {}).get(p)
-        if st and st["table"]["date"] == t.data["date"] and st["table"]["fit_date"] == \
+    for st in meta.get("state") or []:
+        t = tables.get(st["platform"])
+        if t is not None and st["table"]["date"] == t.data["date"] and st["table"]["fit_date"] == \
                 ((t.correction or {}).get("measured") or {}).get("date"):
-            ratios[p] = st["ratio"]
+            ratios[st["platform"]] = st["ratio"]
     for n in rows:
         r = firsts.get(n)
         g = row_genotype(r, out_dir) if r and n in latest else None
@@ -1152,8 +1154,8 @@ def main():
     p.add_argument("--latency", action="store_true", help="measure latency of every finished row, all in the same "
                                                            "round-robin passes (quiet machine)")
     p.add_argument("--latency-repeats", type=int, default=5, help="round-robin passes of --latency")
-    p.add_argument("--state-tables", metavar="DIR",
-                   help="with --latency: time 3 of the networks each table in DIR was fitted on in the same passes, "
+    p.add_argument("--state-tables", metavar="DIR", action="append", default=[],
+                   help="with --latency (repeatable): time 3 of the networks each table in DIR was fitted on in the same passes, "
                         "and record how much slower or faster the machine runs than at the fit (the state control; "
                         "the report scales that table's predictions by it)")
     p.add_argument("--report", action="store_true", help="Markdown table (OUT_DIR/report.md) and OUT_DIR/pareto.png")

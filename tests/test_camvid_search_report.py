@@ -163,11 +163,11 @@ def test_latency_window_times_the_tables_fit_networks_beside_the_rows(tmp_path):
     save_checkpoint({"meta": {"model": model_meta(model, width_mult=0.25)}, "model": model.state_dict()},
                     tmp_path / "runs" / "kd_lraspp_mbv2" / "seed0" / "best.pt")
     _state_tables(tmp_path / "luts", [1e-3, 2e-3, 3e-3, 4e-3])
-    cs.add_latency(tmp_path / "runs", threads=1, repeats=2, opts=Namespace(state_tables=str(tmp_path / "luts"),
+    cs.add_latency(tmp_path / "runs", threads=1, repeats=2, opts=Namespace(state_tables=[str(tmp_path / "luts")],
                                                                              archive=None))
     meta = json.loads((tmp_path / "runs" / "kd_lraspp_mbv2" / "seed0" / "result.json").read_text())["latency_meta"]
-    st = meta["state"]["torch-cpu"]
-    assert set(meta["state"]) == {"torch-cpu"}  # no ORT table in the folder: no ORT control
+    st, = meta["state"]  # no ORT table in the folder: no ORT control
+    assert st["platform"] == "torch-cpu"
     assert [v["fit_ms"] for v in st["nets"].values()] == [1e-3, 3e-3, 4e-3]  # fastest, middle (round(1.5)), slowest
     assert all(v["now_ms"] > 0 and v["ratio"] == v["now_ms"] / v["fit_ms"] for v in st["nets"].values())
     assert st["ratio"] == sorted(v["ratio"] for v in st["nets"].values())[1]
@@ -175,9 +175,9 @@ def test_latency_window_times_the_tables_fit_networks_beside_the_rows(tmp_path):
     assert "State control on torch-cpu: 3 of the networks" in cs.latency_protocol(meta, set())
     _state_tables(tmp_path / "bad", [1.0], threads=2)
     with pytest.raises(LatencyError, match="measured with 2 threads and the window uses 1"):
-        cs.add_latency(tmp_path / "runs", threads=1, repeats=1, opts=Namespace(state_tables=str(tmp_path / "bad")))
+        cs.add_latency(tmp_path / "runs", threads=1, repeats=1, opts=Namespace(state_tables=[str(tmp_path / "bad")]))
     with pytest.raises(LatencyError, match="no lut-<platform>.json there"):
-        cs.add_latency(tmp_path / "runs", threads=1, repeats=1, opts=Namespace(state_tables=str(tmp_path / "none")))
+        cs.add_latency(tmp_path / "runs", threads=1, repeats=1, opts=Namespace(state_tables=[str(tmp_path / "none")]))
 
 
 def test_prediction_check_scales_by_the_windows_state_ratio_against_the_same_tables(tmp_path):
@@ -201,8 +201,9 @@ def test_prediction_check_scales_by_the_windows_state_ratio_against_the_same_tab
     write_row(tmp_path, "torch16", 0, 0.45, ms, checkpoint=f"{ran_in}/torch16/seed0/best.pt",
               overrides=[f"model.name=searched:{ran_in}/torch16/search/genotype.json"])
     res = json.loads((tmp_path / "torch16" / "seed0" / "result.json").read_text())
-    res["latency_meta"] = {**META, "state": {"torch-cpu": {"ratio": 1.5, "spread": 1.02, "nets": {},
-                                                           "table": state.table_stamp(table)}}}
+    other = {"platform": "torch-cpu", "ratio": 9.0, "spread": 1.0, "nets": {}, "table": {"date": "x", "fit_date": "y"}}
+    res["latency_meta"] = {**META, "state": [other, {"platform": "torch-cpu", "ratio": 1.5, "spread": 1.02, "nets": {},
+                                                     "table": state.table_stamp(table)}]}
     (tmp_path / "torch16" / "seed0" / "result.json").write_text(json.dumps(res))
     rows = cs.define_rows([12.0, 16.0, 20.0], 8.0, 1)
     lines = cs.prediction_check(tmp_path, rows, lut_dir)

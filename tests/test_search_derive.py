@@ -295,6 +295,25 @@ def test_space_networks_are_the_spaces_derived_networks_and_run():
         space_networks("nope", 1, SHAPE)
 
 
+def test_priced_space_networks_span_the_spaces_costs():
+    """``price_span``: network 0 is derived at the most negative price (dearest), the last at the most positive
+    (cheapest), so the draws reach further out than the plain argmax draws on both sides."""
+    from segdistill.search.genotype import space_networks
+
+    opts = {k: v for k, v in SPACE.items() if k != "input"}
+    space = ChainSupernet(ChainSpace(SHAPE, K, **{k: tuple(v) if isinstance(v, list) else v for k, v in opts.items()}))
+    pred, _ = fake_predictor(space.keys())
+    raw = lambda nets: [pred.predict(n)["raw_ms"] for n in nets]  # noqa: E731
+    plain = raw(space_networks("chain", 12, SHAPE, seed=3, num_classes=K, **opts))
+    nets = space_networks("chain", 12, SHAPE, seed=3, num_classes=K, predictor=pred, price_span=1000.0, **opts)
+    spanned = raw(nets)
+    assert [n.meta["price_nats"] for n in nets][::11] == [-1000.0, 1000.0]
+    assert spanned[0] == pytest.approx(space.largest_latency(pred), rel=0.01) and spanned[0] > max(plain)
+    assert spanned[-1] == pytest.approx(space.smallest_latency(pred), rel=0.01) and spanned[-1] < min(plain)
+    with pytest.raises(ConfigError, match="price_span needs the predictor"):
+        space_networks("chain", 2, SHAPE, price_span=5.0, **opts)
+
+
 def test_latency_fit_on_a_space_records_its_networks(tmp_path, capsys):
     from segdistill.latency.lut import LatencyTable
 
@@ -314,7 +333,7 @@ def test_latency_fit_on_a_space_records_its_networks(tmp_path, capsys):
     assert "fitted on 5 random networks of search space chain" in capsys.readouterr().out
     with pytest.raises(SystemExit):
         main(["latency", "fit", "--lut", str(lut), "--space-option", "layers=1", "--nets", "5"])
-    assert "--space-option needs --space" in capsys.readouterr().err
+    assert "--space-option and --price-span need --space" in capsys.readouterr().err
 
 
 def test_op_preference_reads_uniform_and_decided_weights():

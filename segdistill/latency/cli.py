@@ -217,12 +217,14 @@ def cmd_latency_fit(args):
     cfg = ReportConfig(threads=table.threads, repeats=1, net_timing={"warmup": args.warmup, "min_runs": args.runs,
                                                                       "min_time": args.min_time}, malloc=malloc)
     opts = space_options(args.space_option)
-    if opts and not args.space:
-        raise LatencyError("--space-option needs --space (the search space whose networks the fit measures)")
+    if (opts or args.price_span) and not args.space:
+        raise LatencyError("--space-option and --price-span need --space (the search space whose networks the fit "
+                           "measures)")
     feats, y, timed = [], [], []
     with _exporter(args.exporter), core.malloc_mode(malloc):
         for text in args.input or ["3x180x240"]:
-            nets = (space_networks(args.space, args.nets, parse_shape(text), args.seed, args.num_classes, **opts)
+            nets = (space_networks(args.space, args.nets, parse_shape(text), args.seed, args.num_classes,
+                                   predictor=predictor, price_span=args.price_span, **opts)
                     if args.space else sample_networks(args.nets, parse_shape(text), args.seed, args.num_classes))
             measured = NetTimer(cfg, table.platform).round_robin(nets, lambda it, d: core.progress_bar(it, d, True))
             for net in nets:
@@ -233,8 +235,10 @@ def cmd_latency_fit(args):
     table.correction["measured"] = fit_record(timed, y, cfg.net_timing, core.now_iso())  # the state control's reference
     shown = "".join(f" {k}={v}" for k, v in opts.items())
     table.correction["space"] = args.space  # None: the generic sampler; a search in another space warns
+    spanned = f", priced from -{args.price_span:g} to +{args.price_span:g} nats" if args.price_span else ""
     table.correction["networks"] = (f"{args.nets} random networks of search space {args.space}{shown} (seed "
-                                    f"{args.seed})" if args.space else f"{args.nets} random networks (seed {args.seed})")
+                                    f"{args.seed}{spanned})" if args.space
+                                    else f"{args.nets} random networks (seed {args.seed})")
     table.save()
     c = table.correction
     print(f"correction {c['model']} {c['coef']} fitted on {len(y)} networks ({c['networks']}); CV MAPE: "
@@ -362,6 +366,10 @@ def add_commands(sub) -> None:
                         "report's generic sampler: a table used by searches of one space predicts its networks best")
     s.add_argument("--space-option", action="append", metavar="KEY=VALUE",
                    help="an option of that space as search.* sets it, repeatable, e.g. base_widths=[96,192,320]")
+    s.add_argument("--price-span", type=float, default=0.0, metavar="NATS",
+                   help="derive the space's networks with a latency price from -NATS (dearest) to +NATS (cheapest), "
+                        "so that they span the costs searches derive at any budget (e.g. 64; default 0: plain "
+                        "random argmax, the middle of the space)")
     _measure_options(s, runs=20, min_time=1.0, warmup=5)
     s.set_defaults(fn=cmd_latency_fit)
     s = lsub.add_parser("state", help="time a few of the networks the table's correction was fitted on again: how "

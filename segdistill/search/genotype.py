@@ -433,21 +433,47 @@ def random_genotype(supernet, generator: torch.Generator) -> dict:
 
 
 def space_networks(space: str, n: int, input_shape=(1, 3, 180, 240), seed: int = 0, num_classes: int = 11,
-                   **options) -> list[NetSpec]:
+                   predictor=None, price_span: float = 0.0, **options) -> list[NetSpec]:
     """``n`` random networks of search space ``space`` (``search.space``: chain or lgcnet) with its ``options``
     (``search.*`` keys such as ``base_widths``), as blocks: the networks a search of that space derives, for fitting
-    a latency table's correction on them (``segdistill latency fit --space``). Deterministic per seed."""
+    a latency table's correction on them (``segdistill latency fit --space``). Deterministic per seed.
+
+    Each network is the argmax of standard-normal architecture logits: every choice uniform, so the networks sit
+    in the middle of the space's costs. A search that fills a budget derives with a price on latency, and its
+    networks sit at the dear end (on the Intel Xeon's chain tables: raw block sums 12-22 ms against the plain
+    draws' 2.5-9.5), where a correction fitted on the plain draws extrapolates. ``price_span`` > 0 (with a
+    ``predictor`` of the table) derives network i with the priced rule at the price
+    ``mu_i * block ms / largest network ms``, ``mu_i`` evenly from ``-price_span`` (dearest) to ``+price_span``
+    (cheapest) nats, so that the networks span the space's costs (64: raw 2.5-19 ms on that table)."""
     from ..models import build_model
     from . import SPACES
 
     if space not in SPACES:
         raise ConfigError(f"unknown search space {space!r}; known: {', '.join(SPACES)}")
+    if price_span and predictor is None:
+        raise ConfigError("price_span needs the predictor of a latency table (the blocks' prices)")
     net = build_model(SPACES[space]["model"], num_classes, input=list(input_shape), **options)
     gen = torch.Generator().manual_seed(seed)
     size = "x".join(map(str, input_shape[1:]))
+    score, largest = None, 1.0
+    if price_span:
+        from .space_chain import block_scorer
+
+        _, score = block_scorer(predictor, net.keys())
+        largest = float(net.largest_latency(predictor))
     out = []
     for i in range(n):
-        spec = genotype_netspec(random_genotype(net, gen), tuple(input_shape), num_classes)
+        mu = price_span * (2 * i / (n - 1) - 1) if price_span and n > 1 else 0.0
+        if mu:
+            with torch.no_grad():
+                for p in net.arch_parameters():
+                    p.copy_(torch.randn(p.shape, generator=gen))
+            g = derive(net, price=lambda key, mu=mu: mu * score(str(key)) / largest)
+        else:
+            g = random_genotype(net, gen)
+        spec = genotype_netspec(g, tuple(input_shape), num_classes)
         spec.name, spec.kind = f"{space}{i:03d}@{size}", "space"
+        if price_span:
+            spec.meta["price_nats"] = mu
         out.append(spec)
     return out
