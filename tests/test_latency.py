@@ -465,7 +465,8 @@ def test_latency_fit_keeps_its_networks_and_state_times_them_again(tmp_path, cap
     timing = ["--runs", "3", "--min-time", "0", "--warmup", "1"]
     main(["lut", "build", "--platform", "torch-cpu", "--threads", "1", "--model", "lraspp_mobilenetv2", "--input",
           "3x32x32", "--width-mult", "0.25", "--num-classes", "3", *timing, "--quiet", "--out", str(lut)])
-    main(["latency", "fit", "--lut", str(lut), "--nets", "4", "--input", "3x32x32", "--num-classes", "3", *timing])
+    main(["latency", "fit", "--lut", str(lut), "--nets", "4", "--input", "3x32x32", "--num-classes", "3", *timing,
+          "--repeats", "2"])
     record = LatencyTable.load(lut).correction["measured"]
     assert len(record["networks"]) == 4 and all(n["ms"] > 0 for n in record["networks"])
     assert record["timing"]["min_runs"] == 3
@@ -488,3 +489,25 @@ def test_latency_fit_keeps_its_networks_and_state_times_them_again(tmp_path, cap
         main(["latency", "state", "--lut", str(lut)])
     err = capsys.readouterr().err
     assert e.value.code == 2 and "keeps no timed networks" in err and "Traceback" not in err
+
+
+def test_latency_fit_keeps_the_median_over_its_passes(tmp_path, monkeypatch):
+    """``--repeats 3``: each network's fit time (and the state control's reference) is its median over the passes."""
+    from segdistill.latency import report
+
+    lut = tmp_path / "lut.json"
+    LatencyTable(core.new_table("torch-cpu", 1), lut).save()
+    seen = []
+
+    def passes(self, nets, progress):
+        seen.append(self.cfg.repeats)
+        return {n.name: [3.0 + i, 1.0 + i, 2.0 + i] for i, n in enumerate(nets)}
+
+    monkeypatch.setattr(report.NetTimer, "round_robin", passes)
+    raws = iter([1.0, 2.0, 3.5, 4.0])  # the fit itself is not the point: distinct features keep it well posed
+    monkeypatch.setattr(LatencyPredictor, "breakdown", lambda self, net: {"features": {"raw": next(raws), "count": 1,
+                                                                                      "io": 1}})
+    main(["latency", "fit", "--lut", str(lut), "--nets", "4", "--input", "3x16x16", "--num-classes", "3",
+          "--repeats", "3"])
+    record = LatencyTable.load(lut).correction["measured"]
+    assert seen == [3] and [n["ms"] for n in record["networks"]] == [2.0, 3.0, 4.0, 5.0]

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 from collections import Counter
 from contextlib import contextmanager
 from pathlib import Path
@@ -214,7 +215,7 @@ def cmd_latency_fit(args):
         raise LatencyError(f"fitting measures networks on the table's device, but {why}; fit there")
     predictor = LatencyPredictor(table, measure=True, progress=True)
     malloc = core.table_malloc_mode(table.data) or "steady"  # networks timed as the table's blocks were
-    cfg = ReportConfig(threads=table.threads, repeats=1, net_timing={"warmup": args.warmup, "min_runs": args.runs,
+    cfg = ReportConfig(threads=table.threads, repeats=args.repeats, net_timing={"warmup": args.warmup, "min_runs": args.runs,
                                                                       "min_time": args.min_time}, malloc=malloc)
     opts = space_options(args.space_option)
     if (opts or args.price_span) and not args.space:
@@ -229,7 +230,7 @@ def cmd_latency_fit(args):
             measured = NetTimer(cfg, table.platform).round_robin(nets, lambda it, d: core.progress_bar(it, d, True))
             for net in nets:
                 feats.append(predictor.breakdown(net)["features"])
-                y.append(measured[net.name][0])
+                y.append(statistics.median(measured[net.name]))  # over --repeats round-robin passes
                 timed.append(net)
     table.correction = select_correction(feats, y)
     table.correction["measured"] = fit_record(timed, y, cfg.net_timing, core.now_iso())  # the state control's reference
@@ -366,6 +367,9 @@ def add_commands(sub) -> None:
                         "report's generic sampler: a table used by searches of one space predicts its networks best")
     s.add_argument("--space-option", action="append", metavar="KEY=VALUE",
                    help="an option of that space as search.* sets it, repeatable, e.g. base_widths=[96,192,320]")
+    s.add_argument("--repeats", type=int, default=1,
+                   help="round-robin passes over the networks; each one's time is the median over passes (a steadier "
+                        "reference for `latency state` on a machine whose speed drifts)")
     s.add_argument("--price-span", type=float, default=0.0, metavar="NATS",
                    help="derive the space's networks with a latency price from -NATS (dearest) to +NATS (cheapest), "
                         "so that they span the costs searches derive at any budget (e.g. 64; default 0: plain "
