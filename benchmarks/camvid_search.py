@@ -1035,6 +1035,7 @@ def prediction_check(out_dir: Path, rows: dict[str, dict], lut_dir: Path) -> lis
     +-10% of the prediction. Where that window ran the state control against these very tables (``--latency
     --state-tables``), each prediction also appears scaled by the window's state ratio, with its own count."""
     from segdistill.errors import LatencyError
+    from segdistill.latency import state
     from segdistill.latency.lut import LatencyTable
     from segdistill.search.genotype import genotype_netspec
 
@@ -1057,8 +1058,8 @@ def prediction_check(out_dir: Path, rows: dict[str, dict], lut_dir: Path) -> lis
     meta = max((r["latency_meta"] for r in latest.values()), key=lambda m: m["date"], default={})
     for st in meta.get("state") or []:
         t = tables.get(st["platform"])
-        if t is not None and st["table"]["date"] == t.data["date"] and st["table"]["fit_date"] == \
-                ((t.correction or {}).get("measured") or {}).get("date"):
+        here = state.table_stamp(t) if t is not None else {}
+        if here and (st["table"]["date"], st["table"]["fit_date"]) == (here["date"], here["fit_date"]):
             ratios[st["platform"]] = st["ratio"]
     for n in rows:
         r = firsts.get(n)

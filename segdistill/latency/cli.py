@@ -137,6 +137,7 @@ def cmd_lut_blocks(args):
 
 def cmd_lut_show(args):
     from .lut import LatencyTable
+    from .state import kept_networks
 
     table = LatencyTable.load(args.table)
     print(table.summary())
@@ -148,7 +149,7 @@ def cmd_lut_show(args):
         c = table.correction
         on = f", fitted on {c['networks']}" if c.get("networks") else ""
         print(f"correction {c['model']} {c['coef']} (CV MAPE {c.get('cv_mape')}{on})")
-        kept = (c.get("measured") or {}).get("networks")
+        kept = kept_networks(table)
         print(f"state control: {len(kept)} timed networks kept ({c['measured']['date']}): `segdistill latency state "
               f"--lut {args.table}`" if kept else "state control: none (the fit kept no timed networks; fit again)")
 

@@ -32,16 +32,20 @@ def fit_record(nets: list[NetSpec], measured_ms: list[float], timing: dict, date
             "networks": [{"net": n.to_dict(), "ms": float(ms)} for n, ms in zip(nets, measured_ms)]}
 
 
+def kept_networks(table) -> list[dict]:
+    """The timed networks the table's correction keeps (empty when it keeps none)."""
+    return ((table.correction or {}).get("measured") or {}).get("networks") or []
+
+
 def references(table, k: int = 3) -> list[tuple[str, NetSpec, float]]:
     """``k`` of the networks the table's correction was fitted on, spread over their range of times (fastest,
     slowest and evenly between), as ``(label, net, ms at the fit)``. The labels are unique even where two fit
     inputs gave networks of one name."""
-    record = (table.correction or {}).get("measured")
-    if not record or not record.get("networks"):
+    if not kept_networks(table):
         raise LatencyError(f"{table.path or 'the table'}: its correction keeps no timed networks (fitted before "
                            "2026-12-07, or never fitted), so there is nothing to time again; run `segdistill latency "
                            f"fit --lut {table.path or 'LUT'}` on the table's device first")
-    nets = sorted(enumerate(record["networks"]), key=lambda im: im[1]["ms"])
+    nets = sorted(enumerate(kept_networks(table)), key=lambda im: im[1]["ms"])
     k = max(1, min(k, len(nets)))
     picks = sorted({round(i * (len(nets) - 1) / (k - 1)) for i in range(k)} if k > 1 else {len(nets) // 2})
     return [(f"ref{nets[j][0]}:{nets[j][1]['net']['name']}", NetSpec.from_dict(nets[j][1]["net"]), nets[j][1]["ms"])

@@ -258,11 +258,10 @@ def measure(cfg: Config, student, teacher, search_dir: Path) -> dict:
                 row[f"{who}_ms"], row[f"{who}_p90_ms"] = lat["median_ms"], lat["p90_ms"]
             else:
                 row[f"{who}_note"] = lat.get("skipped") or lat.get("error") or "not measured"
-        if "predicted_ms" in row and ((pred.table.correction or {}).get("measured") or {}).get("networks") \
-                and not pred.table.local_problem():  # the state control (segdistill/latency/state.py)
-            from ..latency.state import measure_state
+        from ..latency import state
 
-            row["state"] = measure_state(pred.table, repeats=3)
+        if "predicted_ms" in row and state.kept_networks(pred.table) and not pred.table.local_problem():
+            row["state"] = state.measure_state(pred.table, repeats=3)  # the state control
             row["predicted_now_ms"] = row["predicted_ms"] * row["state"]["ratio"]
         if "student_ms" in row and "predicted_ms" in row:
             row["measured_over_predicted"] = row["student_ms"] / row["predicted_ms"]
