@@ -423,13 +423,14 @@ def genotype_netspec(genotype, input_shape=(1, 3, 180, 240), num_classes: int = 
 
 
 # ---------------------------------------------------------------------------- random networks of a space
-def random_genotype(supernet, generator: torch.Generator) -> dict:
+def random_genotype(supernet, generator: torch.Generator, price=None) -> dict:
     """The plain argmax of ``supernet`` under standard-normal architecture logits drawn from ``generator``: every
-    argmax choice (width, op, predecessor) is uniform. The supernet's logits are overwritten."""
+    argmax choice (width, op, predecessor) is uniform; with a ``price`` (see :func:`derive`), the priced argmax.
+    The supernet's logits are overwritten."""
     with torch.no_grad():
         for p in supernet.arch_parameters():
             p.copy_(torch.randn(p.shape, generator=generator))
-    return derive(supernet)
+    return derive(supernet, price=price)
 
 
 def space_networks(space: str, n: int, input_shape=(1, 3, 180, 240), seed: int = 0, num_classes: int = 11,
@@ -464,14 +465,8 @@ def space_networks(space: str, n: int, input_shape=(1, 3, 180, 240), seed: int =
     out = []
     for i in range(n):
         mu = price_span * (2 * i / (n - 1) - 1) if price_span and n > 1 else 0.0
-        if mu:
-            with torch.no_grad():
-                for p in net.arch_parameters():
-                    p.copy_(torch.randn(p.shape, generator=gen))
-            g = derive(net, price=lambda key, mu=mu: mu * score(str(key)) / largest)
-        else:
-            g = random_genotype(net, gen)
-        spec = genotype_netspec(g, tuple(input_shape), num_classes)
+        price = (lambda key, mu=mu: mu * score(str(key)) / largest) if mu else None
+        spec = genotype_netspec(random_genotype(net, gen, price), tuple(input_shape), num_classes)
         spec.name, spec.kind = f"{space}{i:03d}@{size}", "space"
         if price_span:
             spec.meta["price_nats"] = mu
