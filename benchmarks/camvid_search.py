@@ -1051,8 +1051,9 @@ def prediction_check(out_dir: Path, rows: dict[str, dict], lut_dir: Path) -> lis
              + "), against the latest window (measured on "
              + ", ".join(sorted({repr(r["latency_meta"].get("machine", "?")) for r in latest.values()})) + ")", "",
              "| row | platform | predicted ms | measured median ms (error) | fastest pass ms (error) | predicted x "
-             "state ratio ms (median's error) | budget ms |", "|---|---|---|---|---|---|---|"]
+             "state ratio ms (median's error) | budget ms | median / state ratio ms |", "|---|---|---|---|---|---|---|---|"]
     within, within_scaled, total, uncovered = 0, 0, 0, []
+    budgets = {"rows": 0, "under": 0, "scaled_rows": 0, "scaled_under": 0}  # medians at or under the row's budget
     predictors = {p: predictor(lut_dir, p) for p in tables}
     ratios = {}  # platform -> the latest window's state ratio against these tables (same table build and fit)
     meta = max((r["latency_meta"] for r in latest.values()), key=lambda m: m["date"], default={})
@@ -1079,20 +1080,33 @@ def prediction_check(out_dir: Path, rows: dict[str, dict], lut_dir: Path) -> lis
             err = {k: 100 * (m[k] - pred) / pred for k in ("median_ms", "fastest_ms") if k in m}
             total += 1
             within += abs(err["median_ms"]) <= 10
-            scaled = "-"
+            scaled, ratio = "-", None
             if p in ratios and latest[n]["latency_meta"]["date"] == meta["date"]:
-                s_err = 100 * (m["median_ms"] - pred * ratios[p]) / (pred * ratios[p])
+                ratio = ratios[p]
+                s_err = 100 * (m["median_ms"] - pred * ratio) / (pred * ratio)
                 within_scaled += abs(s_err) <= 10
-                scaled = f"{pred * ratios[p]:.2f} ({s_err:+.0f}%)"
+                scaled = f"{pred * ratio:.2f} ({s_err:+.0f}%)"
             budget = rows[n].get("budget") if rows[n].get("platform") == p else None
+            if budget is not None:
+                budgets["rows"] += 1
+                budgets["under"] += m["median_ms"] <= budget
+                if ratio is not None:
+                    budgets["scaled_rows"] += 1
+                    budgets["scaled_under"] += m["median_ms"] / ratio <= budget
             lines.append(f"| {n} | {p} | {pred:.2f} | {m['median_ms']:.2f} ({err['median_ms']:+.0f}%) | "
                          + (f"{m['fastest_ms']:.2f} ({err['fastest_ms']:+.0f}%)" if "fastest_ms" in err else "-")
-                         + f" | {scaled} | {_ms(budget)} |")
+                         + f" | {scaled} | {_ms(budget)} | "
+                         + (f"{m['median_ms'] / ratio:.2f}" if ratio is not None else "-") + " |")
     lines += ["", f"{within} of {total} measured medians within +-10% of these tables' prediction."
               + (f" Scaled by the latest window's state ratio ({', '.join(f'{p} {r:.3f}' for p, r in ratios.items())}"
                  f"): {within_scaled} within +-10%." if ratios else
                  " (No state ratio against these tables in the latest window: `--latency --state-tables`.)")
               + (f" Not covered by these tables: {', '.join(uncovered)}." if uncovered else "")]
+    if budgets["rows"]:
+        lines[-1] += (f" Budgets (rows measured on their search's platform): {budgets['under']} of {budgets['rows']} "
+                      "medians at or under the budget"
+                      + (f"; at these tables' fit state (median / state ratio): {budgets['scaled_under']} of "
+                         f"{budgets['scaled_rows']}" if budgets["scaled_rows"] else "") + ".")
     return lines
 
 

@@ -128,10 +128,12 @@ def test_prediction_check_predicts_measured_rows_again_with_other_tables(tmp_pat
     line = next(ln for ln in lines if ln.startswith("| torch16 | torch-cpu |"))
     err = 100 * (20.0 - want) / want
     assert line == (f"| torch16 | torch-cpu | {want:.2f} | 20.00 ({err:+.0f}%) | 19.00 ({100 * (19.0 - want) / want:+.0f}%)"
-                    " | - | 16.0 |")
+                    " | - | 16.0 | - |")
     assert not any(ln.startswith("| kd_lraspp_mbv2") for ln in lines)
     assert lines[-1].startswith(f"{int(abs(err) <= 10)} of 1 measured medians within +-10% of these tables' prediction."
                                 " (No state ratio against these tables")
+    assert lines[-1].endswith("Budgets (rows measured on their search's platform): 0 of 1 medians at or under the "
+                              "budget.")  # 20.0 ms against 16
     assert "'AMD EPYC'" in lines[0]
     assert "**Predicted again with the tables in `chain/`**" in cs.report(tmp_path, rows, [0], [lut_dir])
     assert cs.prediction_check(tmp_path, rows, tmp_path / "none") == [f"Prediction check: no tables in {tmp_path / 'none'}."]
@@ -208,9 +210,12 @@ def test_prediction_check_scales_by_the_windows_state_ratio_against_the_same_tab
     rows = cs.define_rows([12.0, 16.0, 20.0], 8.0, 1)
     lines = cs.prediction_check(tmp_path, rows, lut_dir)
     line = next(ln for ln in lines if ln.startswith("| torch16 | torch-cpu |"))
-    assert f"| {1.5 * want:.2f} (+4%) | 16.0 |" in line and "(+56%)" in line
+    assert line.endswith(f"| {1.5 * want:.2f} (+4%) | 16.0 | {ms / 1.5:.2f} |") and "(+56%)" in line
+    under = int(ms <= 16.0), int(ms / 1.5 <= 16.0)
     assert lines[-1] == ("0 of 1 measured medians within +-10% of these tables' prediction. Scaled by the latest "
-                         "window's state ratio (torch-cpu 1.500): 1 within +-10%.")
+                         "window's state ratio (torch-cpu 1.500): 1 within +-10%. Budgets (rows measured on their "
+                         f"search's platform): {under[0]} of 1 medians at or under the budget; at these tables' fit "
+                         f"state (median / state ratio): {under[1]} of 1.")
     table.correction["measured"]["date"] = "2026-12-07T11:00:00"  # refitted since the window: its ratio is stale
     table.save()
     assert "No state ratio against these tables" in cs.prediction_check(tmp_path, rows, lut_dir)[-1]
