@@ -66,7 +66,8 @@ every row once, median of >= 50 runs after warm-up; a row's figure is the median
 This machine's speed flips between two states about 25% apart (RESULTS.md), so rows measured at different times do not
 compare; rows measured in the same passes do. Run it with nothing else on the machine. ``--state-tables DIR`` adds the
 state control: three of the networks each table in DIR was fitted on run in the same passes, and ``--report
---check-tables DIR`` scales DIR's predictions by their ratio now/at the fit (``segdistill/latency/state.py``). A row restored from
+--check-tables DIR`` scales DIR's predictions by their ratio now/at the fit (``segdistill/latency/state.py``) and counts
+the rows at or under their budget both as measured and at DIR's fit state (median / ratio). A row restored from
 ``--archive`` has no checkpoint on a new machine: its architecture is rebuilt from its result file and measured with
 fresh weights, beside one trained row measured both ways (the window's control). Searched rows add the search's
 wall time and peak RSS (the search runs in a child process of its own). Distilled rows record their teacher
