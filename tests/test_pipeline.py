@@ -190,6 +190,7 @@ def test_profile_scales_the_prediction_by_the_state_control_when_the_table_keeps
     assert len(st["nets"]) == 3 and st["table"]["fit_date"] == "then" and st["ratio"] > 1  # µs-scale "fit times"
     assert row["predicted_now_ms"] == pytest.approx(row["predicted_ms"] * st["ratio"])
     assert row["measured_over_predicted_now"] == pytest.approx(row["student_ms"] / row["predicted_now_ms"])
+    assert row["within_budget_at_fit_state"] == (row["student_ms"] / st["ratio"] <= row["budget_ms"])
     plain = pl.measure(cfg, student, teacher, tmp / "pipe" / "search")["platforms"]["torch-cpu"]
     assert "state" not in plain and "predicted_now_ms" not in plain  # the fake table kept no networks
     summary = json.loads((tmp / "pipe" / "summary.json").read_text())
@@ -197,3 +198,4 @@ def test_profile_scales_the_prediction_by_the_state_control_when_the_table_keeps
     text = pl.write_report(cfg, summary, tmp_path / "report.md").read_text()
     assert f"State control on torch-cpu: 3 of the networks the table was fitted on run {st['ratio']:.2f} x" in text
     assert f"the table predicts {row['predicted_now_ms']:.3f} ms for the machine as it runs now" in text
+    assert f"measured / ratio {row['student_ms'] / st['ratio']:.3f} ms is at or under the budget" in text

@@ -17,7 +17,8 @@ stage writes into its own subfolder of ``train.out_dir``::
                measured latency (the benchmark protocol, ``pipeline.profile_runs`` runs, ``train.threads``) beside
                its predicted latency (the search's table) and the budget; the teacher measured the same way; where
                the table keeps the networks its correction was fitted on, the state control's ratio (three of them
-               timed again, ``segdistill/latency/state.py``) and the prediction scaled by it
+               timed again, ``segdistill/latency/state.py``), the prediction scaled by it, and whether the
+               measured latency over the ratio (the table's machine as fitted) is within the budget
     export/    ``student.onnx`` (checked against PyTorch; a mismatch stops the pipeline) and ``export.json``
     report.md, pareto.png   the one report (always rewritten; cheap): stages, accuracy, latency, the Pareto plot of
                mIoU against measured latency (searched student, teacher, and any ``extra_points``)
@@ -269,6 +270,8 @@ def measure(cfg: Config, student, teacher, search_dir: Path) -> dict:
                 row["measured_over_predicted_now"] = row["student_ms"] / row["predicted_now_ms"]
         if "student_ms" in row and row["budget_ms"]:
             row["within_budget"] = row["student_ms"] <= row["budget_ms"]
+            if "state" in row:  # the budget is the table's machine as fitted: measured / ratio is that machine now
+                row["within_budget_at_fit_state"] = row["student_ms"] / row["state"]["ratio"] <= row["budget_ms"]
         rows[p] = row
     return {"input": list(shape), "threads": prof["student"]["threads"], "platforms": rows, "student": prof["student"],
             "teacher": prof["teacher"]}
@@ -521,7 +524,10 @@ def write_report(cfg: Config, summary: dict, path: Path, title: str = "segdistil
                          f"run {r['state']['ratio']:.2f} x their fit times now (spread {r['state']['spread']:.2f}), so "
                          f"the table predicts {r['predicted_now_ms']:.3f} ms for the machine as it runs now"
                          + (f"; measured / that: {r['measured_over_predicted_now']:.2f}"
-                            if "measured_over_predicted_now" in r else "") + ".")
+                            if "measured_over_predicted_now" in r else "")
+                         + (f"; measured / ratio {r['student_ms'] / r['state']['ratio']:.3f} ms is "
+                            f"{'at or under' if r['within_budget_at_fit_state'] else 'over'} the budget in the "
+                            "table's fit state" if "within_budget_at_fit_state" in r else "") + ".")
     lines.append("")
     if summary.get("pareto_png"):
         lines += ["## Pareto plot", "", f"![mIoU vs measured latency]({rel(summary['pareto_png'])})", ""]
