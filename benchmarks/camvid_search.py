@@ -961,7 +961,9 @@ def report(out_dir: Path, rows: dict[str, dict], seeds: list[int], check_tables:
             for p in PLATFORMS:
                 if isinstance(lat.get(p, {}).get("median_ms"), (int, float)):
                     kind = "lgcnet" if row.get("space") == "lgcnet" else row["kind"]
-                    points.append((p, row["dataset"], kind, n, lat[p]["median_ms"], statistics.mean(m)))
+                    points.append((p, row["dataset"], kind, n, lat[p]["median_ms"], statistics.mean(m), min(m),
+                                   max(m), lat[p].get("fastest_ms", lat[p]["median_ms"]),
+                                   lat[p].get("slowest_ms", lat[p]["median_ms"])))
         lines.append("")
     for lut_dir in check_tables:
         lines += prediction_check(out_dir, rows, lut_dir) + [""]
@@ -1129,10 +1131,14 @@ def _plot(points, path: Path):
                 if ps:
                     ax.scatter([q[4] for q in ps], [q[5] for q in ps], marker=mk, color=colour, s=60 if mk == "*" else 30,
                                label=f"{'CamVid' if ds == 'camvid' else 'Stanford Bg'} {kind}")
+                    # the spread behind each point: seeds' lowest-highest mIoU, and passes' fastest-slowest latency
+                    ax.errorbar([q[4] for q in ps], [q[5] for q in ps], fmt="none", ecolor=colour, alpha=0.35, lw=0.8,
+                                yerr=[[q[5] - q[6] for q in ps], [q[7] - q[5] for q in ps]],
+                                xerr=[[q[4] - q[8] for q in ps], [q[9] - q[4] for q in ps]])
                 for q in ps:
                     ax.annotate(q[3], (q[4], q[5]), fontsize=6)
-        ax.set_xlabel(f"{p} latency (ms, measured, batch 1, 180x240)")
-        ax.set_ylabel("val mIoU % (seed mean)")
+        ax.set_xlabel(f"{p} ms (measured median, batch 1, 180x240;\nbars: fastest-slowest pass)", fontsize=8)
+        ax.set_ylabel("val mIoU % (seed mean; bars: seed range)")
         ax.set_title(p, fontsize=9)
         if ax.get_legend_handles_labels()[0]:  # a platform with no measured row yet stays an empty panel
             ax.legend(fontsize=6)
