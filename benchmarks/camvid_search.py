@@ -105,6 +105,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import camvid_baselines as base  # noqa: E402  (the hand-designed students' overrides)
@@ -961,9 +962,9 @@ def report(out_dir: Path, rows: dict[str, dict], seeds: list[int], check_tables:
             for p in PLATFORMS:
                 if isinstance(lat.get(p, {}).get("median_ms"), (int, float)):
                     kind = "lgcnet" if row.get("space") == "lgcnet" else row["kind"]
-                    points.append((p, row["dataset"], kind, n, lat[p]["median_ms"], statistics.mean(m), min(m),
-                                   max(m), lat[p].get("fastest_ms", lat[p]["median_ms"]),
-                                   lat[p].get("slowest_ms", lat[p]["median_ms"])))
+                    points.append(Point(p, row["dataset"], kind, n, lat[p]["median_ms"], statistics.mean(m), min(m),
+                                        max(m), lat[p].get("fastest_ms", lat[p]["median_ms"]),
+                                        lat[p].get("slowest_ms", lat[p]["median_ms"])))
         lines.append("")
     for lut_dir in check_tables:
         lines += prediction_check(out_dir, rows, lut_dir) + [""]
@@ -1118,7 +1119,21 @@ def mid_row(rows: dict[str, dict], prefix: str = "torch") -> str | None:
     return f"{prefix}{abl['budget']:g}" if abl else None
 
 
-def _plot(points, path: Path):
+class Point(NamedTuple):
+    """One row on one platform in the Pareto plot: latency median and pass range, mIoU seed mean and range."""
+    platform: str
+    dataset: str
+    kind: str
+    row: str
+    ms: float
+    miou: float
+    miou_lo: float
+    miou_hi: float
+    ms_lo: float
+    ms_hi: float
+
+
+def _plot(points: list[Point], path: Path):
     from segdistill.viz import new_figure, save_figure
 
     fig = new_figure(11, 4.5, "the Pareto plot")
@@ -1127,16 +1142,17 @@ def _plot(points, path: Path):
         ax = fig.add_subplot(1, 2, i + 1)
         for ds, colour in (("camvid", "tab:blue"), ("sb", "tab:orange")):
             for kind, mk in markers.items():
-                ps = [q for q in points if q[0] == p and q[1] == ds and q[2] == kind]
+                ps = [q for q in points if q.platform == p and q.dataset == ds and q.kind == kind]
                 if ps:
-                    ax.scatter([q[4] for q in ps], [q[5] for q in ps], marker=mk, color=colour, s=60 if mk == "*" else 30,
+                    ms, miou = [q.ms for q in ps], [q.miou for q in ps]
+                    ax.scatter(ms, miou, marker=mk, color=colour, s=60 if mk == "*" else 30,
                                label=f"{'CamVid' if ds == 'camvid' else 'Stanford Bg'} {kind}")
                     # the spread behind each point: seeds' lowest-highest mIoU, and passes' fastest-slowest latency
-                    ax.errorbar([q[4] for q in ps], [q[5] for q in ps], fmt="none", ecolor=colour, alpha=0.35, lw=0.8,
-                                yerr=[[q[5] - q[6] for q in ps], [q[7] - q[5] for q in ps]],
-                                xerr=[[q[4] - q[8] for q in ps], [q[9] - q[4] for q in ps]])
+                    ax.errorbar(ms, miou, fmt="none", ecolor=colour, alpha=0.35, lw=0.8,
+                                yerr=[[q.miou - q.miou_lo for q in ps], [q.miou_hi - q.miou for q in ps]],
+                                xerr=[[q.ms - q.ms_lo for q in ps], [q.ms_hi - q.ms for q in ps]])
                 for q in ps:
-                    ax.annotate(q[3], (q[4], q[5]), fontsize=6)
+                    ax.annotate(q.row, (q.ms, q.miou), fontsize=6)
         ax.set_xlabel(f"{p} ms (measured median, batch 1, 180x240;\nbars: fastest-slowest pass)", fontsize=8)
         ax.set_ylabel("val mIoU % (seed mean; bars: seed range)")
         ax.set_title(p, fontsize=9)

@@ -41,11 +41,12 @@ def references(table, k: int = 3) -> list[tuple[str, NetSpec, float]]:
     """``k`` of the networks the table's correction was fitted on, spread over their range of times (fastest,
     slowest and evenly between), as ``(label, net, ms at the fit)``. The labels are unique even where two fit
     inputs gave networks of one name."""
-    if not kept_networks(table):
+    kept = kept_networks(table)
+    if not kept:
         raise LatencyError(f"{table.path or 'the table'}: its correction keeps no timed networks (fitted before "
                            "2026-12-07, or never fitted), so there is nothing to time again; run `segdistill latency "
                            f"fit --lut {table.path or 'LUT'}` on the table's device first")
-    nets = sorted(enumerate(kept_networks(table)), key=lambda im: im[1]["ms"])
+    nets = sorted(enumerate(kept), key=lambda im: im[1]["ms"])
     k = max(1, min(k, len(nets)))
     picks = sorted({round(i * (len(nets) - 1) / (k - 1)) for i in range(k)} if k > 1 else {len(nets) // 2})
     return [(f"ref{nets[j][0]}:{nets[j][1]['net']['name']}", NetSpec.from_dict(nets[j][1]["net"]), nets[j][1]["ms"])
