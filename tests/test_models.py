@@ -7,10 +7,10 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn as nn
+from contract import check_output_contract
 
 from segdistill.errors import CheckpointError, ConfigError
 from segdistill.models import (
-    SegOutput,
     build_model,
     count_parameters,
     list_models,
@@ -46,27 +46,12 @@ def test_every_model_output_contract(name):
     if name != "searched":  # zoo models are backbone + head; a searched network is its genotype's blocks
         assert isinstance(model.backbone, nn.Module) and isinstance(model.head, nn.Module)
     x = torch.randn(2, 3, H, W)
-
-    model.train()
-    out = model(x)
-    assert isinstance(out, SegOutput)
+    out = check_output_contract(model, x, K)
     required = STAGES + ["pre_logits"] + ([] if name.startswith("segformer") else ["stem"])
     assert set(required) <= set(out.features)
-    assert list(out.features) == list(model.feature_channels)  # network order, same names
-    assert set(model.feature_strides) == set(model.feature_channels)
-    for k, f in out.features.items():
-        s = model.feature_strides[k]
-        assert tuple(f.shape) == (2, model.feature_channels[k], H // s, W // s), k
-    s = model.logits_stride
-    assert tuple(out.logits.shape) == (2, K, H // s, W // s)
-    assert out.aux_logits is not None and out.aux_logits.shape[:2] == (2, K)
-    stage3 = model.feature_strides["stage3"]
-    assert tuple(out.aux_logits.shape[-2:]) == (H // stage3, W // stage3)
 
-    model.eval()
     with torch.no_grad():
         out = model(x[:1])
-    assert out.aux_logits is None
     assert tuple(upsample_logits(out.logits, (H, W)).shape) == (1, K, H, W)
     if name == "searched":  # its head's classifier is a library block (tested in test_search_space.py)
         return
