@@ -70,10 +70,10 @@ def test_core_dependencies_leave_out_the_heavy_ones():
     tomllib = pytest.importorskip("tomllib")
     project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
     core = {d.split(">")[0].split("=")[0].split("[")[0].strip() for d in project["dependencies"]}
-    assert not core & {"onnx", "onnxscript", "onnxruntime", "matplotlib", "tensorboard"}
+    assert not core & {"onnx", "onnxscript", "onnxruntime", "matplotlib", "tensorboard", "scipy"}
     extras = project["optional-dependencies"]
-    assert {"onnx", "plot", "tb", "all", "test"} <= set(extras)
-    assert "segdistill[onnx,plot,tb]" in extras["all"] and "segdistill[all]" in extras["test"]
+    assert {"onnx", "plot", "tb", "bench", "all", "test"} <= set(extras)
+    assert "segdistill[onnx,plot,tb,bench]" in extras["all"] and "segdistill[all]" in extras["test"]
 
 
 # ------------------------------------------------------------------ predict uses the data package
