@@ -8,12 +8,16 @@ budget, and treats each row as one network retrained with several seeds. Then:
 * **between networks**: a one-way ANOVA (``F = MS_between / MS_within``, its p-value from scipy) and the random-effects
   variance component ``s_b^2 = max(0, (MS_between - MS_within) / n0)`` (n0: the effective seeds per row), i.e. how
   much of the spread among the rows' means is more than seed noise;
+* **contrasts** (``--contrast 'A:B'``, patterns): the difference of the mean of A's seeds and the mean of B's seeds with
+  its 95% interval from the pooled ``s_w`` (t on the ANOVA's within df). It counts seeds, not networks, so it holds
+  when the networks in A or B do not differ beyond seed noise (``s_b`` near 0); the ANOVA above says whether they do;
 * **resolution**: the smallest difference between two rows' means that a two-sided t-test (alpha 0.05) finds with
   power 0.8 when each row has n seeds, ``d = (t_{1-alpha/2, df} + t_{0.8, df}) * s_w * sqrt(2 / n)`` with
   ``df = 2n - 2`` (the usual normal-to-t approximation), and the seeds per row a difference of 1 or 2 mIoU needs.
 
     python benchmarks/seed_spread.py                                   # the Xeon set's 20 ms rows
     python benchmarks/seed_spread.py --archive benchmarks/results/camvid_search --rows 'torch20,abl_*,random?,p_*,w_*'
+    python benchmarks/seed_spread.py --contrast 'torch20:random?' --contrast 'torch20:abl_cekd'
     python benchmarks/seed_spread.py --png ../runs/seed_spread.png    # a dot plot: every seed of every row
 
 Needs scipy (``pip install -e .[bench]``; ``.[all]`` has it).
@@ -103,6 +107,21 @@ def detectable(s_w: float, n: int, alpha: float = 0.05, power: float = 0.8) -> f
     return (stats.t.ppf(1 - alpha / 2, df) + stats.t.ppf(power, df)) * s_w * math.sqrt(2 / n)
 
 
+def contrast(rows: list[Row], a_pat: str, b_pat: str, s_w: float, df: int) -> tuple[float, float, int, int]:
+    """Mean of the seeds of the rows matching ``a_pat`` minus that of ``b_pat``, and its 95% half-width."""
+    from scipy import stats
+
+    def seeds(pat):
+        xs = [x for r in rows if fnmatch.fnmatchcase(r.name, pat) for x in r.mious]
+        if not xs:
+            raise SystemExit(f"--contrast: no row matches {pat!r} (rows: {', '.join(r.name for r in rows)})")
+        return xs
+
+    xa, xb = seeds(a_pat), seeds(b_pat)
+    half = stats.t.ppf(0.975, df) * s_w * math.sqrt(1 / len(xa) + 1 / len(xb))
+    return sum(xa) / len(xa) - sum(xb) / len(xb), half, len(xa), len(xb)
+
+
 def seeds_needed(s_w: float, diff: float, limit: int = 10_000) -> int | None:
     """Seeds per row for ``detectable`` to reach ``diff`` (None past ``limit``)."""
     return next((n for n in range(2, limit) if detectable(s_w, n) <= diff), None)
@@ -138,6 +157,8 @@ def main():
     p.add_argument("--budget", type=float, default=20.0, help="keep rows searched or drawn at this budget (ms); "
                                                               "0 keeps every matching row")
     p.add_argument("--platform", default="torch-cpu")
+    p.add_argument("--contrast", action="append", default=[], metavar="A:B",
+                   help="difference of mean mIoU of the rows matching A and those matching B, with its 95%% interval")
     p.add_argument("--png", help="write a dot plot of every seed here")
     args = p.parse_args()
     print(f"command: python benchmarks/seed_spread.py {shlex.join(sys.argv[1:])}")
@@ -156,6 +177,11 @@ def main():
     print(f"within a network (seed noise): pooled sd s_w = {a['s_within']:.2f} mIoU (df {a['df_within']})")
     print(f"between networks: F({a['df_between']}, {a['df_within']}) = {a['F']:.2f}, p = {a['p']:.2g}; "
           f"variance component s_b = {a['s_between']:.2f} mIoU (n0 {a['n0']:.2f})")
+    for item in args.contrast:
+        a_pat, _, b_pat = item.partition(":")
+        d, half, na, nb = contrast(rows, a_pat, b_pat, a["s_within"], a["df_within"])
+        print(f"contrast {a_pat} ({na} seeds) - {b_pat} ({nb} seeds): {d:+.2f} mIoU, 95% interval "
+              f"[{d - half:+.2f}, {d + half:+.2f}]")
     print("\nresolution (two-sided t-test, alpha 0.05, power 0.8, s_w as above):")
     print("| seeds per row | smallest difference found (mIoU) |\n|---|---|")
     for n in (2, 4, 8, 16):

@@ -63,3 +63,12 @@ def test_rows_of_two_teachers_are_refused(tmp_path, monkeypatch, capsys):
 def test_a_missing_archive_is_named(tmp_path):
     with pytest.raises(SystemExit, match="no such archive folder"):
         ss.load_rows(tmp_path / "nope", ["*"], None, "torch-cpu")
+
+
+def test_contrast_pools_the_seeds_of_each_side():
+    rows = [ss.Row("torch20", [1.0, 3.0], [0, 1]), ss.Row("random0", [5.0], [0]), ss.Row("random1", [7.0], [0])]
+    d, half, na, nb = ss.contrast(rows, "torch20", "random?", math.sqrt(2), 2)
+    assert (d, na, nb) == (-4.0, 2, 2)
+    assert half == pytest.approx(4.3027 * math.sqrt(2) * 1.0, rel=1e-4)  # t(0.975, 2) * s_w * sqrt(1/2 + 1/2)
+    with pytest.raises(SystemExit, match="no row matches 'lgc\\*'"):
+        ss.contrast(rows, "lgc*", "random?", 1.0, 2)
