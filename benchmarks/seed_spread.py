@@ -11,6 +11,9 @@ budget, and treats each row as one network retrained with several seeds. Then:
 * **contrasts** (``--contrast 'A:B'``, patterns): the difference of the mean of A's seeds and the mean of B's seeds with
   its 95% interval from the pooled ``s_w`` (t on the ANOVA's within df). It counts seeds, not networks, so it holds
   when the networks in A or B do not differ beyond seed noise (``s_b`` near 0); the ANOVA above says whether they do;
+* **the teacher's ceiling** (``--teacher RESULT_JSON``, a camvid_baselines.py teacher result): per class, the teacher's
+  IoU beside the mean over every seed of the rows. Distilled students that reach the teacher on every class it
+  segments (and stay at 0 where it does) have no room left for an architecture to show;
 * **resolution**: the smallest difference between two rows' means that a two-sided t-test (alpha 0.05) finds with
   power 0.8 when each row has n seeds, ``d = (t_{1-alpha/2, df} + t_{0.8, df}) * s_w * sqrt(2 / n)`` with
   ``df = 2n - 2`` (the usual normal-to-t approximation), and the seeds per row a difference of 1 or 2 mIoU needs.
@@ -43,6 +46,8 @@ class Row:
     name: str
     mious: list[float]  # val mIoU in percent, one per seed
     seeds: list[int]
+    ious: list[list[float]]  # per seed, per-class IoU in percent
+    class_names: list[str]
 
     @property
     def mean(self) -> float:
@@ -58,7 +63,7 @@ def load_rows(archive: Path, patterns: list[str], budget: float | None, platform
     for row_dir in sorted(p for p in archive.iterdir() if p.is_dir()):
         if not any(fnmatch.fnmatchcase(row_dir.name, pat) for pat in patterns):
             continue
-        mious, seeds = [], []
+        mious, seeds, ious, names = [], [], [], []
         for seed_dir in sorted(row_dir.iterdir()):
             f = seed_dir / "result.json"
             if not (SEED_DIR.fullmatch(seed_dir.name) and f.is_file()):
@@ -71,11 +76,13 @@ def load_rows(archive: Path, patterns: list[str], budget: float | None, platform
                 break
             mious.append(100 * res["miou"])
             seeds.append(res["seed"])
+            ious.append([100 * v for v in res.get("iou", [])])
+            names = res.get("class_names", names)
             teacher = (res.get("teacher") or {}).get("sha256", "the first teacher")
             recipes.add(f"recipe {res.get('recipe')}, {res.get('iters')} iterations at batch {res.get('batch_size')}, "
                         f"teacher {teacher}")
         if mious:
-            rows.append(Row(row_dir.name, mious, seeds))
+            rows.append(Row(row_dir.name, mious, seeds, ious, names))
     return rows, recipes
 
 
@@ -122,6 +129,21 @@ def contrast(rows: list[Row], a_pat: str, b_pat: str, s_w: float, df: int) -> tu
     return sum(xa) / len(xa) - sum(xb) / len(xb), half, len(xa), len(xb)
 
 
+def teacher_ceiling(rows: list[Row], teacher_json: Path) -> tuple[float, list[tuple[str, float, float]]]:
+    """The teacher's mIoU, and (class, teacher IoU, mean IoU over every seed of ``rows``) per class, in percent."""
+    try:
+        t = json.loads(teacher_json.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise SystemExit(f"--teacher {teacher_json}: cannot read it ({e}); give a teacher's result.json") from e
+    if "iou" not in t or "class_names" not in t:
+        raise SystemExit(f"--teacher {teacher_json}: no per-class 'iou' and 'class_names' in it")
+    seeds = [x for r in rows for x in r.ious]
+    if any(r.class_names != t["class_names"] or any(len(x) != len(t["iou"]) for x in r.ious) for r in rows):
+        raise SystemExit(f"--teacher {teacher_json}: its classes are not the rows' classes")
+    return 100 * t["miou"], [(name, 100 * t["iou"][i], sum(x[i] for x in seeds) / len(seeds))
+                             for i, name in enumerate(t["class_names"])]
+
+
 def seeds_needed(s_w: float, diff: float, limit: int = 10_000) -> int | None:
     """Seeds per row for ``detectable`` to reach ``diff`` (None past ``limit``)."""
     return next((n for n in range(2, limit) if detectable(s_w, n) <= diff), None)
@@ -159,6 +181,7 @@ def main():
     p.add_argument("--platform", default="torch-cpu")
     p.add_argument("--contrast", action="append", default=[], metavar="A:B",
                    help="difference of mean mIoU of the rows matching A and those matching B, with its 95%% interval")
+    p.add_argument("--teacher", help="the teacher's result.json: per-class IoU of the teacher beside the rows' mean")
     p.add_argument("--png", help="write a dot plot of every seed here")
     args = p.parse_args()
     print(f"command: python benchmarks/seed_spread.py {shlex.join(sys.argv[1:])}")
@@ -182,6 +205,13 @@ def main():
         d, half, na, nb = contrast(rows, a_pat, b_pat, a["s_within"], a["df_within"])
         print(f"contrast {a_pat} ({na} seeds) - {b_pat} ({nb} seeds): {d:+.2f} mIoU, 95% interval "
               f"[{d - half:+.2f}, {d + half:+.2f}]")
+    if args.teacher:
+        t_miou, table = teacher_ceiling(rows, Path(args.teacher))
+        print(f"\nthe teacher's ceiling: teacher {t_miou:.2f} mIoU, the rows' seeds {a['grand_mean']:.2f} "
+              f"({a['grand_mean'] / t_miou:.1%} of it)")
+        print("| class | teacher IoU | rows' mean IoU | rows - teacher |\n|---|---|---|---|")
+        for name, ti, ri in table:
+            print(f"| {name} | {ti:.1f} | {ri:.1f} | {ri - ti:+.1f} |")
     print("\nresolution (two-sided t-test, alpha 0.05, power 0.8, s_w as above):")
     print("| seeds per row | smallest difference found (mIoU) |\n|---|---|")
     for n in (2, 4, 8, 16):

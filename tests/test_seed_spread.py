@@ -15,20 +15,21 @@ def write(archive: Path, row: str, seed_dir: str, miou: float, budget=20.0, teac
     d = archive / row / seed_dir
     d.mkdir(parents=True)
     res = {"seed": int(seed_dir[4:].split("-")[0]), "miou": miou / 100, "budget_ms": budget, "platform": "torch-cpu",
-           "recipe": "best", "iters": 400, "batch_size": 8, "teacher": {"sha256": teacher}}
+           "recipe": "best", "iters": 400, "batch_size": 8, "teacher": {"sha256": teacher},
+           "iou": [miou / 100 + 0.1, miou / 100 - 0.1], "class_names": ["sky", "road"]}
     (d / "result.json").write_text(json.dumps(res))
 
 
 def test_anova_matches_hand_values():
     # means 2 and 6; SS_within = 2 + 2 = 4 on 2 df; SS_between = 2*4 + 2*4 = 16 on 1 df; F = 16 / 2 = 8;
     # n0 = 2, so s_b^2 = (16 - 2) / 2 = 7
-    a = ss.anova([ss.Row("a", [1.0, 3.0], [0, 1]), ss.Row("b", [5.0, 7.0], [0, 1])])
+    a = ss.anova([ss.Row("a", [1.0, 3.0], [0, 1], [], []), ss.Row("b", [5.0, 7.0], [0, 1], [], [])])
     assert a["s_within"] == pytest.approx(math.sqrt(2))
     assert a["F"] == pytest.approx(8.0) and a["df_between"] == 1 and a["df_within"] == 2
     assert a["s_between"] == pytest.approx(math.sqrt(7))
     assert 0.1 < a["p"] < 0.11  # F(1, 2) = 8: p = 0.1056
     # rows whose means differ by less than the seed noise: the network component is clamped at zero
-    flat = ss.anova([ss.Row("a", [1.0, 3.0], [0, 1]), ss.Row("b", [1.5, 2.5], [0, 1])])
+    flat = ss.anova([ss.Row("a", [1.0, 3.0], [0, 1], [], []), ss.Row("b", [1.5, 2.5], [0, 1], [], [])])
     assert flat["s_between"] == 0.0 and flat["p"] > 0.5
 
 
@@ -66,9 +67,24 @@ def test_a_missing_archive_is_named(tmp_path):
 
 
 def test_contrast_pools_the_seeds_of_each_side():
-    rows = [ss.Row("torch20", [1.0, 3.0], [0, 1]), ss.Row("random0", [5.0], [0]), ss.Row("random1", [7.0], [0])]
+    rows = [ss.Row("torch20", [1.0, 3.0], [0, 1], [], []), ss.Row("random0", [5.0], [0], [], []),
+            ss.Row("random1", [7.0], [0], [], [])]
     d, half, na, nb = ss.contrast(rows, "torch20", "random?", math.sqrt(2), 2)
     assert (d, na, nb) == (-4.0, 2, 2)
     assert half == pytest.approx(4.3027 * math.sqrt(2) * 1.0, rel=1e-4)  # t(0.975, 2) * s_w * sqrt(1/2 + 1/2)
     with pytest.raises(SystemExit, match="no row matches 'lgc\\*'"):
         ss.contrast(rows, "lgc*", "random?", 1.0, 2)
+
+
+def test_teacher_ceiling_sets_each_class_beside_the_teacher(tmp_path):
+    write(tmp_path, "torch20", "seed0", 40.0)  # per class 50 and 30
+    write(tmp_path, "torch20", "seed1", 44.0)  # per class 54 and 34
+    rows, _ = ss.load_rows(tmp_path, ["*"], 20.0, "torch-cpu")
+    teacher = tmp_path / "teacher.json"
+    teacher.write_text(json.dumps({"miou": 0.45, "iou": [0.6, 0.3], "class_names": ["sky", "road"]}))
+    t_miou, table = ss.teacher_ceiling(rows, teacher)
+    assert t_miou == pytest.approx(45.0)
+    assert [(n, round(t, 6), round(r, 6)) for n, t, r in table] == [("sky", 60.0, 52.0), ("road", 30.0, 32.0)]
+    teacher.write_text(json.dumps({"miou": 0.45, "iou": [0.6, 0.3, 0.1], "class_names": ["sky", "road", "car"]}))
+    with pytest.raises(SystemExit, match="not the rows' classes"):
+        ss.teacher_ceiling(rows, teacher)
